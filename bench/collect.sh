@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Load benchmark of POST /collect next to nginx serving an empty_gif with an
+# access log, in the same run, on this machine (loopback, wrk -t2 -c64).
+# Prints req/s and p99 for both and the ratio. Not a test: figures only.
+#
+#   bench/collect.sh              # embedded durable queue (tally all)
+#   AMQP_URL=amqp://... bench/collect.sh   # through RabbitMQ (tally web + worker)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# nginx: the classic pixel server, access log on, 2 workers.
+NPORT=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log $work/access.log;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NPORT;
+    location = /collect { empty_gif; }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+# tally on a fresh data directory.
+TPORT=$(free_port)
+export TALLY_DATA_DIR="$work/data" RUST_LOG=warn
+site=$(./target/release/tally sites create --name bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["site"])')
+if [ -n "${AMQP_URL:-}" ]; then
+  export AMQP_PREFIX="bench$$"
+  PORT=$TPORT ./target/release/tally web & pids+=($!)
+  ./target/release/tally worker & pids+=($!)
+  mode="rabbitmq (web + worker)"
+else
+  PORT=$TPORT ./target/release/tally all & pids+=($!)
+  mode="embedded queue (tally all)"
+fi
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$TPORT/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$NPORT/collect" >/dev/null && break; sleep 0.1; done
+
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"site":"$site","type":"pageview","url":"https://shop.example/landing?gclid=abc&utm_campaign=bench","vid":"v1","referrer":"https://google.com/"}'
+LUA
+
+run() { # name url [script]
+  local out
+  if [ -n "${3:-}" ]; then out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$3" "$2"); else out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2"); fi
+  local rps p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  printf '%-40s %10s req/s   p99 %-8s non-2xx %s\n' "$1" "$rps" "$p99" "${non2xx:-0}" >&2
+  echo "$rps"
+}
+echo "mode: $mode; wrk -t2 -c$CONNS -d$DURATION on 127.0.0.1" >&2
+n=$(run "nginx empty_gif + access_log" "http://127.0.0.1:$NPORT/collect")
+t=$(run "tally POST /collect ($mode)" "http://127.0.0.1:$TPORT/collect" "$work/post.lua")
+python3 -c "print(f'ratio tally/nginx: {float(\"$t\")/float(\"$n\"):.2f}')" >&2
+curl -s "http://127.0.0.1:$TPORT/metrics" | grep -E '^tally_(hits_accepted_total|queue_publish_batches_total|publish_batch_hits_(sum|count))' >&2 || true

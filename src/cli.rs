@@ -1,0 +1,168 @@
+//! The command line: roles (`all`, `web`, `worker`) and one-shot admin
+//! commands (`migrate`, `sites`, `keys`, `replay`).
+//!
+//! Admin commands print exactly one JSON object on stdout (logs go to
+//! stderr for them) so scripts can parse the output.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Role, Settings};
+use crate::domain::{ApiKey, Site};
+use crate::metrics::Metrics;
+use crate::startup::{self, Application};
+
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about = "Self-hosted conversion tracker")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Web and worker in one process on the configured adapters (default).
+    All,
+    /// HTTP only: /collect, the snippet, the API. Needs a shared queue.
+    Web,
+    /// Consumers only: attributor and archiver. Needs a shared queue.
+    Worker,
+    /// Creates or upgrades the store schema (and broker topology).
+    Migrate,
+    /// Manage sites.
+    Sites {
+        #[command(subcommand)]
+        command: SitesCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SitesCommand {
+    /// Creates a site and its first API key; prints {"site", "api_key"}.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A domain the site's pages live on (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Mints another API key for a site; prints {"site", "api_key"}.
+    Create {
+        #[arg(long)]
+        site: String,
+    },
+    /// Revokes an API key, given whole or by its first 11 characters.
+    Revoke {
+        #[arg(long = "key")]
+        prefix: String,
+    },
+}
+
+impl Command {
+    fn role(&self) -> Option<Role> {
+        match self {
+            Command::All => Some(Role::All),
+            Command::Web => Some(Role::Web),
+            Command::Worker => Some(Role::Worker),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a role until SIGTERM / Ctrl-C.
+pub async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
+    let app = Application::build(settings, role)
+        .await
+        .with_context(|| format!("cannot start `tally {}`", role.as_str()))?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        trigger.cancel();
+    });
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+const KEY_PREFIX_LEN: usize = 11;
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// Runs one CLI invocation.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::All);
+    if let Some(role) = command.role() {
+        return serve(settings, role).await;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let store = startup::build_store(&settings, metrics.clone())
+        .await
+        .context("cannot open the store")?;
+    match command {
+        Command::Migrate => {
+            store.migrate().await.context("migration failed")?;
+            print_json(serde_json::json!({"migrated": store.name()}));
+        }
+        Command::Sites {
+            command: SitesCommand::Create { name, domains },
+        } => {
+            store.migrate().await.context("migration failed")?;
+            let site = Site::new(&name, domains, Utc::now());
+            store
+                .create_site(&site)
+                .await
+                .context("cannot create the site")?;
+            let key = ApiKey::mint(&site.key);
+            store
+                .add_api_key(&key)
+                .await
+                .context("cannot store the API key")?;
+            print_json(serde_json::json!({"site": site.key, "api_key": key.secret}));
+        }
+        Command::Keys {
+            command: KeysCommand::Create { site },
+        } => {
+            store
+                .site(&site)
+                .await?
+                .with_context(|| format!("no site `{site}`"))?;
+            let key = ApiKey::mint(&site);
+            store
+                .add_api_key(&key)
+                .await
+                .context("cannot store the API key")?;
+            print_json(serde_json::json!({"site": site, "api_key": key.secret}));
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { prefix },
+        } => {
+            // Keys are `tk_` + 40 random characters; the store indexes the
+            // first 11 (`tk_` + 8), which is unique in practice.
+            anyhow::ensure!(
+                prefix.starts_with("tk_") && prefix.len() >= KEY_PREFIX_LEN,
+                "give the key, or at least its first {KEY_PREFIX_LEN} characters (tk_ and 8 more)"
+            );
+            let prefix = &prefix[..KEY_PREFIX_LEN];
+            let revoked = store.revoke_api_keys(prefix).await?;
+            anyhow::ensure!(revoked > 0, "no API key starts with `{prefix}`");
+            print_json(serde_json::json!({"revoked": revoked}));
+        }
+        Command::All | Command::Web | Command::Worker => unreachable!("roles are served above"),
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! One typed `Settings`, read from the environment (and `.env`) once at
+//! start-up and validated there, so a misconfiguration stops the process
+//! with a message that says what to set.
+//!
+//! Platform variables (`PORT`, `CLOUDAMQP_URL`) are mapped here and
+//! nowhere else. Secrets are wrapped so they never print.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("{0}")]
+    Role(String),
+}
+
+/// Which queue carries hits from `web` to the consumers.
+#[derive(Debug, Clone)]
+pub enum QueueSettings {
+    /// Embedded durable log under `TALLY_DATA_DIR/queue`; one process only.
+    Local,
+    /// RabbitMQ; many `web` and `worker` processes share it.
+    RabbitMq(RabbitMqSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct RabbitMqSettings {
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name (tests use their own).
+    pub prefix: String,
+    /// Unacked messages a consumer may hold.
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// SQLite file `TALLY_DATA_DIR/tally.sqlite3`.
+    Sqlite,
+    Cassandra(CassandraSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct CassandraSettings {
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub replication_factor: u32,
+    pub local_dc: Option<String>,
+    /// `LOCAL_QUORUM` unless `CASSANDRA_CONSISTENCY` says otherwise.
+    pub consistency: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ArchiveSettings {
+    /// Directory `TALLY_DATA_DIR/archive`.
+    Local,
+    S3(S3Settings),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// When the archiver closes a batch into an object.
+#[derive(Debug, Clone)]
+pub struct ArchiverSettings {
+    pub max_hits: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub queue: QueueSettings,
+    pub store: StoreSettings,
+    pub archive: ArchiveSettings,
+    pub archiver: ArchiverSettings,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// How long shutdown may take before in-flight work is abandoned
+    /// (it stays in the queue). Heroku kills at 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Embedded defaults rooted at `data_dir`: what `tally all` uses with
+    /// no configuration, and what tests start from.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Settings {
+        Settings {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            data_dir: data_dir.into(),
+            queue: QueueSettings::Local,
+            store: StoreSettings::Sqlite,
+            archive: ArchiveSettings::Local,
+            archiver: ArchiverSettings {
+                max_hits: 10_000,
+                max_bytes: 8 << 20,
+                max_age: Duration::from_secs(5),
+            },
+            log_filter: "info".into(),
+            log_format: LogFormat::Pretty,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+
+    /// Reads the process environment (call `dotenvy::dotenv()` first).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Builds settings from any variable lookup, so tests need not touch
+    /// the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let mut s = Settings::embedded(get("TALLY_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        if let Some(p) = get("PORT") {
+            s.port = parse("PORT", &p)?;
+        }
+        if let Some(h) = get("HOST") {
+            s.host = h;
+        }
+        if let Some(url) = get("AMQP_URL").or_else(|| get("CLOUDAMQP_URL")) {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::Invalid {
+                    var: "AMQP_URL",
+                    reason: "must start with amqp:// or amqps://".into(),
+                });
+            }
+            s.queue = QueueSettings::RabbitMq(RabbitMqSettings {
+                url: SecretString::from(url),
+                prefix: get("AMQP_PREFIX").unwrap_or_else(|| "tally".into()),
+                prefetch: match get("AMQP_PREFETCH") {
+                    Some(v) => parse("AMQP_PREFETCH", &v)?,
+                    None => 2_000,
+                },
+            });
+        }
+        if let Some(points) = get("CASSANDRA_CONTACT_POINTS") {
+            let contact_points: Vec<String> = points
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect();
+            s.store = StoreSettings::Cassandra(CassandraSettings {
+                contact_points,
+                keyspace: get("CASSANDRA_KEYSPACE").unwrap_or_else(|| "tally".into()),
+                username: get("CASSANDRA_USERNAME"),
+                password: get("CASSANDRA_PASSWORD").map(SecretString::from),
+                replication_factor: match get("CASSANDRA_REPLICATION_FACTOR") {
+                    Some(v) => parse("CASSANDRA_REPLICATION_FACTOR", &v)?,
+                    None => 1,
+                },
+                local_dc: get("CASSANDRA_LOCAL_DC"),
+                consistency: get("CASSANDRA_CONSISTENCY").unwrap_or_else(|| "LOCAL_QUORUM".into()),
+            });
+        }
+        if let Some(bucket) = get("S3_BUCKET") {
+            let mut prefix = get("S3_PREFIX").unwrap_or_else(|| "hits/".into());
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            s.archive = ArchiveSettings::S3(S3Settings {
+                bucket,
+                prefix,
+                endpoint: get("S3_ENDPOINT"),
+                region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+            });
+        }
+        if let Some(v) = get("ARCHIVE_BATCH_HITS") {
+            s.archiver.max_hits = parse("ARCHIVE_BATCH_HITS", &v)?;
+        }
+        if let Some(v) = get("ARCHIVE_BATCH_BYTES") {
+            s.archiver.max_bytes = parse("ARCHIVE_BATCH_BYTES", &v)?;
+        }
+        if let Some(v) = get("ARCHIVE_BATCH_SECONDS") {
+            s.archiver.max_age = Duration::from_secs_f64(parse("ARCHIVE_BATCH_SECONDS", &v)?);
+        }
+        if let Some(v) = get("RUST_LOG") {
+            s.log_filter = v;
+        }
+        s.log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "LOG_FORMAT",
+                    reason: format!("`{other}` is not `json` or `pretty`"),
+                })
+            }
+        };
+        Ok(s)
+    }
+
+    /// Refuses roles that cannot work with these adapters.
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
+        let shared = matches!(self.queue, QueueSettings::RabbitMq(_));
+        if matches!(role, Role::Web | Role::Worker) && !shared {
+            return Err(ConfigError::Role(format!(
+                "`tally {}` runs apart from its partner process, so it needs a shared queue: \
+                 set AMQP_URL (or CLOUDAMQP_URL) to a RabbitMQ server, or run `tally all` \
+                 for one process on the embedded queue",
+                role.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn amqp_url(&self) -> Option<&str> {
+        match &self.queue {
+            QueueSettings::RabbitMq(r) => Some(r.url.expose_secret()),
+            QueueSettings::Local => None,
+        }
+    }
+}
+
+/// What a process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Web and worker in one process (the laptop default).
+    All,
+    /// HTTP only: collect, API, health.
+    Web,
+    /// Consumers only: attributor and archiver.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Web => "web",
+            Role::Worker => "worker",
+        }
+    }
+    pub fn serves_http(self) -> bool {
+        matches!(self, Role::All | Role::Web)
+    }
+    pub fn consumes(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+        var,
+        reason: format!("`{v}`: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn empty_environment_gives_embedded_defaults() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.port, 8080);
+        assert!(matches!(s.queue, QueueSettings::Local));
+        assert!(matches!(s.store, StoreSettings::Sqlite));
+        assert!(matches!(s.archive, ArchiveSettings::Local));
+        s.validate_for(Role::All).unwrap();
+    }
+
+    #[test]
+    fn web_without_shared_queue_refuses_and_says_what_to_set() {
+        let err = from(&[]).unwrap().validate_for(Role::Web).unwrap_err();
+        assert!(err.to_string().contains("AMQP_URL"), "{err}");
+        let s = from(&[("CLOUDAMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")]).unwrap();
+        s.validate_for(Role::Web).unwrap();
+        assert!(
+            !format!("{s:?}").contains("guest:guest"),
+            "secret leaked in Debug"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = from(&[("PORT", "http")]).unwrap_err();
+        assert!(err.to_string().starts_with("PORT"), "{err}");
+        let err = from(&[("AMQP_URL", "localhost")]).unwrap_err();
+        assert!(err.to_string().contains("amqp://"), "{err}");
+    }
+
+    #[test]
+    fn s3_and_cassandra_are_selected_by_their_variables() {
+        let s = from(&[
+            ("S3_BUCKET", "b"),
+            ("S3_PREFIX", "raw"),
+            ("CASSANDRA_CONTACT_POINTS", "a:9042, b:9042"),
+        ])
+        .unwrap();
+        let ArchiveSettings::S3(s3) = &s.archive else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.prefix, "raw/");
+        let StoreSettings::Cassandra(c) = &s.store else {
+            panic!("not cassandra")
+        };
+        assert_eq!(c.contact_points, vec!["a:9042", "b:9042"]);
+        assert_eq!(c.consistency, "LOCAL_QUORUM");
+    }
+}

@@ -1,0 +1,372 @@
+//! Attribution: splitting one conversion's credit over the ad clicks
+//! (touchpoints) that preceded it.
+//!
+//! Pure functions only. Credits always sum to 1 and depend only on the set
+//! of touchpoints, never on the order they were loaded in, so redelivered
+//! or reordered hits produce the same totals.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::goal::Goal;
+use super::hit::Hit;
+
+/// Half-life of the `time_decay` model.
+pub const TIME_DECAY_HALF_LIFE_DAYS: f64 = 7.0;
+/// Shares of the first and the last touchpoint under `position_based`.
+pub const POSITION_ENDS: f64 = 0.4;
+pub const DIRECT: &str = "(direct)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    #[default]
+    LastClick,
+    FirstClick,
+    Linear,
+    TimeDecay,
+    PositionBased,
+}
+
+impl Model {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::LastClick => "last_click",
+            Model::FirstClick => "first_click",
+            Model::Linear => "linear",
+            Model::TimeDecay => "time_decay",
+            Model::PositionBased => "position_based",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Model> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// An ad click or tagged landing that may earn credit for later
+/// conversions of the same visitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Touchpoint {
+    pub hit_id: Uuid,
+    pub site: String,
+    pub vid: String,
+    pub at: DateTime<Utc>,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub medium: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ad: Option<String>,
+    /// The click id parameter and its value, e.g. (`gclid`, `abc`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub click_id: Option<(String, String)>,
+}
+
+impl Touchpoint {
+    /// The touchpoint a hit represents, if it carries a click id or utm tag.
+    pub fn from_hit(hit: &Hit) -> Option<Touchpoint> {
+        let m = &hit.marketing;
+        if !m.is_touchpoint() {
+            return None;
+        }
+        Some(Touchpoint {
+            hit_id: hit.id,
+            site: hit.site.clone(),
+            vid: hit.vid.clone(),
+            at: hit.received_at,
+            source: m.source().unwrap_or_else(|| "(not set)".to_owned()),
+            medium: m.medium(),
+            campaign: m.utm_campaign.clone(),
+            ad: m.ad(),
+            click_id: m
+                .first_click_id()
+                .map(|(param, _, v)| (param.to_owned(), v.clone())),
+        })
+    }
+}
+
+/// One touchpoint's share of a conversion. `touchpoint` is `None` for the
+/// `(direct)` credit given when no touchpoint was in the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credit {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub touchpoint: Option<Uuid>,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub medium: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ad: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub at: Option<DateTime<Utc>>,
+    pub credit: f64,
+}
+
+/// An attributed conversion: what the store keeps and reports explain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversion {
+    pub hit_id: Uuid,
+    pub goal_id: Uuid,
+    pub site: String,
+    pub vid: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub order_id: Option<String>,
+    pub model: Model,
+    pub window_days: u16,
+    pub credits: Vec<Credit>,
+}
+
+/// Weights (summing to 1) for `n` touchpoints ordered oldest first, whose
+/// ages at conversion time are given in days.
+pub fn weights(model: Model, ages_days: &[f64]) -> Vec<f64> {
+    let n = ages_days.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut w = vec![0.0; n];
+    match model {
+        Model::LastClick => w[n - 1] = 1.0,
+        Model::FirstClick => w[0] = 1.0,
+        Model::Linear => w.iter_mut().for_each(|x| *x = 1.0 / n as f64),
+        Model::TimeDecay => {
+            for (x, age) in w.iter_mut().zip(ages_days) {
+                *x = 0.5f64.powf(age.max(0.0) / TIME_DECAY_HALF_LIFE_DAYS);
+            }
+            let sum: f64 = w.iter().sum();
+            w.iter_mut().for_each(|x| *x /= sum);
+        }
+        Model::PositionBased => match n {
+            1 => w[0] = 1.0,
+            2 => {
+                w[0] = 0.5;
+                w[1] = 0.5;
+            }
+            _ => {
+                let middle = (1.0 - 2.0 * POSITION_ENDS) / (n - 2) as f64;
+                w.iter_mut().for_each(|x| *x = middle);
+                w[0] = POSITION_ENDS;
+                w[n - 1] = POSITION_ENDS;
+            }
+        },
+    }
+    w
+}
+
+/// Attributes a converting hit under a goal. `candidates` are the
+/// visitor's touchpoints in any order; those outside the goal's lookback
+/// window, or after the conversion, are ignored. The conversion hit itself
+/// may be one of them (a landing page that is also the goal).
+pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversion {
+    let at = hit.received_at;
+    let since = at - Duration::days(i64::from(goal.window_days));
+    let mut window: Vec<&Touchpoint> = candidates
+        .iter()
+        .filter(|t| t.vid == hit.vid && t.site == hit.site)
+        .filter(|t| t.at >= since && (t.at, t.hit_id) <= (at, hit.id))
+        .collect();
+    // Order by time, then id, so ties resolve the same way on every run.
+    window.sort_by_key(|t| (t.at, t.hit_id));
+    window.dedup_by_key(|t| t.hit_id);
+
+    let credits = if window.is_empty() {
+        vec![Credit {
+            touchpoint: None,
+            source: DIRECT.to_owned(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            at: None,
+            credit: 1.0,
+        }]
+    } else {
+        let ages: Vec<f64> = window
+            .iter()
+            .map(|t| (at - t.at).num_milliseconds() as f64 / 86_400_000.0)
+            .collect();
+        window
+            .iter()
+            .zip(weights(goal.model, &ages))
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(t, w)| Credit {
+                touchpoint: Some(t.hit_id),
+                source: t.source.clone(),
+                medium: t.medium.clone(),
+                campaign: t.campaign.clone(),
+                ad: t.ad.clone(),
+                at: Some(t.at),
+                credit: w,
+            })
+            .collect()
+    };
+    Conversion {
+        hit_id: hit.id,
+        goal_id: goal.id,
+        site: hit.site.clone(),
+        vid: hit.vid.clone(),
+        at,
+        value: goal.value_for(hit),
+        currency: hit.currency.clone(),
+        order_id: hit.order_id.clone(),
+        model: goal.model,
+        window_days: goal.window_days,
+        credits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::goal::GoalDraft;
+    use crate::domain::hit::{RawHit, Stamp};
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap()
+    }
+
+    fn goal(model: Model, window: u16) -> Goal {
+        let draft: GoalDraft = serde_json::from_value(serde_json::json!({
+            "match": {"event": "signup"}, "value": 49.0,
+            "model": model, "window_days": window
+        }))
+        .unwrap();
+        Goal::from_draft(draft, Uuid::now_v7(), "s_1", t0()).unwrap()
+    }
+
+    fn conversion_hit(at: DateTime<Utc>) -> Hit {
+        let raw = RawHit {
+            site: Some("s_1".into()),
+            kind: Some("event".into()),
+            name: Some("signup".into()),
+            vid: Some("v1".into()),
+            ..Default::default()
+        };
+        let stamp = Stamp {
+            received_at: at,
+            user_agent: None,
+            ip: None,
+            request_id: None,
+            keep_full_ip: false,
+        };
+        Hit::stamp(raw, &stamp).unwrap()
+    }
+
+    fn tp(source: &str, days_before: f64) -> Touchpoint {
+        Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: "s_1".into(),
+            vid: "v1".into(),
+            at: t0() - Duration::milliseconds((days_before * 86_400_000.0) as i64),
+            source: source.into(),
+            medium: Some("cpc".into()),
+            campaign: Some(format!("{source}-campaign")),
+            ad: None,
+            click_id: None,
+        }
+    }
+
+    fn shares(c: &Conversion) -> Vec<(String, f64)> {
+        c.credits
+            .iter()
+            .map(|c| (c.source.clone(), c.credit))
+            .collect()
+    }
+
+    #[test]
+    fn no_touchpoint_credits_direct() {
+        let c = attribute(&goal(Model::LastClick, 30), &conversion_hit(t0()), &[]);
+        assert_eq!(shares(&c), vec![("(direct)".to_owned(), 1.0)]);
+        assert_eq!(c.value, 49.0);
+    }
+
+    #[test]
+    fn models_split_three_touchpoints_as_documented() {
+        let tps = [tp("google", 3.0), tp("facebook", 2.0), tp("bing", 1.0)];
+        let hit = conversion_hit(t0());
+        let at = |m| shares(&attribute(&goal(m, 30), &hit, &tps));
+        assert_eq!(at(Model::LastClick), vec![("bing".to_owned(), 1.0)]);
+        assert_eq!(at(Model::FirstClick), vec![("google".to_owned(), 1.0)]);
+        let linear = at(Model::Linear);
+        assert!(linear.iter().all(|(_, w)| (w - 1.0 / 3.0).abs() < 1e-12));
+        let pos = at(Model::PositionBased);
+        for ((_, got), want) in pos.iter().zip([0.4, 0.2, 0.4]) {
+            assert!((got - want).abs() < 1e-12, "{pos:?}");
+        }
+        let decay = at(Model::TimeDecay);
+        // Each day closer weighs 2^(1/7) more.
+        let ratio = decay[2].1 / decay[1].1;
+        assert!((ratio - 2f64.powf(1.0 / 7.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn touchpoints_outside_window_or_after_conversion_are_ignored() {
+        let late = Touchpoint {
+            at: t0() + Duration::minutes(1),
+            ..tp("late", 0.0)
+        };
+        let tps = [tp("old", 8.0), tp("fresh", 6.0), late];
+        let c = attribute(&goal(Model::Linear, 7), &conversion_hit(t0()), &tps);
+        assert_eq!(shares(&c), vec![("fresh".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn other_visitors_touchpoints_are_ignored() {
+        let other = Touchpoint {
+            vid: "v2".into(),
+            ..tp("google", 1.0)
+        };
+        let c = attribute(&goal(Model::LastClick, 30), &conversion_hit(t0()), &[other]);
+        assert_eq!(c.credits[0].source, DIRECT);
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        prop_oneof![
+            Just(Model::LastClick),
+            Just(Model::FirstClick),
+            Just(Model::Linear),
+            Just(Model::TimeDecay),
+            Just(Model::PositionBased),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn credits_sum_to_one(m in model(), ages in prop::collection::vec(0.0f64..60.0, 0..12), window in 1u16..90) {
+            let tps: Vec<_> = ages.iter().enumerate().map(|(i, a)| tp(&format!("s{i}"), *a)).collect();
+            let c = attribute(&goal(m, window), &conversion_hit(t0()), &tps);
+            let sum: f64 = c.credits.iter().map(|c| c.credit).sum();
+            prop_assert!((sum - 1.0).abs() < 1e-9, "sum was {sum}");
+            prop_assert!(c.credits.iter().all(|c| c.credit > 0.0));
+        }
+
+        #[test]
+        fn order_and_duplicates_of_candidates_do_not_change_credit(
+            m in model(),
+            ages in prop::collection::vec(0.0f64..40.0, 1..10),
+            seed in any::<u64>(),
+        ) {
+            let tps: Vec<_> = ages.iter().enumerate().map(|(i, a)| tp(&format!("s{i}"), *a)).collect();
+            let g = goal(m, 30);
+            let hit = conversion_hit(t0());
+            let base = attribute(&g, &hit, &tps);
+            // A redelivered batch may load touchpoints in another order and twice.
+            let mut shuffled = tps.clone();
+            shuffled.extend(tps.iter().cloned());
+            let mut s = seed;
+            for i in (1..shuffled.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(attribute(&g, &hit, &shuffled), base);
+        }
+    }
+}

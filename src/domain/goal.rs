@@ -1,0 +1,390 @@
+//! Conversion goals: what counts as a conversion, and how it is credited.
+//!
+//! `GoalDraft` is the API's input; `Goal::from_draft` validates it (and
+//! compiles its URL pattern) so a stored `Goal` always matches cleanly.
+//! Matching is pure: it never touches the store.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::attribution::Model;
+use super::hit::{Hit, HitKind, PropValue};
+
+pub const DEFAULT_WINDOW_DAYS: u16 = 30;
+pub const MAX_WINDOW_DAYS: u16 = 365;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UrlOp {
+    #[default]
+    Exact,
+    Prefix,
+    /// `*` matches within one path segment, `**` across segments.
+    Wildcard,
+    Regex,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountMode {
+    #[default]
+    Every,
+    OncePerVisitor,
+}
+
+/// The `match` object of a goal, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoalMatch {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub op: Option<UrlOp>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub props: BTreeMap<String, PropValue>,
+}
+
+/// A goal as a client creates or replaces it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoalDraft {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: GoalMatch,
+    pub value: Option<f64>,
+    pub model: Option<Model>,
+    pub window_days: Option<u16>,
+    pub count: Option<CountMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GoalError {
+    #[error("`match` needs exactly one of `event` or `url`")]
+    MatchShape,
+    #[error("`match.op` applies only to `url` goals")]
+    OpWithoutUrl,
+    #[error("`match.url` is not a valid pattern: {0}")]
+    Pattern(String),
+    #[error("`window_days` must be between 1 and {MAX_WINDOW_DAYS}")]
+    Window,
+    #[error("`value` must be a finite number")]
+    Value,
+    #[error("`{0}` must not be empty")]
+    Empty(&'static str),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Goal {
+    pub id: Uuid,
+    pub site: String,
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: GoalMatch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub model: Model,
+    pub window_days: u16,
+    pub count: CountMode,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    compiled: Option<Regex>,
+}
+
+impl PartialEq for Goal {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.site == other.site
+            && self.name == other.name
+            && self.matcher == other.matcher
+            && self.value == other.value
+            && self.model == other.model
+            && self.window_days == other.window_days
+            && self.count == other.count
+            && self.created_at == other.created_at
+    }
+}
+
+/// Turns a wildcard path into an anchored regex: `**` spans segments,
+/// `*` stays within one, everything else is literal.
+fn wildcard_regex(pattern: &str) -> String {
+    let mut out = String::from("^");
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("**") {
+            out.push_str(".*");
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('*') {
+            out.push_str("[^/]*");
+            rest = r;
+        } else {
+            let next = rest.find('*').unwrap_or(rest.len());
+            out.push_str(&regex::escape(&rest[..next]));
+            rest = &rest[next..];
+        }
+    }
+    out.push('$');
+    out
+}
+
+fn compile(m: &GoalMatch) -> Result<Option<Regex>, GoalError> {
+    let Some(url) = &m.url else {
+        return Ok(None);
+    };
+    let source = match m.op.unwrap_or_default() {
+        UrlOp::Exact | UrlOp::Prefix => return Ok(None),
+        UrlOp::Wildcard => wildcard_regex(url),
+        UrlOp::Regex => url.clone(),
+    };
+    regex::RegexBuilder::new(&source)
+        .size_limit(1 << 20)
+        .build()
+        .map(Some)
+        .map_err(|e| GoalError::Pattern(e.to_string()))
+}
+
+impl Goal {
+    /// Validates a draft into a goal with the given identity.
+    pub fn from_draft(
+        draft: GoalDraft,
+        id: Uuid,
+        site: &str,
+        created_at: DateTime<Utc>,
+    ) -> Result<Goal, GoalError> {
+        let m = &draft.matcher;
+        match (&m.event, &m.url) {
+            (Some(e), None) if e.is_empty() => return Err(GoalError::Empty("match.event")),
+            (None, Some(u)) if u.is_empty() => return Err(GoalError::Empty("match.url")),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return Err(GoalError::MatchShape),
+        }
+        if m.event.is_some() && m.op.is_some() {
+            return Err(GoalError::OpWithoutUrl);
+        }
+        let window_days = draft.window_days.unwrap_or(DEFAULT_WINDOW_DAYS);
+        if !(1..=MAX_WINDOW_DAYS).contains(&window_days) {
+            return Err(GoalError::Window);
+        }
+        if draft.value.is_some_and(|v| !v.is_finite()) {
+            return Err(GoalError::Value);
+        }
+        let mut matcher = draft.matcher;
+        if matcher.url.is_some() {
+            matcher.op = Some(matcher.op.unwrap_or_default());
+        }
+        let name = match draft.name {
+            Some(n) if !n.trim().is_empty() => n,
+            Some(_) => return Err(GoalError::Empty("name")),
+            None => matcher
+                .event
+                .clone()
+                .or_else(|| matcher.url.clone())
+                .unwrap_or_default(),
+        };
+        Ok(Goal {
+            compiled: compile(&matcher)?,
+            id,
+            site: site.to_owned(),
+            name,
+            matcher,
+            value: draft.value,
+            model: draft.model.unwrap_or_default(),
+            window_days,
+            count: draft.count.unwrap_or_default(),
+            created_at,
+        })
+    }
+
+    /// Rebuilds the compiled pattern after deserialising a stored goal.
+    pub fn prepared(mut self) -> Result<Goal, GoalError> {
+        self.compiled = compile(&self.matcher)?;
+        Ok(self)
+    }
+
+    /// Whether a hit completes this goal. Event goals match events by
+    /// name; URL goals match page views by path (query string ignored).
+    pub fn matches(&self, hit: &Hit) -> bool {
+        if hit.site != self.site || !self.props_match(hit) {
+            return false;
+        }
+        let m = &self.matcher;
+        if let Some(event) = &m.event {
+            return hit.kind == HitKind::Event && hit.name.as_deref() == Some(event.as_str());
+        }
+        let (Some(pattern), HitKind::Pageview) = (&m.url, hit.kind) else {
+            return false;
+        };
+        let Some(path) = hit.path() else {
+            return false;
+        };
+        match m.op.unwrap_or_default() {
+            UrlOp::Exact => path == *pattern,
+            UrlOp::Prefix => path.starts_with(pattern.as_str()),
+            UrlOp::Wildcard | UrlOp::Regex => {
+                self.compiled.as_ref().is_some_and(|r| r.is_match(&path))
+            }
+        }
+    }
+
+    fn props_match(&self, hit: &Hit) -> bool {
+        self.matcher.props.iter().all(|(k, want)| {
+            hit.props
+                .get(k)
+                .is_some_and(|got| got.as_text() == want.as_text())
+        })
+    }
+
+    /// The conversion's value: the hit's own, else the goal's default.
+    pub fn value_for(&self, hit: &Hit) -> f64 {
+        hit.value.or(self.value).unwrap_or(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::hit::{RawHit, Stamp};
+
+    fn goal(json: serde_json::Value) -> Result<Goal, GoalError> {
+        let draft: GoalDraft = serde_json::from_value(json).unwrap();
+        Goal::from_draft(draft, Uuid::now_v7(), "s_1", Utc::now())
+    }
+
+    fn hit(kind: &str, name: Option<&str>, url: &str, props: serde_json::Value) -> Hit {
+        let raw = RawHit {
+            site: Some("s_1".into()),
+            kind: Some(kind.into()),
+            name: name.map(Into::into),
+            url: Some(url.into()),
+            props: serde_json::from_value(props).unwrap(),
+            ..Default::default()
+        };
+        let stamp = Stamp {
+            received_at: Utc::now(),
+            user_agent: None,
+            ip: None,
+            request_id: None,
+            keep_full_ip: false,
+        };
+        Hit::stamp(raw, &stamp).unwrap()
+    }
+
+    #[test]
+    fn event_goal_matches_event_by_name_only() {
+        let g = goal(serde_json::json!({"match": {"event": "signup"}, "value": 49})).unwrap();
+        assert_eq!(g.name, "signup");
+        assert_eq!(g.model, Model::LastClick);
+        assert_eq!(g.window_days, 30);
+        assert!(g.matches(&hit(
+            "event",
+            Some("signup"),
+            "https://x.example/",
+            serde_json::json!(null)
+        )));
+        assert!(!g.matches(&hit(
+            "event",
+            Some("login"),
+            "https://x.example/",
+            serde_json::json!(null)
+        )));
+        assert!(!g.matches(&hit(
+            "pageview",
+            None,
+            "https://x.example/signup",
+            serde_json::json!(null)
+        )));
+    }
+
+    #[test]
+    fn url_ops_compare_paths_without_query() {
+        let pv = |u: &str| hit("pageview", None, u, serde_json::json!(null));
+        let exact = goal(serde_json::json!({"match": {"url": "/thanks"}})).unwrap();
+        assert!(exact.matches(&pv("https://x.example/thanks?order=1")));
+        assert!(!exact.matches(&pv("https://x.example/thanks/more")));
+        let prefix = goal(serde_json::json!({"match": {"url": "/blog/", "op": "prefix"}})).unwrap();
+        assert!(prefix.matches(&pv("https://x.example/blog/post")));
+        assert!(!prefix.matches(&pv("https://x.example/about")));
+        let wild =
+            goal(serde_json::json!({"match": {"url": "/shop/*/done", "op": "wildcard"}})).unwrap();
+        assert!(wild.matches(&pv("https://x.example/shop/cart-1/done")));
+        assert!(!wild.matches(&pv("https://x.example/shop/a/b/done")));
+        let deep =
+            goal(serde_json::json!({"match": {"url": "/shop/**/done", "op": "wildcard"}})).unwrap();
+        assert!(deep.matches(&pv("https://x.example/shop/a/b/done")));
+        let re =
+            goal(serde_json::json!({"match": {"url": "^/order/[0-9]+$", "op": "regex"}})).unwrap();
+        assert!(re.matches(&pv("https://x.example/order/123")));
+        assert!(!re.matches(&pv("https://x.example/order/abc")));
+    }
+
+    #[test]
+    fn property_filters_must_all_match() {
+        let g = goal(
+            serde_json::json!({"match": {"event": "buy", "props": {"plan": "pro", "seats": 3}}}),
+        )
+        .unwrap();
+        let buy = |p| hit("event", Some("buy"), "https://x.example/", p);
+        assert!(g.matches(&buy(
+            serde_json::json!({"plan": "pro", "seats": 3, "x": true})
+        )));
+        assert!(!g.matches(&buy(serde_json::json!({"plan": "pro"}))));
+        assert!(!g.matches(&buy(serde_json::json!({"plan": "free", "seats": 3}))));
+    }
+
+    #[test]
+    fn invalid_goals_are_refused_with_reasons() {
+        assert_eq!(
+            goal(serde_json::json!({"match": {}})).unwrap_err(),
+            GoalError::MatchShape
+        );
+        assert_eq!(
+            goal(serde_json::json!({"match": {"event": "a", "url": "/b"}})).unwrap_err(),
+            GoalError::MatchShape
+        );
+        assert_eq!(
+            goal(serde_json::json!({"match": {"event": "a", "op": "prefix"}})).unwrap_err(),
+            GoalError::OpWithoutUrl
+        );
+        assert_eq!(
+            goal(serde_json::json!({"match": {"event": "a"}, "window_days": 0})).unwrap_err(),
+            GoalError::Window
+        );
+        assert!(matches!(
+            goal(serde_json::json!({"match": {"url": "(", "op": "regex"}})).unwrap_err(),
+            GoalError::Pattern(_)
+        ));
+    }
+
+    #[test]
+    fn hit_value_overrides_goal_default() {
+        let g = goal(serde_json::json!({"match": {"event": "signup"}, "value": 49})).unwrap();
+        let mut h = hit(
+            "event",
+            Some("signup"),
+            "https://x.example/",
+            serde_json::json!(null),
+        );
+        assert_eq!(g.value_for(&h), 49.0);
+        h.value = Some(10.0);
+        assert_eq!(g.value_for(&h), 10.0);
+    }
+
+    #[test]
+    fn stored_goal_round_trips_and_recompiles() {
+        let g = goal(serde_json::json!({"match": {"url": "/a/*", "op": "wildcard"}})).unwrap();
+        let back: Goal = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        let back = back.prepared().unwrap();
+        assert_eq!(back, g);
+        assert!(back.matches(&hit(
+            "pageview",
+            None,
+            "https://x.example/a/b",
+            serde_json::json!(null)
+        )));
+    }
+}

@@ -1,0 +1,626 @@
+//! Hits: the wire form a browser sends, and the stamped form that travels
+//! through the queue.
+//!
+//! `RawHit` is untrusted input. `Hit::stamp` is the only way to make a `Hit`
+//! from it, so a `Hit` is always valid: it has a site, a known type, the
+//! fields its type requires, an id and a server timestamp. This module must
+//! never look anything up (e.g. whether a site exists); callers do that.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Longest string field we accept; a hit is small, anything longer is abuse.
+pub const MAX_FIELD_LEN: usize = 2048;
+/// Most properties a hit may carry.
+pub const MAX_PROPS: usize = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HitKind {
+    Pageview,
+    Event,
+}
+
+/// A property value: string, number or bool, as API.md allows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropValue {
+    Bool(bool),
+    Number(f64),
+    Text(String),
+}
+
+impl PropValue {
+    /// The value as goal filters compare it: `true`, `49`, `49.5`, `pro`.
+    pub fn as_text(&self) -> String {
+        match self {
+            PropValue::Bool(b) => b.to_string(),
+            PropValue::Number(n) => n.to_string(),
+            PropValue::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// A hit as a client sends it. Every field is optional here so that a
+/// missing field yields our own message rather than serde's.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawHit {
+    pub site: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub referrer: Option<String>,
+    pub vid: Option<String>,
+    pub sid: Option<String>,
+    pub ts: Option<i64>,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+    pub order_id: Option<String>,
+    pub props: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Ad-click and campaign fields, parsed from the hit's URL on the server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Marketing {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gclid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gbraid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wbraid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fbclid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub msclkid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ttclid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub li_fat_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub twclid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utm_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utm_medium: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utm_campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utm_term: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utm_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ad_id: Option<String>,
+}
+
+/// Click-id parameters and the ad network each one names, in the order we
+/// prefer when a URL carries more than one.
+const CLICK_IDS: [(&str, &str); 8] = [
+    ("gclid", "google"),
+    ("gbraid", "google"),
+    ("wbraid", "google"),
+    ("fbclid", "facebook"),
+    ("msclkid", "bing"),
+    ("ttclid", "tiktok"),
+    ("li_fat_id", "linkedin"),
+    ("twclid", "twitter"),
+];
+
+impl Marketing {
+    /// Parses click ids and utm tags from a URL's query string. A URL that
+    /// does not parse simply carries no marketing fields.
+    pub fn from_url(raw: &str) -> Self {
+        match url::Url::parse(raw) {
+            Ok(parsed) => Self::from_parsed(&parsed),
+            Err(_) => Marketing::default(),
+        }
+    }
+
+    /// As [`Marketing::from_url`], for a URL already parsed.
+    pub fn from_parsed(parsed: &url::Url) -> Self {
+        let mut m = Marketing::default();
+        if parsed.query().is_none() {
+            return m;
+        }
+        for (k, v) in parsed.query_pairs() {
+            if v.is_empty() {
+                continue;
+            }
+            let v = truncate(v.into_owned());
+            let slot = match k.as_ref() {
+                "gclid" => &mut m.gclid,
+                "gbraid" => &mut m.gbraid,
+                "wbraid" => &mut m.wbraid,
+                "fbclid" => &mut m.fbclid,
+                "msclkid" => &mut m.msclkid,
+                "ttclid" => &mut m.ttclid,
+                "li_fat_id" => &mut m.li_fat_id,
+                "twclid" => &mut m.twclid,
+                "utm_source" => &mut m.utm_source,
+                "utm_medium" => &mut m.utm_medium,
+                "utm_campaign" => &mut m.utm_campaign,
+                "utm_term" => &mut m.utm_term,
+                "utm_content" => &mut m.utm_content,
+                "ad_id" => &mut m.ad_id,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        }
+        m
+    }
+
+    fn click_id(&self, name: &str) -> Option<&String> {
+        match name {
+            "gclid" => self.gclid.as_ref(),
+            "gbraid" => self.gbraid.as_ref(),
+            "wbraid" => self.wbraid.as_ref(),
+            "fbclid" => self.fbclid.as_ref(),
+            "msclkid" => self.msclkid.as_ref(),
+            "ttclid" => self.ttclid.as_ref(),
+            "li_fat_id" => self.li_fat_id.as_ref(),
+            "twclid" => self.twclid.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The first click id present, as (parameter, network, value).
+    pub fn first_click_id(&self) -> Option<(&'static str, &'static str, &String)> {
+        CLICK_IDS
+            .iter()
+            .find_map(|(param, network)| self.click_id(param).map(|v| (*param, *network, v)))
+    }
+
+    /// A hit is a touchpoint (an ad click that may earn credit) when it
+    /// carries a click id or any utm tag.
+    pub fn is_touchpoint(&self) -> bool {
+        self.first_click_id().is_some()
+            || self.utm_source.is_some()
+            || self.utm_medium.is_some()
+            || self.utm_campaign.is_some()
+            || self.utm_term.is_some()
+            || self.utm_content.is_some()
+    }
+
+    /// `utm_source`, else the network of the click id.
+    pub fn source(&self) -> Option<String> {
+        self.utm_source
+            .clone()
+            .or_else(|| self.first_click_id().map(|(_, n, _)| n.to_owned()))
+    }
+
+    /// `utm_medium`, else `cpc` when a click id is present.
+    pub fn medium(&self) -> Option<String> {
+        self.utm_medium
+            .clone()
+            .or_else(|| self.first_click_id().map(|_| "cpc".to_owned()))
+    }
+
+    /// `ad_id`, else `utm_content`.
+    pub fn ad(&self) -> Option<String> {
+        self.ad_id.clone().or_else(|| self.utm_content.clone())
+    }
+}
+
+/// A stamped, valid hit: what the queue carries and the archive keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub id: Uuid,
+    pub site: String,
+    pub received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_ts: Option<DateTime<Utc>>,
+    #[serde(rename = "type")]
+    pub kind: HitKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub referrer: Option<String>,
+    /// Visitor id: the client's, or a hash of site, IP and user agent when
+    /// the client sent none (e.g. a `<noscript>` pixel).
+    pub vid: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub order_id: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub props: BTreeMap<String, PropValue>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ip: Option<String>,
+    /// The id of the HTTP request that brought this hit, for tracing it
+    /// through the queue into the workers' logs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub marketing: Marketing,
+}
+
+/// What the server knows about the request a hit arrived in.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    pub received_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+    /// Keep the full IP instead of anonymising it (a per-site opt-out).
+    pub keep_full_ip: bool,
+}
+
+/// Why a raw hit was refused. The message is shown to the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HitError {
+    #[error("missing required field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}` is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> HitError {
+    HitError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_FIELD_LEN {
+        let mut end = MAX_FIELD_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn text(field: &'static str, v: Option<String>) -> Result<Option<String>, HitError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.len() > MAX_FIELD_LEN => {
+            Err(invalid(field, format!("longer than {MAX_FIELD_LEN} bytes")))
+        }
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => Ok(Some(s)),
+    }
+}
+
+/// Zeroes the host part: the last octet of IPv4 (/24), all but the first
+/// 48 bits of IPv6 (/48), as Google Analytics and Matomo do.
+pub fn anonymise_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return anonymise_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+impl Hit {
+    /// Validates a raw hit and stamps it with an id and the request's
+    /// metadata. The site key is checked for presence only.
+    pub fn stamp(raw: RawHit, stamp: &Stamp) -> Result<Hit, HitError> {
+        let site = text("site", raw.site)?.ok_or(HitError::Missing("site"))?;
+        let kind = match raw.kind.as_deref() {
+            None | Some("pageview") => HitKind::Pageview,
+            Some("event") => HitKind::Event,
+            Some(other) => {
+                return Err(invalid(
+                    "type",
+                    format!("`{other}` is not `pageview` or `event`"),
+                ))
+            }
+        };
+        let name = text("name", raw.name)?;
+        let url = text("url", raw.url)?;
+        match kind {
+            HitKind::Event if name.is_none() => return Err(HitError::Missing("name")),
+            HitKind::Pageview if url.is_none() => return Err(HitError::Missing("url")),
+            _ => {}
+        }
+        let marketing = match &url {
+            Some(u) => Marketing::from_parsed(
+                &url::Url::parse(u)
+                    .map_err(|e| invalid("url", format!("not an absolute URL ({e})")))?,
+            ),
+            None => Marketing::default(),
+        };
+        let client_ts = match raw.ts {
+            None => None,
+            Some(ms) => Some(
+                Utc.timestamp_millis_opt(ms)
+                    .single()
+                    .ok_or_else(|| invalid("ts", "not a time in milliseconds since the epoch"))?,
+            ),
+        };
+        if let Some(v) = raw.value {
+            if !v.is_finite() {
+                return Err(invalid("value", "must be a finite number"));
+            }
+        }
+        let currency = text("currency", raw.currency)?;
+        if let Some(c) = &currency {
+            if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(invalid("currency", "must be a three-letter ISO 4217 code"));
+            }
+        }
+        let props = props(raw.props)?;
+        let user_agent = stamp.user_agent.clone().map(truncate);
+        let vid = match text("vid", raw.vid)? {
+            Some(v) => v,
+            None => derived_visitor(&site, stamp.ip, user_agent.as_deref()),
+        };
+        let ip = stamp.ip.map(|ip| {
+            if stamp.keep_full_ip {
+                ip
+            } else {
+                anonymise_ip(ip)
+            }
+        });
+        Ok(Hit {
+            id: Uuid::now_v7(),
+            marketing,
+            site,
+            received_at: stamp.received_at,
+            client_ts,
+            kind,
+            name,
+            url,
+            referrer: text("referrer", raw.referrer)?,
+            vid,
+            sid: text("sid", raw.sid)?,
+            value: raw.value,
+            currency: currency.map(|c| c.to_ascii_uppercase()),
+            order_id: text("order_id", raw.order_id)?,
+            props,
+            user_agent,
+            ip: ip.map(|ip| ip.to_string()),
+            request_id: stamp.request_id.clone(),
+        })
+    }
+
+    /// The URL's path, without query or fragment, for URL goals.
+    pub fn path(&self) -> Option<String> {
+        let u = url::Url::parse(self.url.as_deref()?).ok()?;
+        Some(u.path().to_owned())
+    }
+}
+
+fn props(
+    raw: Option<BTreeMap<String, serde_json::Value>>,
+) -> Result<BTreeMap<String, PropValue>, HitError> {
+    let Some(raw) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    if raw.len() > MAX_PROPS {
+        return Err(invalid(
+            "props",
+            format!("more than {MAX_PROPS} properties"),
+        ));
+    }
+    raw.into_iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.len() > 256 {
+                return Err(invalid("props", "keys must be 1 to 256 bytes"));
+            }
+            let v = match v {
+                serde_json::Value::Bool(b) => PropValue::Bool(b),
+                serde_json::Value::Number(n) => PropValue::Number(
+                    n.as_f64()
+                        .ok_or_else(|| invalid("props", format!("`{k}` is out of range")))?,
+                ),
+                serde_json::Value::String(s) if s.len() <= MAX_FIELD_LEN => PropValue::Text(s),
+                serde_json::Value::String(_) => {
+                    return Err(invalid("props", format!("`{k}` is too long")))
+                }
+                _ => {
+                    return Err(invalid(
+                        "props",
+                        format!("`{k}` must be a string, number or bool"),
+                    ))
+                }
+            };
+            Ok((k, v))
+        })
+        .collect()
+}
+
+/// A stable, non-reversible visitor id for hits that carry none. It uses
+/// the full IP before anonymisation, so it never leaves this function.
+fn derived_visitor(site: &str, ip: Option<IpAddr>, ua: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    h.update(site.as_bytes());
+    h.update([0]);
+    h.update(ip.map(|i| i.to_string()).unwrap_or_default().as_bytes());
+    h.update([0]);
+    h.update(ua.unwrap_or_default().as_bytes());
+    format!("anon-{}", &hex::encode(h.finalize())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            received_at: Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap(),
+            user_agent: Some("Mozilla/5.0".into()),
+            ip: Some("203.0.113.77".parse().unwrap()),
+            request_id: Some("req-1".into()),
+            keep_full_ip: false,
+        }
+    }
+
+    fn pageview(url: &str) -> RawHit {
+        RawHit {
+            site: Some("s_1".into()),
+            url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pageview_with_gclid_and_utm_becomes_a_touchpoint_from_google() {
+        let hit = Hit::stamp(
+            pageview("https://shop.example/?gclid=abc&utm_campaign=black-friday"),
+            &stamp(),
+        )
+        .unwrap();
+        assert_eq!(hit.kind, HitKind::Pageview);
+        assert!(hit.marketing.is_touchpoint());
+        assert_eq!(hit.marketing.source().as_deref(), Some("google"));
+        assert_eq!(hit.marketing.medium().as_deref(), Some("cpc"));
+        assert_eq!(hit.marketing.utm_campaign.as_deref(), Some("black-friday"));
+        assert_eq!(hit.id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn utm_source_wins_over_click_id_network_and_ad_falls_back_to_content() {
+        let m = Marketing::from_url(
+            "https://x.example/?fbclid=1&utm_source=newsletter&utm_medium=email&utm_content=hero",
+        );
+        assert_eq!(m.source().as_deref(), Some("newsletter"));
+        assert_eq!(m.medium().as_deref(), Some("email"));
+        assert_eq!(m.ad().as_deref(), Some("hero"));
+        let m = Marketing::from_url("https://x.example/?msclkid=1&ad_id=ad-42&utm_content=c");
+        assert_eq!(m.source().as_deref(), Some("bing"));
+        assert_eq!(m.ad().as_deref(), Some("ad-42"));
+    }
+
+    #[test]
+    fn a_plain_pageview_is_not_a_touchpoint() {
+        let hit = Hit::stamp(pageview("https://x.example/pricing?ref=1"), &stamp()).unwrap();
+        assert!(!hit.marketing.is_touchpoint());
+        assert_eq!(hit.path().as_deref(), Some("/pricing"));
+    }
+
+    #[test]
+    fn ip_is_anonymised_unless_the_site_opts_out() {
+        let hit = Hit::stamp(pageview("https://x.example/"), &stamp()).unwrap();
+        assert_eq!(hit.ip.as_deref(), Some("203.0.113.0"));
+        let full = Stamp {
+            keep_full_ip: true,
+            ..stamp()
+        };
+        let hit = Hit::stamp(pageview("https://x.example/"), &full).unwrap();
+        assert_eq!(hit.ip.as_deref(), Some("203.0.113.77"));
+        let v6: IpAddr = "2001:db8:abcd:12:1:2:3:4".parse().unwrap();
+        assert_eq!(anonymise_ip(v6).to_string(), "2001:db8:abcd::");
+    }
+
+    #[test]
+    fn missing_and_wrong_fields_are_named() {
+        let err = Hit::stamp(RawHit::default(), &stamp()).unwrap_err();
+        assert_eq!(err, HitError::Missing("site"));
+        let ev = RawHit {
+            site: Some("s".into()),
+            kind: Some("event".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Hit::stamp(ev, &stamp()).unwrap_err(),
+            HitError::Missing("name")
+        );
+        let pv = RawHit {
+            site: Some("s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Hit::stamp(pv, &stamp()).unwrap_err(),
+            HitError::Missing("url")
+        );
+        let bad = RawHit {
+            kind: Some("click".into()),
+            ..pageview("https://x.example/")
+        };
+        assert!(matches!(
+            Hit::stamp(bad, &stamp()).unwrap_err(),
+            HitError::Invalid { field: "type", .. }
+        ));
+        let bad = RawHit {
+            currency: Some("euro".into()),
+            ..pageview("https://x.example/")
+        };
+        assert!(matches!(
+            Hit::stamp(bad, &stamp()).unwrap_err(),
+            HitError::Invalid {
+                field: "currency",
+                ..
+            }
+        ));
+        let nested = RawHit {
+            props: Some(
+                [("plan".to_owned(), serde_json::json!({"a": 1}))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..pageview("https://x.example/")
+        };
+        assert!(matches!(
+            Hit::stamp(nested, &stamp()).unwrap_err(),
+            HitError::Invalid { field: "props", .. }
+        ));
+    }
+
+    #[test]
+    fn visitor_without_vid_gets_a_stable_derived_id() {
+        let a = Hit::stamp(pageview("https://x.example/"), &stamp()).unwrap();
+        let b = Hit::stamp(pageview("https://x.example/b"), &stamp()).unwrap();
+        assert_eq!(a.vid, b.vid);
+        assert!(a.vid.starts_with("anon-"));
+        assert!(!a.vid.contains("203.0.113"));
+    }
+
+    #[test]
+    fn stamped_hit_round_trips_through_json() {
+        let mut raw = pageview("https://x.example/?gclid=g&utm_campaign=c");
+        raw.props = Some(
+            [
+                ("plan".to_owned(), serde_json::json!("pro")),
+                ("seats".to_owned(), serde_json::json!(3)),
+                ("trial".to_owned(), serde_json::json!(true)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let hit = Hit::stamp(raw, &stamp()).unwrap();
+        let json = serde_json::to_string(&hit).unwrap();
+        let back: Hit = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, hit);
+    }
+
+    proptest! {
+        #[test]
+        fn anonymised_v4_keeps_the_first_three_octets(a: u8, b: u8, c: u8, d: u8) {
+            let ip = anonymise_ip(IpAddr::from([a, b, c, d]));
+            prop_assert_eq!(ip, IpAddr::from([a, b, c, 0]));
+        }
+
+        #[test]
+        fn from_url_never_panics(s in ".{0,200}") {
+            let _ = Marketing::from_url(&s);
+            let _ = Marketing::from_url(&format!("https://x.example/?{s}"));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Pure domain logic: hits, goals, attribution and report aggregation.
+//!
+//! Nothing in here performs I/O, reads the clock (except where a caller
+//! passes it in) or knows which adapter is in use. Every function is
+//! deterministic so it can be unit- and property-tested.
+
+pub mod attribution;
+pub mod goal;
+pub mod hit;
+pub mod report;
+pub mod site;
+
+pub use attribution::{attribute, Conversion, Credit, Model, Touchpoint};
+pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, UrlOp};
+pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp};
+pub use report::{CreditRow, GroupKey, Report, ReportQuery, ReportRow};
+pub use site::{ApiKey, Site};

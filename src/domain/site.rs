@@ -1,0 +1,85 @@
+//! Sites (tenants) and their secret API keys.
+//!
+//! API keys are shown once at creation and stored only as a SHA-256 hash;
+//! this module must never keep or log the plaintext beyond minting it.
+
+use chrono::{DateTime, Utc};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A tenant. `key` is public: it appears in the snippet on the site's pages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    pub key: String,
+    pub name: String,
+    pub domains: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Site {
+    pub fn new(name: &str, domains: Vec<String>, now: DateTime<Utc>) -> Self {
+        let mut rng = rand::rng();
+        Site {
+            key: format!(
+                "s_{}",
+                Alphanumeric.sample_string(&mut rng, 16).to_lowercase()
+            ),
+            name: name.to_owned(),
+            domains,
+            created_at: now,
+        }
+    }
+}
+
+/// A freshly minted API key. `secret` exists only in this value; the store
+/// keeps `hash` and `prefix` (for revocation by prefix).
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub secret: String,
+    pub prefix: String,
+    pub hash: String,
+    pub site: String,
+}
+
+impl ApiKey {
+    pub fn mint(site: &str) -> Self {
+        let mut rng = rand::rng();
+        let body = Alphanumeric.sample_string(&mut rng, 40);
+        let secret = format!("tk_{body}");
+        ApiKey {
+            prefix: secret[..11].to_owned(),
+            hash: Self::hash(&secret),
+            secret,
+            site: site.to_owned(),
+        }
+    }
+
+    /// The stored form of a key. Keys carry 238 bits of randomness, so a
+    /// plain SHA-256 (no salt, no stretching) cannot be brute-forced and
+    /// lets the store look a key up by its hash.
+    pub fn hash(secret: &str) -> String {
+        hex::encode(Sha256::digest(secret.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_key_hashes_to_its_stored_hash_and_prefix_is_its_start() {
+        let key = ApiKey::mint("s_x");
+        assert_eq!(ApiKey::hash(&key.secret), key.hash);
+        assert!(key.secret.starts_with(&key.prefix));
+        assert_ne!(ApiKey::mint("s_x").secret, key.secret);
+    }
+
+    #[test]
+    fn site_keys_are_distinct_and_prefixed() {
+        let a = Site::new("a", vec![], Utc::now());
+        let b = Site::new("b", vec![], Utc::now());
+        assert!(a.key.starts_with("s_"));
+        assert_ne!(a.key, b.key);
+    }
+}

@@ -1,0 +1,272 @@
+//! The REST API: goals and conversion reports, authenticated by a Bearer
+//! API key scoped to one site.
+//!
+//! A key only ever sees its own site: another site's goal or conversion
+//! answers 404, exactly as a missing one does.
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use chrono::{Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::domain::report::{aggregate, MAX_REPORT_DAYS};
+use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
+
+/// The site an authenticated request acts for.
+pub struct SiteAuth {
+    pub site: String,
+}
+
+/// The bearer token, read synchronously; resolving it needs the store.
+pub struct Bearer(Option<String>);
+
+impl FromRequest for Bearer {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_owned());
+        ready(Ok(Bearer(token)))
+    }
+}
+
+impl Bearer {
+    async fn site(self, state: &AppState) -> Result<SiteAuth, ApiError> {
+        let token = self
+            .0
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let site = state
+            .store
+            .site_for_key_hash(&ApiKey::hash(&token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(SiteAuth { site })
+    }
+}
+
+fn goal_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no goal `{raw}`")))
+}
+
+fn draft(body: &[u8]) -> Result<GoalDraft, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::BadRequest(format!("invalid goal: {}", e.inner()))
+        } else {
+            ApiError::BadRequest(format!("invalid goal: field `{path}`: {}", e.inner()))
+        }
+    })
+}
+
+pub async fn list_goals(
+    state: web::Data<AppState>,
+    auth: Bearer,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let mut goals = state.store.goals(&auth.site).await?;
+    goals.sort_by_key(|g| (g.created_at, g.id));
+    Ok(HttpResponse::Ok().json(goals))
+}
+
+pub async fn create_goal(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let goal = Goal::from_draft(draft(&body)?, Uuid::now_v7(), &auth.site, Utc::now())
+        .map_err(|e| ApiError::BadRequest(format!("invalid goal: {e}")))?;
+    state.store.put_goal(&goal).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/goals/{}", goal.id)))
+        .json(goal))
+}
+
+pub async fn get_goal(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let id = goal_id(&path)?;
+    let goal = state
+        .store
+        .goal(&auth.site, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no goal `{id}`")))?;
+    Ok(HttpResponse::Ok().json(goal))
+}
+
+pub async fn replace_goal(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let id = goal_id(&path)?;
+    let old = state
+        .store
+        .goal(&auth.site, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no goal `{id}`")))?;
+    let goal = Goal::from_draft(draft(&body)?, id, &auth.site, old.created_at)
+        .map_err(|e| ApiError::BadRequest(format!("invalid goal: {e}")))?;
+    state.store.put_goal(&goal).await?;
+    Ok(HttpResponse::Ok().json(goal))
+}
+
+pub async fn delete_goal(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let id = goal_id(&path)?;
+    if state.store.delete_goal(&auth.site, id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound(format!("no goal `{id}`")))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReportParams {
+    from: Option<String>,
+    to: Option<String>,
+    goal: Option<String>,
+    group_by: Option<String>,
+}
+
+fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+        ApiError::BadRequest(format!(
+            "`{name}` must be a date like 2026-11-20, not `{raw}`"
+        ))
+    })
+}
+
+impl ReportParams {
+    /// Defaults: the last 30 UTC days up to today, no grouping.
+    fn query(&self) -> Result<ReportQuery, ApiError> {
+        let to = match &self.to {
+            Some(t) => day("to", t)?,
+            None => Utc::now().date_naive(),
+        };
+        let from = match &self.from {
+            Some(f) => day("from", f)?,
+            None => to - Duration::days(29),
+        };
+        if from > to {
+            return Err(ApiError::BadRequest("`from` is after `to`".into()));
+        }
+        if (to - from).num_days() >= MAX_REPORT_DAYS {
+            return Err(ApiError::BadRequest(format!(
+                "a report spans at most {MAX_REPORT_DAYS} days"
+            )));
+        }
+        let goal = self
+            .goal
+            .as_deref()
+            .map(|g| {
+                Uuid::parse_str(g)
+                    .map_err(|_| ApiError::BadRequest(format!("`goal` is not a goal id: `{g}`")))
+            })
+            .transpose()?;
+        let group_by = GroupKey::parse_list(self.group_by.as_deref().unwrap_or(""))
+            .map_err(ApiError::BadRequest)?;
+        Ok(ReportQuery {
+            from,
+            to,
+            goal,
+            group_by,
+        })
+    }
+}
+
+pub async fn conversions(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    params: web::Query<ReportParams>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let query = params.query()?;
+    let rows = state
+        .store
+        .credit_rows(&auth.site, query.from, query.to, query.goal)
+        .await?;
+    Ok(HttpResponse::Ok().json(aggregate(&query, rows)))
+}
+
+#[derive(Serialize)]
+struct Explained {
+    hit_id: Uuid,
+    goal: Uuid,
+    goal_name: Option<String>,
+    at: chrono::DateTime<Utc>,
+    value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<String>,
+    model: crate::domain::Model,
+    window_days: u16,
+    touchpoints: Vec<crate::domain::Credit>,
+}
+
+async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
+    let goal_name = state.store.goal(site, c.goal_id).await?.map(|g| g.name);
+    Ok(Explained {
+        hit_id: c.hit_id,
+        goal: c.goal_id,
+        goal_name,
+        at: c.at,
+        value: c.value,
+        currency: c.currency,
+        order_id: c.order_id,
+        model: c.model,
+        window_days: c.window_days,
+        touchpoints: c.credits,
+    })
+}
+
+/// One conversion explained: its goal, value, model and each touchpoint
+/// with its credit. A hit that completed several goals lists every one
+/// under `conversions`; the top level shows the first.
+pub async fn explain(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let raw = path.into_inner();
+    let hit = Uuid::parse_str(&raw)
+        .map_err(|_| ApiError::NotFound(format!("no conversion for hit `{raw}`")))?;
+    let mut all = state.store.conversions_for_hit(&auth.site, hit).await?;
+    if all.is_empty() {
+        return Err(ApiError::NotFound(format!("no conversion for hit `{hit}`")));
+    }
+    all.sort_by_key(|c| c.goal_id);
+    let mut explained_all = Vec::with_capacity(all.len());
+    for c in all {
+        explained_all.push(explained(&state, &auth.site, c).await?);
+    }
+    let mut body =
+        serde_json::to_value(&explained_all[0]).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["conversions"] =
+        serde_json::to_value(&explained_all).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(body))
+}

@@ -1,0 +1,28 @@
+//! tally: a self-hosted conversion tracker.
+//!
+//! A snippet sends hits to `/collect`; the web process stamps each one,
+//! makes it durable on a queue and answers at once. Consumers attribute
+//! conversions to the ad clicks before them (the attributor) and keep every
+//! raw hit (the archiver). A REST API reports counts and values.
+//!
+//! # Layout
+//! - [`domain`]: hits, goals, attribution models, report aggregation. Pure.
+//! - [`queue`], [`store`], [`archive`]: one port (trait) each, with an
+//!   embedded adapter and a production adapter beside it.
+//! - [`worker`]: the attributor and archiver consumers.
+//! - [`http`]: collect, snippet, REST API, health; one error-to-status map.
+//! - [`config`]: the typed `Settings`; [`startup`]: picks adapters from
+//!   them once and runs the roles until shutdown.
+//! - [`telemetry`], [`metrics`]: logs with request ids, Prometheus text.
+
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

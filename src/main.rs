@@ -1,0 +1,25 @@
+//! `tally`: reads `.env` and the environment, sets up logging, and hands
+//! the command line to the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = tally::cli::Cli::parse();
+    let settings = match tally::config::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tally: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tally::telemetry::init(&settings);
+    match tally::cli::run(cli, settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Start-up: picks each adapter once from `Settings`, builds the HTTP app
+//! and the consumers for a role, and runs them until shutdown.
+//!
+//! This is the only place that knows which adapters exist; everything
+//! else sees `Arc<dyn Queue>`, `Arc<dyn Store>`, `Arc<dyn Archive>`.
+//! Shutdown is an input (a `CancellationToken`): stop accepting, answer
+//! in-flight requests, flush the queue, let consumers finish their batch,
+//! and exit within `shutdown_grace`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::archive::{local::LocalArchive, Archive, ArchiveError};
+use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
+use crate::http::{self, sites::SiteDirectory, AppState};
+use crate::metrics::Metrics;
+use crate::queue::{local::LocalQueue, Queue, QueueError};
+use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::worker::{Archiver, Attributor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("archive: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn build_queue(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Queue>, StartupError> {
+    match &settings.queue {
+        QueueSettings::Local => Ok(LocalQueue::open(&settings.data_dir.join("queue"), metrics)?),
+        QueueSettings::RabbitMq(_) => Err(QueueError::Config(
+            "the RabbitMQ adapter is not part of this build yet".into(),
+        )
+        .into()),
+    }
+}
+
+pub async fn build_store(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StartupError> {
+    match &settings.store {
+        StoreSettings::Sqlite => {
+            std::fs::create_dir_all(&settings.data_dir)?;
+            Ok(Arc::new(SqliteStore::open(
+                &settings.data_dir.join("tally.sqlite3"),
+                metrics,
+            )?))
+        }
+        StoreSettings::Cassandra(_) => Err(StoreError::Schema(
+            "the Cassandra adapter is not part of this build yet".into(),
+        )
+        .into()),
+    }
+}
+
+pub async fn build_archive(
+    settings: &Settings,
+    _metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Archive>, StartupError> {
+    match &settings.archive {
+        ArchiveSettings::Local => Ok(Arc::new(LocalArchive::open(
+            settings.data_dir.join("archive"),
+        )?)),
+        ArchiveSettings::S3(_) => Err(ArchiveError::Unavailable(
+            "the S3 adapter is not part of this build yet".into(),
+        )
+        .into()),
+    }
+}
+
+/// A built, bound, not yet running instance of tally for one role.
+pub struct Application {
+    settings: Settings,
+    role: Role,
+    port: u16,
+    listener: Option<TcpListener>,
+    state: AppState,
+    /// Held for the process's life: the embedded queue has one writer.
+    _data_dir_lock: Option<std::fs::File>,
+}
+
+/// Takes an exclusive lock on the data directory, so a second `tally all`
+/// on the same directory refuses to start instead of corrupting the queue.
+fn lock_data_dir(settings: &Settings) -> Result<Option<std::fs::File>, StartupError> {
+    if !matches!(settings.queue, QueueSettings::Local) {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let path = settings.data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Config(format!(
+            "another tally process is using {}; stop it or set TALLY_DATA_DIR elsewhere",
+            settings.data_dir.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+impl Application {
+    /// Builds the adapters and binds the port (if the role serves HTTP;
+    /// port 0 picks a free one, see [`Application::port`]).
+    pub async fn build(settings: Settings, role: Role) -> Result<Application, StartupError> {
+        settings.validate_for(role)?;
+        let lock = lock_data_dir(&settings)?;
+        let metrics = Arc::new(Metrics::new());
+        let store = build_store(&settings, metrics.clone()).await?;
+        let queue = build_queue(&settings, metrics.clone()).await?;
+        let archive = if role.consumes() {
+            Some(build_archive(&settings, metrics.clone()).await?)
+        } else {
+            None
+        };
+        let (listener, port) = if role.serves_http() {
+            let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        } else {
+            (None, 0)
+        };
+        let state = AppState {
+            sites: Arc::new(SiteDirectory::new(store.clone())),
+            queue,
+            store,
+            archive,
+            metrics,
+        };
+        Ok(Application {
+            settings,
+            role,
+            port,
+            listener,
+            state,
+            _data_dir_lock: lock,
+        })
+    }
+
+    /// The bound HTTP port (0 when the role serves no HTTP).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops in order: HTTP stops
+    /// accepting and finishes in-flight requests, the queue flushes, the
+    /// consumers finish the batch in hand. Bounded by `shutdown_grace`.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let Application {
+            settings,
+            role,
+            port,
+            listener,
+            state,
+            _data_dir_lock,
+        } = self;
+        let workers_stop = CancellationToken::new();
+        let mut consumers = tokio::task::JoinSet::new();
+        if role.consumes() {
+            let attributor = Arc::new(Attributor::new(state.store.clone(), state.metrics.clone()));
+            consumers.spawn(attributor.run(state.queue.clone(), workers_stop.clone()));
+            if let Some(archive) = &state.archive {
+                let archiver = Arc::new(Archiver::new(
+                    archive.clone(),
+                    state.metrics.clone(),
+                    settings.archiver.clone(),
+                    &settings.data_dir,
+                ));
+                consumers.spawn(archiver.run(state.queue.clone(), workers_stop.clone()));
+            }
+        }
+        let server = match listener {
+            Some(listener) => {
+                let data = web::Data::new(state.clone());
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .wrap(actix_web::middleware::from_fn(crate::telemetry::request_id))
+                        .configure(http::routes)
+                })
+                .listen(listener)?
+                .disable_signals()
+                .shutdown_timeout(settings.shutdown_grace.as_secs().saturating_sub(5).max(1))
+                .run();
+                info!(port, role = role.as_str(), "Listening.");
+                Some(server)
+            }
+            None => {
+                info!(role = role.as_str(), "Worker running.");
+                None
+            }
+        };
+        let handle = server.as_ref().map(|s| s.handle());
+        let server_task = server.map(tokio::spawn);
+
+        shutdown.cancelled().await;
+        info!("Shutting down.");
+        let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+        if let Some(handle) = handle {
+            handle.stop(true).await;
+        }
+        if let Some(task) = server_task {
+            let _ = task.await;
+        }
+        state.queue.close().await;
+        workers_stop.cancel();
+        loop {
+            match tokio::time::timeout_at(deadline, consumers.join_next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(Ok(())))) => {}
+                Ok(Some(Ok(Err(error)))) => warn!(%error, "A consumer stopped with an error."),
+                Ok(Some(Err(error))) => warn!(%error, "A consumer task failed."),
+                Err(_) => {
+                    warn!("Consumers did not stop in time; their unacked hits stay queued.");
+                    break;
+                }
+            }
+        }
+        info!("Stopped.");
+        Ok(())
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops tally.");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,119 @@
+//! The store port: sites, API keys, goals, touchpoints and attributed
+//! conversions, and the rows reports are built from.
+//!
+//! Every write is idempotent: writing the same touchpoint or conversion
+//! twice (a redelivered hit) changes nothing. Dedup rules (one conversion
+//! per hit and goal, per goal and `order_id`, per goal and visitor for
+//! `once_per_visitor`) are enforced by the store atomically, never by a
+//! read-then-write in the caller. Adapters: [`sqlite::SqliteStore`]
+//! (embedded) and `cassandra::CassandraStore` (production).
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or timed out; retrying may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write or read can never succeed as asked (bad data, schema).
+    #[error("store rejected the request: {0}")]
+    Rejected(String),
+    #[error("store schema is missing or outdated; run `tally migrate`: {0}")]
+    Schema(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// What became of a conversion write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Inserted,
+    /// Not counted; the reason says which dedup rule applied.
+    Duplicate(DuplicateReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateReason {
+    /// This hit was already recorded for this goal (a redelivery).
+    SameHit,
+    /// Another hit already converted with this goal and `order_id`.
+    OrderId,
+    /// The goal counts once per visitor and this visitor already converted.
+    Visitor,
+}
+
+impl DuplicateReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicateReason::SameHit => "same_hit",
+            DuplicateReason::OrderId => "order_id",
+            DuplicateReason::Visitor => "visitor",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or upgrades the schema. Idempotent.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Readiness: whether the store answers.
+    async fn check(&self) -> Result<(), StoreError>;
+    fn name(&self) -> &'static str;
+
+    async fn create_site(&self, site: &Site) -> Result<(), StoreError>;
+    async fn site(&self, key: &str) -> Result<Option<Site>, StoreError>;
+    async fn add_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// The site a (hashed) API key belongs to, unless it is revoked.
+    async fn site_for_key_hash(&self, hash: &str) -> Result<Option<String>, StoreError>;
+    /// Revokes the keys starting with `prefix`; returns how many.
+    async fn revoke_api_keys(&self, prefix: &str) -> Result<u64, StoreError>;
+
+    async fn goals(&self, site: &str) -> Result<Vec<Goal>, StoreError>;
+    async fn goal(&self, site: &str, id: Uuid) -> Result<Option<Goal>, StoreError>;
+    /// Inserts or replaces the goal with this id.
+    async fn put_goal(&self, goal: &Goal) -> Result<(), StoreError>;
+    /// Returns whether a goal was deleted.
+    async fn delete_goal(&self, site: &str, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Records a touchpoint; idempotent by its hit id.
+    async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError>;
+    /// A visitor's touchpoints at or after `since`, any order.
+    async fn touchpoints(
+        &self,
+        site: &str,
+        vid: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Touchpoint>, StoreError>;
+
+    /// Records a conversion with its credit split, applying the dedup
+    /// rules atomically. `once_per_visitor` comes from the goal.
+    async fn record_conversion(
+        &self,
+        conversion: &Conversion,
+        once_per_visitor: bool,
+    ) -> Result<Recorded, StoreError>;
+    /// Credit rows of conversions on UTC days `from..=to`.
+    async fn credit_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        goal: Option<Uuid>,
+    ) -> Result<Vec<CreditRow>, StoreError>;
+    /// The conversions a hit produced (one per goal it completed).
+    async fn conversions_for_hit(
+        &self,
+        site: &str,
+        hit: Uuid,
+    ) -> Result<Vec<Conversion>, StoreError>;
+}

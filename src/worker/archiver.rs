@@ -1,0 +1,299 @@
+//! The archiver: writes every hit to the archive as gzipped NDJSON objects
+//! and acks them only once the objects are durable.
+//!
+//! Exactly once on the embedded queue: before writing a batch it records an
+//! intent (the batch's first hit id and group sizes) in the data directory.
+//! After a crash the queue redelivers from the same first hit, and the
+//! archiver splits the batch the same way, so the objects get the same
+//! keys and are replaced, not copied. On RabbitMQ a redelivery may regroup
+//! hits, so a crash can repeat hits from in-flight batches; readers dedup
+//! by `id`. It must never ack a hit whose object was not written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::archive::{format, Archive, ArchiveError};
+use crate::config::ArchiverSettings;
+use crate::domain::Hit;
+use crate::metrics::Metrics;
+use crate::queue::{Consumer, Queue, QueueError};
+
+/// The grouping of the batch being written, kept until the next batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Intent {
+    first: Uuid,
+    groups: Vec<usize>,
+}
+
+pub struct Archiver {
+    archive: Arc<dyn Archive>,
+    metrics: Arc<Metrics>,
+    settings: ArchiverSettings,
+    intent_path: PathBuf,
+}
+
+impl Archiver {
+    pub fn new(
+        archive: Arc<dyn Archive>,
+        metrics: Arc<Metrics>,
+        settings: ArchiverSettings,
+        data_dir: &std::path::Path,
+    ) -> Archiver {
+        Archiver {
+            archive,
+            metrics,
+            settings,
+            intent_path: data_dir.join("archiver.intent"),
+        }
+    }
+
+    fn read_intent(&self) -> Option<Intent> {
+        let text = std::fs::read(&self.intent_path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn write_intent(&self, intent: &Intent) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = self.intent_path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(intent).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.intent_path)
+    }
+
+    /// How to split a batch into groups: as the intent said if it covers
+    /// this batch's start (a redelivery), the rest as one more group.
+    fn groups(&self, hits: &[Hit]) -> Vec<usize> {
+        let mut groups = Vec::new();
+        if let (Some(intent), Some(first)) = (self.read_intent(), hits.first()) {
+            if intent.first == first.id && intent.groups.iter().sum::<usize>() <= hits.len() {
+                groups = intent.groups;
+            }
+        }
+        let covered: usize = groups.iter().sum();
+        if covered < hits.len() {
+            groups.push(hits.len() - covered);
+        }
+        groups
+    }
+
+    /// Splits a group further so no object holds more than `max_bytes` of
+    /// JSON. Deterministic, so a rewritten batch gets the same keys.
+    fn chunks<'a>(&self, group: &'a [Hit]) -> Vec<&'a [Hit]> {
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, hit) in group.iter().enumerate() {
+            let size = serde_json::to_vec(hit).map(|v| v.len()).unwrap_or(512);
+            if i > start && bytes + size > self.settings.max_bytes {
+                out.push(&group[start..i]);
+                start = i;
+                bytes = 0;
+            }
+            bytes += size;
+        }
+        if start < group.len() {
+            out.push(&group[start..]);
+        }
+        out
+    }
+
+    /// Writes a batch's objects; returns the number of objects written.
+    pub async fn write(&self, hits: &[Hit]) -> Result<usize, ArchiveError> {
+        if hits.is_empty() {
+            return Ok(0);
+        }
+        let groups = self.groups(hits);
+        let intent = Intent {
+            first: hits[0].id,
+            groups: groups.clone(),
+        };
+        if let Err(error) = self.write_intent(&intent) {
+            // Without the intent a crash could duplicate; still archive.
+            warn!(%error, "Could not record the archiver's intent.");
+        }
+        let mut written = 0;
+        let mut at = 0;
+        for size in groups {
+            let group = &hits[at..at + size];
+            at += size;
+            for chunk in self.chunks(group) {
+                for object in format::objects(chunk) {
+                    let body = format::encode(&object.hits)?;
+                    let len = body.len();
+                    self.archive.put(&object.key, body).await?;
+                    self.metrics.archive_objects.inc();
+                    self.metrics.archive_bytes.inc_by(len as u64);
+                    written += 1;
+                }
+            }
+        }
+        self.metrics.archived_hits.inc_by(hits.len() as u64);
+        Ok(written)
+    }
+
+    /// Consumes the queue until shutdown, flushing the batch in hand.
+    pub async fn run(
+        self: Arc<Self>,
+        queue: Arc<dyn Queue>,
+        shutdown: CancellationToken,
+    ) -> Result<(), QueueError> {
+        let mut sub = queue.subscribe(Consumer::Archiver).await?;
+        info!(
+            queue = queue.name(),
+            archive = self.archive.name(),
+            "Archiver started."
+        );
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                b = sub.next_batch(self.settings.max_hits, self.settings.max_age) => b,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(QueueError::Closed) => break,
+                Err(error) => {
+                    warn!(%error, "Archiver could not read the queue; retrying.");
+                    self.metrics
+                        .adapter_errors
+                        .with_label_values(&[queue.name()])
+                        .inc();
+                    if !super::pause(super::backoff(3), &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if batch.redelivered {
+                self.metrics
+                    .redeliveries
+                    .with_label_values(&["archiver"])
+                    .inc();
+            }
+            let mut attempt = 0;
+            let done = loop {
+                match self.write(&batch.hits).await {
+                    Ok(_) => break true,
+                    Err(ArchiveError::Corrupt(reason)) => {
+                        // Encoding our own hits failed: retrying cannot help.
+                        warn!(
+                            reason,
+                            hits = batch.hits.len(),
+                            "Batch cannot be archived; dead-lettering it."
+                        );
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&["archiver"])
+                            .inc_by(batch.hits.len() as u64);
+                        break sub.dead_letter(&batch.hits, &reason).await.is_ok();
+                    }
+                    Err(error) => {
+                        attempt += 1;
+                        self.metrics
+                            .adapter_errors
+                            .with_label_values(&[self.archive.name()])
+                            .inc();
+                        warn!(%error, attempt, hits = batch.hits.len(), "Archiver could not write; will retry.");
+                        if !super::pause(super::backoff(attempt), &shutdown).await {
+                            break false;
+                        }
+                    }
+                }
+            };
+            if !done {
+                break;
+            }
+            if let Err(error) = sub.ack(batch.token).await {
+                warn!(%error, "Archiver could not ack a batch; it will be rewritten under the same keys.");
+                self.metrics
+                    .adapter_errors
+                    .with_label_values(&[queue.name()])
+                    .inc();
+            }
+            if let Some(lag) = sub.lag() {
+                self.metrics
+                    .queue_depth
+                    .with_label_values(&["archiver"])
+                    .set(lag as i64);
+            }
+        }
+        info!("Archiver stopped.");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::local::LocalArchive;
+    use crate::domain::{RawHit, Stamp};
+    use chrono::Utc;
+
+    fn hits(n: usize) -> Vec<Hit> {
+        (0..n)
+            .map(|i| {
+                let raw = RawHit {
+                    site: Some("s".into()),
+                    url: Some(format!("https://x.example/{i}")),
+                    ..Default::default()
+                };
+                let stamp = Stamp {
+                    received_at: Utc::now(),
+                    user_agent: None,
+                    ip: None,
+                    request_id: None,
+                    keep_full_ip: false,
+                };
+                Hit::stamp(raw, &stamp).unwrap()
+            })
+            .collect()
+    }
+
+    fn archiver(dir: &std::path::Path, max_bytes: usize) -> Archiver {
+        let archive = Arc::new(LocalArchive::open(dir.join("archive")).unwrap());
+        let settings = ArchiverSettings {
+            max_hits: 1000,
+            max_bytes,
+            max_age: std::time::Duration::from_millis(10),
+        };
+        Archiver::new(archive, Arc::new(Metrics::new()), settings, dir)
+    }
+
+    async fn archived(a: &Archiver) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for key in a.archive.list("").await.unwrap() {
+            let body = a.archive.get(&key).await.unwrap();
+            ids.extend(format::decode(&body).unwrap().into_iter().map(|h| h.id));
+        }
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_batch_replaces_its_objects_even_when_it_grew() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archiver(dir.path(), 1 << 20);
+        let all = hits(30);
+        // First life wrote 10 hits, then crashed before acking them.
+        a.write(&all[..10]).await.unwrap();
+        // After restart the queue redelivers from the same hit, with more.
+        a.write(&all).await.unwrap();
+        let mut want: Vec<Uuid> = all.iter().map(|h| h.id).collect();
+        want.sort();
+        assert_eq!(archived(&a).await, want, "every hit exactly once");
+    }
+
+    #[tokio::test]
+    async fn objects_respect_the_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archiver(dir.path(), 2_000);
+        let all = hits(50);
+        let objects = a.write(&all).await.unwrap();
+        assert!(objects > 1, "expected several objects, got {objects}");
+        assert_eq!(archived(&a).await.len(), 50);
+    }
+}

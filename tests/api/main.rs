@@ -1,0 +1,9 @@
+//! Black-box tests: each spawns tally on port 0 with its own data
+//! directory and drives it over HTTP, as a user would.
+
+mod collect;
+mod crash;
+mod flow;
+mod goals;
+mod helpers;
+mod ops;
