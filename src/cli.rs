@@ -11,10 +11,11 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Role, Settings};
+use crate::config::{ArchiveSettings, Role, Settings};
 use crate::domain::{ApiKey, Site};
 use crate::metrics::Metrics;
 use crate::startup::{self, Application};
+use crate::{archive::s3::S3Archive, replay, worker::Attributor};
 
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about = "Self-hosted conversion tracker")]
@@ -42,6 +43,22 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Feeds archived hits of UTC days FROM..=TO back through the
+    /// attributor (back-fills new goals); prints a JSON summary.
+    Replay {
+        /// First UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last UTC day (inclusive), YYYY-MM-DD.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Only this site's hits.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this goal (others are left as they are).
+        #[arg(long)]
+        goal: Option<uuid::Uuid>,
     },
 }
 
@@ -116,6 +133,13 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             store.migrate().await.context("migration failed")?;
+            if let ArchiveSettings::S3(s3) = &settings.archive {
+                S3Archive::new(s3, metrics.clone())
+                    .await?
+                    .ensure_bucket()
+                    .await
+                    .with_context(|| format!("cannot create the S3 bucket `{}`", s3.bucket))?;
+            }
             print_json(serde_json::json!({"migrated": store.name()}));
         }
         Command::Sites {
@@ -162,7 +186,67 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(revoked > 0, "no API key starts with `{prefix}`");
             print_json(serde_json::json!({"revoked": revoked}));
         }
+        Command::Replay {
+            from,
+            to,
+            site,
+            goal,
+        } => {
+            let request = replay::ReplayRequest {
+                from,
+                to,
+                site,
+                goal,
+            };
+            let summary = replay_command(&settings, store, metrics, &request).await?;
+            print_json(serde_json::to_value(summary)?);
+        }
         Command::All | Command::Web | Command::Worker => unreachable!("roles are served above"),
     }
     Ok(())
+}
+
+/// `tally replay`: checks the site and goal exist, then replays with a
+/// progress bar when stderr is a terminal.
+async fn replay_command(
+    settings: &Settings,
+    store: Arc<dyn crate::store::Store>,
+    metrics: Arc<Metrics>,
+    request: &replay::ReplayRequest,
+) -> anyhow::Result<replay::ReplaySummary> {
+    use std::io::IsTerminal;
+    if let Some(site) = &request.site {
+        store
+            .site(site)
+            .await?
+            .with_context(|| format!("no site `{site}`"))?;
+        if let Some(goal) = request.goal {
+            store
+                .goal(site, goal)
+                .await?
+                .with_context(|| format!("site `{site}` has no goal {goal}"))?;
+        }
+    }
+    let archive = startup::build_archive(settings, metrics.clone())
+        .await
+        .context("cannot open the archive")?;
+    let attributor = Attributor::new(store, metrics);
+    let bar = if std::io::stderr().is_terminal() {
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} objects, {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        indicatif::ProgressBar::new(0).with_style(style)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let summary = replay::replay(archive.as_ref(), &attributor, request, |p| {
+        bar.set_length(p.objects_total);
+        bar.set_position(p.objects_done);
+        bar.set_message(format!("{} hits", p.hits));
+    })
+    .await
+    .context("replay failed")?;
+    bar.finish_and_clear();
+    Ok(summary)
 }

@@ -14,6 +14,7 @@
 //! - [`config`]: the typed `Settings`; [`startup`]: picks adapters from
 //!   them once and runs the roles until shutdown.
 //! - [`telemetry`], [`metrics`]: logs with request ids, Prometheus text.
+//! - [`replay`]: archived hits back through the attributor (`tally replay`).
 
 pub mod archive;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod queue;
+pub mod replay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::{local::LocalArchive, Archive, ArchiveError};
+use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
 use crate::http::{self, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
@@ -70,16 +70,13 @@ pub async fn build_store(
 
 pub async fn build_archive(
     settings: &Settings,
-    _metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Archive>, StartupError> {
     match &settings.archive {
         ArchiveSettings::Local => Ok(Arc::new(LocalArchive::open(
             settings.data_dir.join("archive"),
         )?)),
-        ArchiveSettings::S3(_) => Err(ArchiveError::Unavailable(
-            "the S3 adapter is not part of this build yet".into(),
-        )
-        .into()),
+        ArchiveSettings::S3(s3) => Ok(Arc::new(S3Archive::new(s3, metrics).await?)),
     }
 }
 

@@ -7,13 +7,14 @@
 //! adapter so `tally replay` reads any of them. A `put` returns only once
 //! the object is durable, and putting the same key again replaces it
 //! (never a second copy). Adapters: [`local::LocalArchive`] and
-//! `s3::S3Archive`.
+//! [`s3::S3Archive`].
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod format;
 pub mod local;
+pub mod s3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
