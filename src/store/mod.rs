@@ -14,6 +14,9 @@ use uuid::Uuid;
 
 use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
 
+#[cfg(test)]
+#[macro_use]
+pub(crate) mod conformance;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
