@@ -233,6 +233,16 @@ fn nanos(at: DateTime<Utc>) -> Result<i64, StoreError> {
         .ok_or_else(|| StoreError::Rejected(format!("instant {at} is outside 1677..2262")))
 }
 
+/// A report day as stored text, clamped to the years text order handles.
+fn day_text(day: NaiveDate) -> String {
+    day.clamp(
+        NaiveDate::from_ymd_opt(0, 1, 1).unwrap_or(NaiveDate::MIN),
+        NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or(NaiveDate::MAX),
+    )
+    .format("%Y-%m-%d")
+    .to_string()
+}
+
 fn instant(ns: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(ns)
 }
@@ -347,7 +357,7 @@ fn record_in(
             c.window_days
         ],
     )?;
-    let day = c.at.date_naive().to_string();
+    let day = day_text(c.at.date_naive());
     let mut insert_credit = tx.prepare_cached(
         "INSERT INTO conversion_credits
            (hit_id, goal_id, ord, site, day, touchpoint, source, medium, campaign, ad, at_ns, credit, value)
@@ -687,6 +697,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<CreditRow>, StoreError> {
         let site = site.to_owned();
         let goal = goal.map(|g| g.to_string());
+        // Days compare as text, which orders only four-digit years; stored
+        // days are within 1677..2262, so clamping loses nothing.
+        let (first, last) = (day_text(from), day_text(to));
         self.read("credit_rows", move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT day, goal_id, source, medium, campaign, ad, credit, value
@@ -694,10 +707,7 @@ impl Store for SqliteStore {
                  WHERE site = ?1 AND day BETWEEN ?2 AND ?3 AND (?4 IS NULL OR goal_id = ?4)",
             )?;
             let rows = stmt
-                .query_map(
-                    params![site, from.to_string(), to.to_string(), goal],
-                    credit_row_from_row,
-                )?
+                .query_map(params![site, first, last, goal], credit_row_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -874,6 +884,46 @@ mod tests {
                 .unwrap();
             assert_eq!((mode.as_str(), sync), ("wal", 2));
         }
+    }
+
+    #[tokio::test]
+    async fn credit_rows_over_the_widest_range_return_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap();
+        let c = Conversion {
+            hit_id: Uuid::now_v7(),
+            goal_id: Uuid::now_v7(),
+            site: "s_x".into(),
+            vid: "v".into(),
+            at: Utc::now(),
+            value: 1.0,
+            currency: None,
+            order_id: None,
+            model: Model::Linear,
+            window_days: 30,
+            credits: vec![],
+        };
+        store.record_conversion(&c, false).await.unwrap();
+        let c = Conversion {
+            hit_id: Uuid::now_v7(),
+            credits: vec![Credit {
+                touchpoint: None,
+                source: "(direct)".into(),
+                medium: None,
+                campaign: None,
+                ad: None,
+                at: None,
+                credit: 1.0,
+            }],
+            ..c
+        };
+        store.record_conversion(&c, false).await.unwrap();
+        let rows = store
+            .credit_rows("s_x", NaiveDate::MIN, NaiveDate::MAX, None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
     }
 
     #[tokio::test]
