@@ -90,32 +90,6 @@ pub struct Application {
     port: u16,
     listener: Option<TcpListener>,
     state: AppState,
-    /// Held for the process's life: the embedded queue has one writer.
-    _data_dir_lock: Option<std::fs::File>,
-}
-
-/// Takes an exclusive lock on the data directory, so a second `tally all`
-/// on the same directory refuses to start instead of corrupting the queue.
-fn lock_data_dir(settings: &Settings) -> Result<Option<std::fs::File>, StartupError> {
-    if !matches!(settings.queue, QueueSettings::Local) {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let path = settings.data_dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Config(format!(
-            "another tally process is using {}; stop it or set TALLY_DATA_DIR elsewhere",
-            settings.data_dir.display()
-        ))
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
-    }
 }
 
 impl Application {
@@ -123,7 +97,6 @@ impl Application {
     /// port 0 picks a free one, see [`Application::port`]).
     pub async fn build(settings: Settings, role: Role) -> Result<Application, StartupError> {
         settings.validate_for(role)?;
-        let lock = lock_data_dir(&settings)?;
         let metrics = Arc::new(Metrics::new());
         let store = build_store(&settings, metrics.clone()).await?;
         let queue = build_queue(&settings, metrics.clone()).await?;
@@ -152,7 +125,6 @@ impl Application {
             port,
             listener,
             state,
-            _data_dir_lock: lock,
         })
     }
 
@@ -175,7 +147,6 @@ impl Application {
             port,
             listener,
             state,
-            _data_dir_lock,
         } = self;
         let workers_stop = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
