@@ -609,7 +609,11 @@ impl Writer {
             let mut hits = 0u64;
             self.buf.clear();
             let mut take = |req: Request, buf: &mut Vec<u8>, closing: &mut bool| match req {
-                Request::Publish { record, hits: n, done } => {
+                Request::Publish {
+                    record,
+                    hits: n,
+                    done,
+                } => {
                     buf.extend_from_slice(&record);
                     hits += n;
                     waiters.push(done);
@@ -754,7 +758,9 @@ fn read_records(
             _ => {
                 let mut f = File::open(segment_path(dir, start))?;
                 f.seek(SeekFrom::Start(pos - start))?;
-                &mut reader.insert((start, BufReader::with_capacity(256 << 10, f))).1
+                &mut reader
+                    .insert((start, BufReader::with_capacity(256 << 10, f)))
+                    .1
             }
         };
         let mut h = [0u8; HEADER_LEN];
