@@ -52,12 +52,14 @@ async fn page(shop: web::Data<Shop>, req: HttpRequest) -> HttpResponse {
     } else {
         ("", "")
     };
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>shop</title>{head}\
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><html><head><meta charset=utf-8><title>shop</title>{head}\
          <script defer src=\"{}/t.js\" data-site=\"{}\"{attrs}></script>\
          </head><body><h1>shop</h1></body></html>",
-        shop.tally, shop.site
-    ))
+            shop.tally, shop.site
+        ))
 }
 
 /// Serves the shop on its own port (another origin than tally).
@@ -128,7 +130,7 @@ where
 
 /// Every hit in the app's archive.
 async fn archived(app: &TestApp) -> Vec<Hit> {
-    let archive = LocalArchive::open(&app.data_dir.path().join("archive")).expect("archive");
+    let archive = LocalArchive::open(app.data_dir.path().join("archive")).expect("archive");
     let mut hits = Vec::new();
     for key in archive.list("").await.expect("list") {
         let body = archive.get(&key).await.expect("object");
@@ -296,7 +298,11 @@ async fn queued_call_and_event_fired_while_leaving_both_arrive() {
         );
         assert_eq!(pageviews(&hits), ["/queued/cart"]);
         let queued_stub_gone = run(&client, "return typeof window.tally.q;").await;
-        assert_eq!(queued_stub_gone, json!("undefined"), "the real tally took over");
+        assert_eq!(
+            queued_stub_gone,
+            json!("undefined"),
+            "the real tally took over"
+        );
 
         // An event fired in the same task as a navigation away still lands.
         client
