@@ -359,3 +359,39 @@ async fn with_respect_dnt_and_gpc_on_nothing_is_sent() {
     })
     .await;
 }
+
+/// Not a browser test (runs everywhere): the app routes `/t.js` and the
+/// script's ETag revalidates.
+#[tokio::test]
+async fn app_serves_the_snippet_and_revalidates_it() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/t.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        tally::http::snippet::SCRIPT
+    );
+    let res = app
+        .client
+        .get(app.url("/t.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    let res = app
+        .client
+        .get(app.url("/t.js"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    assert_eq!(res.headers()["vary"], "Accept-Encoding");
+    app.stop().await;
+}
