@@ -18,6 +18,7 @@ use crate::archive::{local::LocalArchive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
 use crate::http::{self, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
+use crate::queue::rabbitmq::RabbitMqQueue;
 use crate::queue::{local::LocalQueue, Queue, QueueError};
 use crate::store::{sqlite::SqliteStore, Store, StoreError};
 use crate::worker::{Archiver, Attributor};
@@ -42,10 +43,7 @@ pub async fn build_queue(
 ) -> Result<Arc<dyn Queue>, StartupError> {
     match &settings.queue {
         QueueSettings::Local => Ok(LocalQueue::open(&settings.data_dir.join("queue"), metrics)?),
-        QueueSettings::RabbitMq(_) => Err(QueueError::Config(
-            "the RabbitMQ adapter is not part of this build yet".into(),
-        )
-        .into()),
+        QueueSettings::RabbitMq(r) => Ok(RabbitMqQueue::connect(r, metrics).await?),
     }
 }
 
@@ -154,12 +152,19 @@ impl Application {
             let attributor = Arc::new(Attributor::new(state.store.clone(), state.metrics.clone()));
             consumers.spawn(attributor.run(state.queue.clone(), workers_stop.clone()));
             if let Some(archive) = &state.archive {
-                let archiver = Arc::new(Archiver::new(
+                let archiver = Archiver::new(
                     archive.clone(),
                     state.metrics.clone(),
                     settings.archiver.clone(),
                     &settings.data_dir,
-                ));
+                );
+                // The intent file is for the one-process local queue; several
+                // workers on a broker would share (and race on) one file.
+                let archiver = match settings.queue {
+                    QueueSettings::Local => archiver,
+                    QueueSettings::RabbitMq(_) => archiver.without_intent(),
+                };
+                let archiver = Arc::new(archiver);
                 consumers.spawn(archiver.run(state.queue.clone(), workers_stop.clone()));
             }
         }
