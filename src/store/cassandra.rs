@@ -1154,3 +1154,416 @@ impl Store for CassandraStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A table as its `CREATE TABLE` declares it.
+    #[derive(Debug)]
+    struct Table {
+        columns: BTreeSet<String>,
+        partition: Vec<String>,
+        clustering: Vec<String>,
+    }
+
+    /// Reserved words of Cassandra 4.0 CQL: none may name a column.
+    const RESERVED: &[&str] = &[
+        "add",
+        "allow",
+        "alter",
+        "and",
+        "apply",
+        "asc",
+        "authorize",
+        "batch",
+        "begin",
+        "by",
+        "columnfamily",
+        "create",
+        "default",
+        "delete",
+        "desc",
+        "describe",
+        "drop",
+        "entries",
+        "execute",
+        "from",
+        "full",
+        "grant",
+        "if",
+        "in",
+        "index",
+        "infinity",
+        "insert",
+        "into",
+        "is",
+        "keyspace",
+        "limit",
+        "materialized",
+        "mbean",
+        "mbeans",
+        "modify",
+        "nan",
+        "norecursive",
+        "not",
+        "null",
+        "of",
+        "on",
+        "or",
+        "order",
+        "primary",
+        "rename",
+        "replace",
+        "revoke",
+        "schema",
+        "select",
+        "set",
+        "table",
+        "to",
+        "token",
+        "truncate",
+        "unlogged",
+        "unset",
+        "update",
+        "use",
+        "using",
+        "view",
+        "where",
+        "with",
+    ];
+
+    /// Syntax Cassandra 4.0 rejects or that this store must not rely on.
+    const FORBIDDEN: &[&str] = &[
+        "per partition limit",
+        "bypass cache",
+        "using timeout",
+        "allow filtering",
+        "counter",
+        "cdc",
+        "tombstone_gc",
+        "scylla",
+        "group by",
+        "like ",
+    ];
+
+    fn idents(s: &str) -> Vec<String> {
+        s.split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    fn tables() -> BTreeMap<String, Table> {
+        let mut out = BTreeMap::new();
+        for (_, statements) in MIGRATIONS {
+            for cql in *statements {
+                let cql = render(cql, "ks");
+                let rest = cql
+                    .strip_prefix("CREATE TABLE IF NOT EXISTS ks.")
+                    .unwrap_or_else(|| {
+                        panic!("not a keyspace-qualified CREATE TABLE IF NOT EXISTS: {cql}")
+                    });
+                let (name, body) = rest.split_once(" (").unwrap();
+                let body = &body[..body.rfind(')').unwrap()];
+                let (cols, key) = match body.find("PRIMARY KEY ((") {
+                    Some(i) => (&body[..i], Some(&body[i + "PRIMARY KEY ((".len()..])),
+                    None => (body, None),
+                };
+                let mut columns = BTreeSet::new();
+                let mut partition = Vec::new();
+                for col in cols.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    let mut words = col.split_whitespace();
+                    let cname = words.next().unwrap().to_owned();
+                    let ty = words.next().unwrap();
+                    assert!(
+                        [
+                            "text",
+                            "int",
+                            "double",
+                            "boolean",
+                            "uuid",
+                            "timestamp",
+                            "date",
+                            "list<text>"
+                        ]
+                        .contains(&ty),
+                        "{name}.{cname}: type {ty} is not in the plain set"
+                    );
+                    if words.next() == Some("PRIMARY") {
+                        partition.push(cname.clone());
+                    }
+                    columns.insert(cname);
+                }
+                let mut clustering = Vec::new();
+                if let Some(key) = key {
+                    // `site, vid), at, hit)) …`: partition, then clustering.
+                    let (p, rest) = key.split_once(')').unwrap();
+                    let c = &rest[..rest.find(')').unwrap()];
+                    partition = idents(p);
+                    clustering = idents(c);
+                }
+                assert!(!partition.is_empty(), "{name} has no partition key");
+                for k in partition.iter().chain(&clustering) {
+                    assert!(columns.contains(k), "{name}: key column {k} not declared");
+                }
+                out.insert(
+                    name.to_owned(),
+                    Table {
+                        columns,
+                        partition,
+                        clustering,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn schema_is_plain_cql_that_cassandra_4_accepts() {
+        let tables = tables();
+        assert_eq!(tables.len(), 9);
+        for (name, t) in &tables {
+            for c in &t.columns {
+                assert!(
+                    !RESERVED.contains(&c.as_str()),
+                    "{name}.{c} is a reserved word"
+                );
+                assert!(c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            }
+        }
+        let all: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|c| render(c, "ks")))
+            .chain([
+                create_keyspace_cql("ks", 3, Some("dc1")),
+                schema_version_cql("ks"),
+            ])
+            .collect();
+        for cql in &all {
+            let lower = cql.to_ascii_lowercase();
+            for bad in FORBIDDEN {
+                assert!(!lower.contains(bad), "`{bad}` in {cql}");
+            }
+            assert!(lower.contains("if not exists"), "not idempotent: {cql}");
+            assert_eq!(cql.matches('(').count(), cql.matches(')').count(), "{cql}");
+            assert!(
+                !cql.contains('{') || cql.contains("replication"),
+                "unfilled: {cql}"
+            );
+        }
+        let tp = &tables["touchpoints"];
+        assert_eq!(tp.partition, ["site", "vid"]);
+        assert_eq!(tp.clustering, ["at", "hit"]);
+        assert!(all
+            .iter()
+            .any(|c| c.contains("CLUSTERING ORDER BY (at DESC, hit ASC)")
+                && c.contains(&format!("default_time_to_live = {}", 365 * 86_400))));
+        assert_eq!(
+            tables["credits_by_day"].partition,
+            ["site", "day", "bucket"]
+        );
+        assert_eq!(
+            tables["order_claims"].partition,
+            ["site", "goal", "order_id"]
+        );
+        assert_eq!(tables["visitor_claims"].partition, ["site", "goal", "vid"]);
+        assert_eq!(tables["conversions_by_hit"].partition, ["site", "hit"]);
+        assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
+    }
+
+    /// Every prepared statement names real tables and columns, binds every
+    /// partition key column with `=` (a single-partition request, no
+    /// filtering), and writes whole primary keys.
+    #[test]
+    fn every_statement_targets_declared_columns_and_whole_partitions() {
+        let tables = tables();
+        let word_after = |cql: &str, kw: &str| -> String {
+            let i = cql.find(kw).unwrap_or_else(|| panic!("no {kw} in {cql}")) + kw.len();
+            cql[i..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("ks.")
+                .to_owned()
+        };
+        for (name, raw) in STATEMENTS {
+            let cql = render(raw, "ks");
+            let lower = cql.to_ascii_lowercase();
+            for bad in FORBIDDEN {
+                assert!(!lower.contains(bad), "`{bad}` in {name}");
+            }
+            let (table, mut used, mut bound): (String, Vec<String>, Vec<String>) =
+                if let Some(rest) = cql.strip_prefix("INSERT INTO ks.") {
+                    let (t, rest) = rest.split_once(" (").unwrap();
+                    let cols = idents(&rest[..rest.find(')').unwrap()]);
+                    let values = rest.split("VALUES (").nth(1).unwrap();
+                    let values = idents(&values[..values.find(')').unwrap()]);
+                    assert_eq!(cols.len(), values.len(), "{name}: columns vs values");
+                    (t.to_owned(), cols.clone(), cols)
+                } else if let Some(rest) = cql.strip_prefix("SELECT ") {
+                    let (cols, _) = rest.split_once(" FROM ").unwrap();
+                    (word_after(&cql, " FROM "), idents(cols), vec![])
+                } else if cql.starts_with("UPDATE ") {
+                    let t = word_after(&cql, "UPDATE ");
+                    let set = cql.split(" SET ").nth(1).unwrap();
+                    let set = &set[..set.find(" WHERE ").unwrap()];
+                    let cols = set
+                        .split(',')
+                        .map(|a| a.split('=').next().unwrap().trim().to_owned())
+                        .collect();
+                    (t, cols, vec![])
+                } else if cql.starts_with("DELETE FROM ") {
+                    (word_after(&cql, "DELETE FROM "), vec![], vec![])
+                } else {
+                    panic!("unexpected statement {name}: {cql}");
+                };
+            let t = tables
+                .get(&table)
+                .unwrap_or_else(|| panic!("{name}: unknown table {table}"));
+            if let Some(w) = cql.split(" WHERE ").nth(1) {
+                let w = w.split(" IF ").next().unwrap();
+                for cond in w.split(" AND ") {
+                    let col = cond.split_whitespace().next().unwrap().to_owned();
+                    if cond.contains(" = ") {
+                        bound.push(col.clone());
+                    }
+                    used.push(col);
+                }
+            }
+            if let Some(cond) = cql.split(" IF ").nth(1) {
+                if cond != "NOT EXISTS" && cond != "EXISTS" {
+                    used.push(cond.split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            for c in &used {
+                assert!(t.columns.contains(c), "{name}: {table} has no column {c}");
+            }
+            for k in &t.partition {
+                assert!(
+                    bound.contains(k),
+                    "{name}: partition key {k} not bound with ="
+                );
+            }
+            if cql.starts_with("INSERT") || cql.starts_with("UPDATE") || cql.starts_with("DELETE") {
+                for k in &t.clustering {
+                    assert!(bound.contains(k), "{name}: clustering key {k} not bound");
+                }
+            }
+            assert!(
+                cql.contains('?'),
+                "{name}: every statement takes bound values (token-aware routing)"
+            );
+        }
+    }
+
+    #[test]
+    fn credit_bucket_is_stable_in_range_and_spreads() {
+        let mut seen = [0usize; CREDIT_BUCKETS as usize];
+        for _ in 0..4_000 {
+            let id = Uuid::now_v7();
+            let b = credit_bucket(id);
+            assert!((0..CREDIT_BUCKETS).contains(&b));
+            assert_eq!(b, credit_bucket(id));
+            seen[b as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 300), "uneven buckets: {seen:?}");
+    }
+
+    #[test]
+    fn report_reads_days_times_buckets_partitions() {
+        let d = |day| NaiveDate::from_ymd_opt(2026, 11, day).unwrap();
+        let parts = report_partitions(d(20), d(22));
+        assert_eq!(parts.len(), 3 * CREDIT_BUCKETS as usize);
+        assert_eq!(parts.first(), Some(&(d(20), 0)));
+        assert_eq!(parts.last(), Some(&(d(22), CREDIT_BUCKETS - 1)));
+        assert!(report_partitions(d(22), d(20)).is_empty());
+        assert_eq!(report_partitions(d(1), d(1)).len(), CREDIT_BUCKETS as usize);
+    }
+
+    #[test]
+    fn times_round_trip_exactly_through_millis_and_remainder() {
+        for t in [
+            Utc::now(),
+            Utc.timestamp_opt(1_764_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(0, 1).unwrap(),
+        ] {
+            let (ms, ns) = split_time(t);
+            assert_eq!(ms.timestamp_subsec_nanos() % 1_000_000, 0);
+            assert!(ms <= t && (0..1_000_000).contains(&ns));
+            assert_eq!(join_time(ms, Some(ns)), t);
+        }
+    }
+
+    #[test]
+    fn settings_are_parsed_and_checked() {
+        assert_eq!(
+            parse_consistency("local_quorum").unwrap(),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(parse_consistency("ONE").unwrap(), Consistency::One);
+        assert!(
+            matches!(parse_consistency("MOST"), Err(StoreError::Rejected(m)) if m.contains("CASSANDRA_CONSISTENCY"))
+        );
+        assert_eq!(
+            serial_for(Consistency::LocalQuorum),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(serial_for(Consistency::Quorum), SerialConsistency::Serial);
+        assert_eq!(keyspace_name("Tally_Test1").unwrap(), "tally_test1");
+        for bad in ["", "1abc", "tally; DROP", "a-b", &"x".repeat(49)] {
+            assert!(keyspace_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            create_keyspace_cql("tally", 3, Some("eu'west")),
+            "CREATE KEYSPACE IF NOT EXISTS tally WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'eu''west': 3} AND durable_writes = true"
+        );
+        assert!(create_keyspace_cql("tally", 1, None)
+            .contains("{'class': 'SimpleStrategy', 'replication_factor': 1}"));
+    }
+
+    #[test]
+    fn driver_errors_map_to_the_port() {
+        use scylla::frame::types::Consistency as C;
+        let unavailable = DbError::Unavailable {
+            consistency: C::LocalQuorum,
+            required: 2,
+            alive: 1,
+        };
+        assert!(from_db_error(&unavailable, "").is_transient());
+        assert!(from_db_error(&DbError::Overloaded, "").is_transient());
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "unconfigured table goals"),
+            StoreError::Schema(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "Keyspace tally does not exist"),
+            StoreError::Schema(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "Invalid STRING constant"),
+            StoreError::Rejected(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::SyntaxError, "line 1:0 no viable alternative"),
+            StoreError::Rejected(_)
+        ));
+        let timeout = ExecutionError::RequestTimeout(Duration::from_secs(12));
+        assert!(timeout.into_store().is_transient());
+        let missing = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid,
+            "unconfigured table touchpoints".into(),
+        ));
+        assert!(matches!(missing.into_store(), StoreError::Schema(_)));
+        let broken = ExecutionError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId);
+        assert!(broken.into_store().is_transient());
+        assert!(ExecutionError::EmptyPlan.into_store().is_transient());
+        assert!(matches!(
+            NewSessionError::EmptyKnownNodesList.into_store(),
+            StoreError::Rejected(_)
+        ));
+    }
+}
