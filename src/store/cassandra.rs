@@ -1567,3 +1567,262 @@ mod tests {
         ));
     }
 }
+
+/// Against a real cluster: only when `CASSANDRA_CONTACT_POINTS` is set,
+/// each test in a fresh random keyspace, dropped afterwards.
+#[cfg(test)]
+pub(crate) mod live {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::Credit;
+
+    /// Drops the test keyspace when the test ends. A fresh session on its
+    /// own thread and runtime, so it works whatever runtime the test used.
+    pub struct KeyspaceGuard {
+        settings: CassandraSettings,
+    }
+
+    impl Drop for KeyspaceGuard {
+        fn drop(&mut self) {
+            let settings = self.settings.clone();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Runtime::new() else {
+                    return;
+                };
+                rt.block_on(async {
+                    let Ok(store) =
+                        CassandraStore::connect(&settings, Arc::new(Metrics::new())).await
+                    else {
+                        return;
+                    };
+                    let _ = store
+                        .ddl(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace))
+                        .await;
+                });
+            })
+            .join();
+        }
+    }
+
+    /// A migrated store in a fresh keyspace, or `None` (test skipped).
+    pub async fn cassandra_store() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {
+        let settings = Settings::from_env().ok()?;
+        let crate::config::StoreSettings::Cassandra(mut c) = settings.store else {
+            eprintln!("skipped: CASSANDRA_CONTACT_POINTS not set");
+            return None;
+        };
+        c.keyspace = format!("tally_t_{}", Uuid::new_v4().simple());
+        let store = CassandraStore::connect(&c, Arc::new(Metrics::new()))
+            .await
+            .expect("connect to CASSANDRA_CONTACT_POINTS");
+        store.migrate().await.expect("migrate a fresh keyspace");
+        Some((Arc::new(store), KeyspaceGuard { settings: c }))
+    }
+
+    fn conversion(site: &str, hit: Uuid, goal: Uuid, order: Option<&str>, vid: &str) -> Conversion {
+        Conversion {
+            hit_id: hit,
+            goal_id: goal,
+            site: site.into(),
+            vid: vid.into(),
+            at: Utc::now(),
+            value: 10.0,
+            currency: Some("EUR".into()),
+            order_id: order.map(Into::into),
+            model: Model::Linear,
+            window_days: 30,
+            credits: vec![
+                Credit {
+                    touchpoint: Some(Uuid::now_v7()),
+                    source: "google".into(),
+                    medium: Some("cpc".into()),
+                    campaign: Some("bf".into()),
+                    ad: None,
+                    at: Some(Utc::now()),
+                    credit: 0.5,
+                },
+                Credit {
+                    touchpoint: None,
+                    source: "(direct)".into(),
+                    medium: None,
+                    campaign: None,
+                    ad: None,
+                    at: None,
+                    credit: 0.5,
+                },
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn migrate_twice_is_a_no_op_and_ready_passes() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        store.migrate().await.unwrap();
+        store.check().await.unwrap();
+        assert_eq!(store.name(), "cassandra");
+    }
+
+    #[tokio::test]
+    async fn sites_keys_goals_and_touchpoints_round_trip_exactly() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let site = Site::new("shop", vec!["shop.example".into()], Utc::now());
+        store.create_site(&site).await.unwrap();
+        assert_eq!(store.site(&site.key).await.unwrap(), Some(site.clone()));
+        assert_eq!(store.site("s_nope").await.unwrap(), None);
+
+        let key = ApiKey::mint(&site.key);
+        store.add_api_key(&key).await.unwrap();
+        assert_eq!(
+            store.site_for_key_hash(&key.hash).await.unwrap(),
+            Some(site.key.clone())
+        );
+        assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 1);
+        assert_eq!(store.site_for_key_hash(&key.hash).await.unwrap(), None);
+        assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 0);
+
+        let draft = serde_json::from_value(serde_json::json!({
+            "match": {"url": "/thanks/*", "op": "wildcard"}, "value": 5.0, "count": "once_per_visitor"
+        }))
+        .unwrap();
+        let goal = Goal::from_draft(draft, Uuid::now_v7(), &site.key, Utc::now()).unwrap();
+        store.put_goal(&goal).await.unwrap();
+        assert_eq!(
+            store.goal(&site.key, goal.id).await.unwrap(),
+            Some(goal.clone())
+        );
+        assert_eq!(store.goals(&site.key).await.unwrap(), vec![goal.clone()]);
+        assert!(store.delete_goal(&site.key, goal.id).await.unwrap());
+        assert!(!store.delete_goal(&site.key, goal.id).await.unwrap());
+        assert!(store.goals(&site.key).await.unwrap().is_empty());
+
+        let now = Utc::now();
+        let tp = |ago: i64| Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: site.key.clone(),
+            vid: "v1".into(),
+            at: now - chrono::Duration::days(ago),
+            source: "google".into(),
+            medium: Some("cpc".into()),
+            campaign: None,
+            ad: None,
+            click_id: Some(("gclid".into(), "abc".into())),
+        };
+        let (recent, old) = (tp(1), tp(40));
+        for t in [&recent, &old, &recent] {
+            store.put_touchpoint(t).await.unwrap();
+        }
+        let got = store
+            .touchpoints(&site.key, "v1", now - chrono::Duration::days(30))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![recent.clone()]);
+        let since_exact = store.touchpoints(&site.key, "v1", recent.at).await.unwrap();
+        assert_eq!(since_exact, vec![recent]);
+    }
+
+    #[tokio::test]
+    async fn conversions_dedup_by_hit_order_and_visitor_and_report() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let (site, goal) = ("s_t", Uuid::now_v7());
+        let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+        assert_eq!(
+            store.record_conversion(&first, false).await.unwrap(),
+            Recorded::Inserted
+        );
+        assert_eq!(
+            store.record_conversion(&first, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::SameHit)
+        );
+        let same_order = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
+        assert_eq!(
+            store.record_conversion(&same_order, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::OrderId)
+        );
+        let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
+        let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
+        assert_eq!(
+            store.record_conversion(&a, true).await.unwrap(),
+            Recorded::Inserted
+        );
+        assert_eq!(
+            store.record_conversion(&b, true).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::Visitor)
+        );
+        // b did not count, so its order id is free for another hit.
+        let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Inserted
+        );
+
+        let day = first.at.date_naive();
+        let rows = store.credit_rows(site, day, day, None).await.unwrap();
+        assert_eq!(rows.len(), 6, "three conversions, two credits each");
+        let total: f64 = rows.iter().map(|r| r.credit).sum();
+        assert!((total - 3.0).abs() < 1e-9);
+        assert!(store
+            .credit_rows(site, day, day, Some(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.conversions_for_hit(site, first.hit_id).await.unwrap(),
+            vec![first]
+        );
+        assert!(store
+            .conversions_for_hit(site, b.hit_id)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn redelivery_after_a_crash_between_claim_and_rows_completes_them() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        // A second handle on the same keyspace, to play the crashed delivery.
+        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let c = conversion("s_t", Uuid::now_v7(), Uuid::now_v7(), Some("o-9"), "v1");
+        // The first delivery claimed everything, then died before the rows.
+        let st = cass.st().await.unwrap();
+        let body = serde_json::to_string(&c).unwrap();
+        cass.lwt(&st.claim_order, (&c.site, c.goal_id, "o-9", c.hit_id))
+            .await
+            .unwrap();
+        cass.lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
+            .await
+            .unwrap();
+        assert!(store
+            .conversions_for_hit(&c.site, c.hit_id)
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Inserted
+        );
+        let day = c.at.date_naive();
+        assert_eq!(
+            store
+                .credit_rows(&c.site, day, day, None)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::SameHit)
+        );
+    }
+}
