@@ -20,7 +20,7 @@ use crate::http::{self, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
 use crate::queue::rabbitmq::RabbitMqQueue;
 use crate::queue::{local::LocalQueue, Queue, QueueError};
-use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::store::{cassandra::CassandraStore, sqlite::SqliteStore, Store, StoreError};
 use crate::worker::{Archiver, Attributor};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,7 @@ pub async fn build_store(
                 metrics,
             )?))
         }
-        StoreSettings::Cassandra(_) => Err(StoreError::Schema(
-            "the Cassandra adapter is not part of this build yet".into(),
-        )
-        .into()),
+        StoreSettings::Cassandra(c) => Ok(Arc::new(CassandraStore::connect(c, metrics).await?)),
     }
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
 
+pub mod cassandra;
 #[cfg(test)]
 #[macro_use]
 pub(crate) mod conformance;
