@@ -140,6 +140,15 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot create the S3 bucket `{}`", s3.bucket))?;
             }
+            if let crate::config::QueueSettings::RabbitMq(r) = &settings.queue {
+                let queue = crate::queue::rabbitmq::RabbitMqQueue::connect(r, metrics.clone())
+                    .await
+                    .context("cannot reach RabbitMQ")?;
+                queue
+                    .declare_topology()
+                    .await
+                    .context("cannot declare the RabbitMQ topology")?;
+            }
             print_json(serde_json::json!({"migrated": store.name()}));
         }
         Command::Sites {

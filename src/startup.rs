@@ -18,8 +18,9 @@ use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
 use crate::http::{self, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
+use crate::queue::rabbitmq::RabbitMqQueue;
 use crate::queue::{local::LocalQueue, Queue, QueueError};
-use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::store::{cassandra::CassandraStore, sqlite::SqliteStore, Store, StoreError};
 use crate::worker::{Archiver, Attributor};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +43,7 @@ pub async fn build_queue(
 ) -> Result<Arc<dyn Queue>, StartupError> {
     match &settings.queue {
         QueueSettings::Local => Ok(LocalQueue::open(&settings.data_dir.join("queue"), metrics)?),
-        QueueSettings::RabbitMq(_) => Err(QueueError::Config(
-            "the RabbitMQ adapter is not part of this build yet".into(),
-        )
-        .into()),
+        QueueSettings::RabbitMq(r) => Ok(RabbitMqQueue::connect(r, metrics).await?),
     }
 }
 
@@ -61,10 +59,7 @@ pub async fn build_store(
                 metrics,
             )?))
         }
-        StoreSettings::Cassandra(_) => Err(StoreError::Schema(
-            "the Cassandra adapter is not part of this build yet".into(),
-        )
-        .into()),
+        StoreSettings::Cassandra(c) => Ok(Arc::new(CassandraStore::connect(c, metrics).await?)),
     }
 }
 
@@ -87,32 +82,6 @@ pub struct Application {
     port: u16,
     listener: Option<TcpListener>,
     state: AppState,
-    /// Held for the process's life: the embedded queue has one writer.
-    _data_dir_lock: Option<std::fs::File>,
-}
-
-/// Takes an exclusive lock on the data directory, so a second `tally all`
-/// on the same directory refuses to start instead of corrupting the queue.
-fn lock_data_dir(settings: &Settings) -> Result<Option<std::fs::File>, StartupError> {
-    if !matches!(settings.queue, QueueSettings::Local) {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let path = settings.data_dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Config(format!(
-            "another tally process is using {}; stop it or set TALLY_DATA_DIR elsewhere",
-            settings.data_dir.display()
-        ))
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
-    }
 }
 
 impl Application {
@@ -120,7 +89,6 @@ impl Application {
     /// port 0 picks a free one, see [`Application::port`]).
     pub async fn build(settings: Settings, role: Role) -> Result<Application, StartupError> {
         settings.validate_for(role)?;
-        let lock = lock_data_dir(&settings)?;
         let metrics = Arc::new(Metrics::new());
         let store = build_store(&settings, metrics.clone()).await?;
         let queue = build_queue(&settings, metrics.clone()).await?;
@@ -149,7 +117,6 @@ impl Application {
             port,
             listener,
             state,
-            _data_dir_lock: lock,
         })
     }
 
@@ -172,7 +139,6 @@ impl Application {
             port,
             listener,
             state,
-            _data_dir_lock,
         } = self;
         let workers_stop = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
@@ -180,12 +146,19 @@ impl Application {
             let attributor = Arc::new(Attributor::new(state.store.clone(), state.metrics.clone()));
             consumers.spawn(attributor.run(state.queue.clone(), workers_stop.clone()));
             if let Some(archive) = &state.archive {
-                let archiver = Arc::new(Archiver::new(
+                let archiver = Archiver::new(
                     archive.clone(),
                     state.metrics.clone(),
                     settings.archiver.clone(),
                     &settings.data_dir,
-                ));
+                );
+                // The intent file is for the one-process local queue; several
+                // workers on a broker would share (and race on) one file.
+                let archiver = match settings.queue {
+                    QueueSettings::Local => archiver,
+                    QueueSettings::RabbitMq(_) => archiver.without_intent(),
+                };
+                let archiver = Arc::new(archiver);
                 consumers.spawn(archiver.run(state.queue.clone(), workers_stop.clone()));
             }
         }

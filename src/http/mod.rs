@@ -20,6 +20,7 @@ pub mod collect;
 pub mod errors;
 pub mod health;
 pub mod sites;
+pub mod snippet;
 
 pub use errors::ApiError;
 
@@ -52,6 +53,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(collect::pixel))
             .route(web::post().to(collect::post)),
     )
+    .service(snippet::resource())
     .route("/health", web::get().to(health::health))
     .route("/ready", web::get().to(health::ready))
     .route("/metrics", web::get().to(health::metrics))

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Hit;
 
 pub mod local;
+pub mod rabbitmq;
 
 /// The consumers that read every hit, each at its own pace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,6 +14,10 @@ use uuid::Uuid;
 
 use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
 
+pub mod cassandra;
+#[cfg(test)]
+#[macro_use]
+pub(crate) mod conformance;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,90 +1,939 @@
-//! Embedded SQLite store (placeholder until the adapter lands).
+//! Embedded store: one SQLite file in the data directory, zero set-up.
+//!
+//! It is the single-machine default (`tally all`); it must never be shared
+//! by processes on different machines, and it must never answer a write
+//! before that write is on disk (the queue acks a hit once the store write
+//! returns, so a lost write would be a lost conversion).
+//!
+//! # Choices
+//! - **Durability**: WAL journal with `synchronous=FULL`, so a committed
+//!   transaction survives power loss; `busy_timeout` so a second process
+//!   (the `tally sites` CLI next to a running server) waits instead of
+//!   failing at once.
+//! - **Threads**: rusqlite is blocking, so every call runs on
+//!   `tokio::task::spawn_blocking`. One writer connection (SQLite allows one
+//!   writer at a time anyway) and one reader connection, each behind a
+//!   `Mutex`; under WAL a report read never waits for a conversion write.
+//! - **Atomic dedup**: `record_conversion` is one `BEGIN IMMEDIATE`
+//!   transaction, so the checks and the inserts of the claim rows happen
+//!   under the write lock and two deliveries can never both win. The claim
+//!   tables' primary keys enforce the same rules a second time.
+//! - **Encoding**: ids are hyphenated UUID text; instants are integer
+//!   nanoseconds since the Unix epoch (`*_ns`, exact round trip of chrono's
+//!   precision, cheap range scans); report days are `YYYY-MM-DD` text, the
+//!   UTC day of the conversion, which sorts as dates do. A goal is kept as
+//!   the JSON of the domain `Goal` and re-validated (`Goal::prepared`) on
+//!   read.
+//! - **Versioning**: `PRAGMA user_version` holds the number of applied
+//!   migrations; `migrate()` applies the missing ones, each in its own
+//!   transaction, and refuses a file written by a newer tally.
+//!
+//! # Schema (version 1)
+//! ```text
+//! sites(key PK, name, domains JSON, created_ns)
+//! api_keys(hash PK, prefix, site, revoked)             index (prefix)
+//! goals(id PK, site, body JSON)                        index (site)
+//! touchpoints(hit_id PK, site, vid, at_ns, source, medium, campaign, ad,
+//!             click_param, click_value)                index (site, vid, at_ns)
+//! conversions(hit_id, goal_id, site, vid, at_ns, value, currency, order_id,
+//!             model, window_days)                      PK (hit_id, goal_id)
+//! conversion_credits(hit_id, goal_id, ord, site, day, touchpoint, source,
+//!             medium, campaign, ad, at_ns, credit, value)
+//!                                                      PK (hit_id, goal_id, ord); index (site, day)
+//! order_claims(site, goal_id, order_id, hit_id)        PK (site, goal_id, order_id)
+//! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)
+//! ```
+
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::StoreError;
-use crate::metrics::Metrics;
-
-pub struct SqliteStore;
-
-impl SqliteStore {
-    pub fn open(_path: &Path, _metrics: Arc<Metrics>) -> Result<SqliteStore, StoreError> {
-        Err(StoreError::Schema(
-            "the sqlite store is not built yet".into(),
-        ))
-    }
-}
-use super::{Recorded, Store};
-use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+use tracing::warn;
 use uuid::Uuid;
+
+use super::{DuplicateReason, Recorded, Store, StoreError};
+use crate::domain::{ApiKey, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint};
+use crate::metrics::Metrics;
+
+/// How long a statement waits for another process's lock before the call
+/// fails as `Unavailable` (and the caller retries with backoff).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Migrations in order; `PRAGMA user_version` counts those applied.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE sites (
+    key        TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    domains    TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE api_keys (
+    hash    TEXT PRIMARY KEY,
+    prefix  TEXT NOT NULL,
+    site    TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX api_keys_prefix ON api_keys (prefix);
+CREATE TABLE goals (
+    id   TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX goals_site ON goals (site);
+CREATE TABLE touchpoints (
+    hit_id      TEXT PRIMARY KEY,
+    site        TEXT NOT NULL,
+    vid         TEXT NOT NULL,
+    at_ns       INTEGER NOT NULL,
+    source      TEXT NOT NULL,
+    medium      TEXT,
+    campaign    TEXT,
+    ad          TEXT,
+    click_param TEXT,
+    click_value TEXT
+) WITHOUT ROWID;
+CREATE INDEX touchpoints_visitor ON touchpoints (site, vid, at_ns);
+CREATE TABLE conversions (
+    hit_id      TEXT NOT NULL,
+    goal_id     TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    vid         TEXT NOT NULL,
+    at_ns       INTEGER NOT NULL,
+    value       REAL NOT NULL,
+    currency    TEXT,
+    order_id    TEXT,
+    model       TEXT NOT NULL,
+    window_days INTEGER NOT NULL,
+    PRIMARY KEY (hit_id, goal_id)
+) WITHOUT ROWID;
+CREATE TABLE conversion_credits (
+    hit_id     TEXT NOT NULL,
+    goal_id    TEXT NOT NULL,
+    ord        INTEGER NOT NULL,
+    site       TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    touchpoint TEXT,
+    source     TEXT NOT NULL,
+    medium     TEXT,
+    campaign   TEXT,
+    ad         TEXT,
+    at_ns      INTEGER,
+    credit     REAL NOT NULL,
+    value      REAL NOT NULL,
+    PRIMARY KEY (hit_id, goal_id, ord)
+) WITHOUT ROWID;
+CREATE INDEX conversion_credits_day ON conversion_credits (site, day);
+CREATE TABLE order_claims (
+    site     TEXT NOT NULL,
+    goal_id  TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    hit_id   TEXT NOT NULL,
+    PRIMARY KEY (site, goal_id, order_id)
+) WITHOUT ROWID;
+CREATE TABLE visitor_claims (
+    site    TEXT NOT NULL,
+    goal_id TEXT NOT NULL,
+    vid     TEXT NOT NULL,
+    hit_id  TEXT NOT NULL,
+    PRIMARY KEY (site, goal_id, vid)
+) WITHOUT ROWID;
+"#];
+
+fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    metrics: Arc<Metrics>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Busy, locked and I/O failures may pass; constraint and data errors
+    /// never will; a missing table means the schema is not there.
+    fn from(e: rusqlite::Error) -> StoreError {
+        use rusqlite::Error as E;
+        match &e {
+            E::SqliteFailure(f, msg) => match f.code {
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::OperationInterrupted
+                | ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
+                _ if msg.as_deref().is_some_and(|m| {
+                    m.contains("no such table") || m.contains("no such column")
+                }) =>
+                {
+                    StoreError::Schema(e.to_string())
+                }
+                _ => StoreError::Rejected(e.to_string()),
+            },
+            _ => StoreError::Rejected(e.to_string()),
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL is a property of the file, but setting it on every open is
+    // harmless and makes a file created by an older build switch too.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "{} cannot use WAL (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    // Per connection: FULL fsyncs the WAL on every commit.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    // A panic while holding the lock dropped any open transaction (rolled
+    // back), so the connection itself is still sound.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn apply_migrations(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > schema_version() {
+        return Err(StoreError::Schema(format!(
+            "the database is at schema version {version}, newer than this build's {}; upgrade tally",
+            schema_version()
+        )));
+    }
+    // All pending migrations in one transaction: a crash leaves the old
+    // version or the new one.
+    while version < schema_version() {
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        version += 1;
+        tx.pragma_update(None, "user_version", version)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn nanos(at: DateTime<Utc>) -> Result<i64, StoreError> {
+    at.timestamp_nanos_opt()
+        .ok_or_else(|| StoreError::Rejected(format!("instant {at} is outside 1677..2262")))
+}
+
+/// A report day as stored text, clamped to the years text order handles.
+fn day_text(day: NaiveDate) -> String {
+    day.clamp(
+        NaiveDate::from_ymd_opt(0, 1, 1).unwrap_or(NaiveDate::MIN),
+        NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or(NaiveDate::MAX),
+    )
+    .format("%Y-%m-%d")
+    .to_string()
+}
+
+fn instant(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
+}
+
+fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
+    let s: String = row.get(idx)?;
+    Uuid::parse_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn decode_goal(body: &str) -> Result<Goal, StoreError> {
+    let goal: Goal = serde_json::from_str(body)
+        .map_err(|e| StoreError::Rejected(format!("stored goal is unreadable: {e}")))?;
+    goal.prepared()
+        .map_err(|e| StoreError::Rejected(format!("stored goal is invalid: {e}")))
+}
+
+fn site_from_row(row: &Row<'_>) -> rusqlite::Result<(String, String, String, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn touchpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Touchpoint> {
+    let param: Option<String> = row.get(8)?;
+    let value: Option<String> = row.get(9)?;
+    Ok(Touchpoint {
+        hit_id: uuid_col(row, 0)?,
+        site: row.get(1)?,
+        vid: row.get(2)?,
+        at: instant(row.get(3)?),
+        source: row.get(4)?,
+        medium: row.get(5)?,
+        campaign: row.get(6)?,
+        ad: row.get(7)?,
+        click_id: param.zip(value),
+    })
+}
+
+fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
+    let day: String = row.get(0)?;
+    let day = day.parse::<NaiveDate>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(CreditRow {
+        day,
+        goal: uuid_col(row, 1)?,
+        source: row.get(2)?,
+        medium: row.get(3)?,
+        campaign: row.get(4)?,
+        ad: row.get(5)?,
+        credit: row.get(6)?,
+        value: row.get(7)?,
+    })
+}
+
+/// The dedup decision and the inserts, inside the caller's transaction.
+fn record_in(
+    tx: &Transaction<'_>,
+    c: &Conversion,
+    once_per_visitor: bool,
+) -> Result<Recorded, StoreError> {
+    let hit = c.hit_id.to_string();
+    let goal = c.goal_id.to_string();
+    let same: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
+            params![hit, goal],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if same.is_some() {
+        return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
+    }
+    if let Some(order) = &c.order_id {
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT hit_id FROM order_claims WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
+                params![c.site, goal, order],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if holder.is_some_and(|h| h != hit) {
+            return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
+        }
+    }
+    if once_per_visitor {
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT hit_id FROM visitor_claims WHERE site = ?1 AND goal_id = ?2 AND vid = ?3",
+                params![c.site, goal, c.vid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if holder.is_some_and(|h| h != hit) {
+            return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
+        }
+    }
+    let at_ns = nanos(c.at)?;
+    tx.execute(
+        "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            hit,
+            goal,
+            c.site,
+            c.vid,
+            at_ns,
+            c.value,
+            c.currency,
+            c.order_id,
+            c.model.as_str(),
+            c.window_days
+        ],
+    )?;
+    let day = day_text(c.at.date_naive());
+    let mut insert_credit = tx.prepare_cached(
+        "INSERT INTO conversion_credits
+           (hit_id, goal_id, ord, site, day, touchpoint, source, medium, campaign, ad, at_ns, credit, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for (ord, cr) in c.credits.iter().enumerate() {
+        let cr_at = cr.at.map(nanos).transpose()?;
+        insert_credit.execute(params![
+            hit,
+            goal,
+            ord as i64,
+            c.site,
+            day,
+            cr.touchpoint.map(|t| t.to_string()),
+            cr.source,
+            cr.medium,
+            cr.campaign,
+            cr.ad,
+            cr_at,
+            cr.credit,
+            c.value
+        ])?;
+    }
+    if let Some(order) = &c.order_id {
+        tx.execute(
+            "INSERT OR IGNORE INTO order_claims (site, goal_id, order_id, hit_id) VALUES (?1, ?2, ?3, ?4)",
+            params![c.site, goal, order, hit],
+        )?;
+    }
+    if once_per_visitor {
+        tx.execute(
+            "INSERT OR IGNORE INTO visitor_claims (site, goal_id, vid, hit_id) VALUES (?1, ?2, ?3, ?4)",
+            params![c.site, goal, c.vid, hit],
+        )?;
+    }
+    Ok(Recorded::Inserted)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema
+    /// up to date. The parent directory must exist.
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<SqliteStore, StoreError> {
+        let mut writer = open_connection(path)?;
+        apply_migrations(&mut writer)?;
+        let reader = open_connection(path)?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            metrics,
+        })
+    }
+
+    async fn run<T, F>(&self, write: bool, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = if write {
+            self.writer.clone()
+        } else {
+            self.reader.clone()
+        };
+        let result = tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))));
+        if let Err(error) = &result {
+            self.metrics
+                .adapter_errors
+                .with_label_values(&["sqlite"])
+                .inc();
+            warn!(%error, op, "SQLite store call failed.");
+        }
+        result
+    }
+
+    async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(true, op, f).await
+    }
+
+    async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(false, op, f).await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        todo!()
+        self.write("migrate", apply_migrations).await
     }
+
     async fn check(&self) -> Result<(), StoreError> {
-        todo!()
+        self.read("check", |conn| {
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version != schema_version() {
+                return Err(StoreError::Schema(format!(
+                    "schema version {version}, expected {}",
+                    schema_version()
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
+
     fn name(&self) -> &'static str {
         "sqlite"
     }
-    async fn create_site(&self, _site: &Site) -> Result<(), StoreError> {
-        todo!()
+
+    async fn create_site(&self, site: &Site) -> Result<(), StoreError> {
+        let site = site.clone();
+        self.write("create_site", move |conn| {
+            let domains = serde_json::to_string(&site.domains)
+                .map_err(|e| StoreError::Rejected(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO sites (key, name, domains, created_ns) VALUES (?1, ?2, ?3, ?4)",
+                params![site.key, site.name, domains, nanos(site.created_at)?],
+            )?;
+            Ok(())
+        })
+        .await
     }
-    async fn site(&self, _key: &str) -> Result<Option<Site>, StoreError> {
-        todo!()
+
+    async fn site(&self, key: &str) -> Result<Option<Site>, StoreError> {
+        let key = key.to_owned();
+        self.read("site", move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT key, name, domains, created_ns FROM sites WHERE key = ?1",
+                    params![key],
+                    site_from_row,
+                )
+                .optional()?;
+            row.map(|(key, name, domains, created_ns)| {
+                let domains = serde_json::from_str(&domains)
+                    .map_err(|e| StoreError::Rejected(format!("stored domains: {e}")))?;
+                Ok(Site {
+                    key,
+                    name,
+                    domains,
+                    created_at: instant(created_ns),
+                })
+            })
+            .transpose()
+        })
+        .await
     }
-    async fn add_api_key(&self, _key: &ApiKey) -> Result<(), StoreError> {
-        todo!()
+
+    async fn add_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let (hash, prefix, site) = (key.hash.clone(), key.prefix.clone(), key.site.clone());
+        self.write("add_api_key", move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (hash, prefix, site) VALUES (?1, ?2, ?3)",
+                params![hash, prefix, site],
+            )?;
+            Ok(())
+        })
+        .await
     }
-    async fn site_for_key_hash(&self, _hash: &str) -> Result<Option<String>, StoreError> {
-        todo!()
+
+    async fn site_for_key_hash(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let hash = hash.to_owned();
+        self.read("site_for_key_hash", move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT site FROM api_keys WHERE hash = ?1 AND revoked = 0",
+                    params![hash],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
     }
-    async fn revoke_api_keys(&self, _prefix: &str) -> Result<u64, StoreError> {
-        todo!()
+
+    async fn revoke_api_keys(&self, prefix: &str) -> Result<u64, StoreError> {
+        if prefix.is_empty() {
+            return Err(StoreError::Rejected(
+                "an empty prefix would revoke every key".into(),
+            ));
+        }
+        let prefix = prefix.to_owned();
+        self.write("revoke_api_keys", move |conn| {
+            // substr, not LIKE: `_` and `%` are plain characters in a key.
+            let n = conn.execute(
+                "UPDATE api_keys SET revoked = 1
+                 WHERE revoked = 0 AND substr(prefix, 1, length(?1)) = ?1",
+                params![prefix],
+            )?;
+            Ok(n as u64)
+        })
+        .await
     }
-    async fn goals(&self, _site: &str) -> Result<Vec<Goal>, StoreError> {
-        todo!()
+
+    async fn goals(&self, site: &str) -> Result<Vec<Goal>, StoreError> {
+        let site = site.to_owned();
+        self.read("goals", move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT body FROM goals WHERE site = ?1 ORDER BY id")?;
+            let bodies = stmt
+                .query_map(params![site], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            bodies.iter().map(|b| decode_goal(b)).collect()
+        })
+        .await
     }
-    async fn goal(&self, _site: &str, _id: Uuid) -> Result<Option<Goal>, StoreError> {
-        todo!()
+
+    async fn goal(&self, site: &str, id: Uuid) -> Result<Option<Goal>, StoreError> {
+        let site = site.to_owned();
+        self.read("goal", move |conn| {
+            let body: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM goals WHERE id = ?1 AND site = ?2",
+                    params![id.to_string(), site],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            body.as_deref().map(decode_goal).transpose()
+        })
+        .await
     }
-    async fn put_goal(&self, _goal: &Goal) -> Result<(), StoreError> {
-        todo!()
+
+    async fn put_goal(&self, goal: &Goal) -> Result<(), StoreError> {
+        let body = serde_json::to_string(goal).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let (id, site) = (goal.id.to_string(), goal.site.clone());
+        self.write("put_goal", move |conn| {
+            // Replace only within the same site: a goal id never moves
+            // between tenants.
+            let n = conn.execute(
+                "INSERT INTO goals (id, site, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body
+                 WHERE goals.site = excluded.site",
+                params![id, site, body],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Rejected(format!(
+                    "goal {id} belongs to another site"
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
-    async fn delete_goal(&self, _site: &str, _id: Uuid) -> Result<bool, StoreError> {
-        todo!()
+
+    async fn delete_goal(&self, site: &str, id: Uuid) -> Result<bool, StoreError> {
+        let site = site.to_owned();
+        self.write("delete_goal", move |conn| {
+            let n = conn.execute(
+                "DELETE FROM goals WHERE id = ?1 AND site = ?2",
+                params![id.to_string(), site],
+            )?;
+            Ok(n > 0)
+        })
+        .await
     }
-    async fn put_touchpoint(&self, _tp: &Touchpoint) -> Result<(), StoreError> {
-        todo!()
+
+    async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+        let tp = tp.clone();
+        self.write("put_touchpoint", move |conn| {
+            let (param, value) = tp.click_id.clone().unzip();
+            // The first write of a hit id wins; a redelivery is a no-op.
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO touchpoints
+                   (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                tp.hit_id.to_string(),
+                tp.site,
+                tp.vid,
+                nanos(tp.at)?,
+                tp.source,
+                tp.medium,
+                tp.campaign,
+                tp.ad,
+                param,
+                value
+            ])?;
+            Ok(())
+        })
+        .await
     }
+
     async fn touchpoints(
         &self,
-        _site: &str,
-        _vid: &str,
-        _since: DateTime<Utc>,
+        site: &str,
+        vid: &str,
+        since: DateTime<Utc>,
     ) -> Result<Vec<Touchpoint>, StoreError> {
-        todo!()
+        let (site, vid) = (site.to_owned(), vid.to_owned());
+        // Before 1677 means "everything".
+        let since_ns = since.timestamp_nanos_opt().unwrap_or(i64::MIN);
+        self.read("touchpoints", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+                 FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![site, vid, since_ns], touchpoint_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
-    async fn record_conversion(&self, _c: &Conversion, _o: bool) -> Result<Recorded, StoreError> {
-        todo!()
+
+    async fn record_conversion(
+        &self,
+        conversion: &Conversion,
+        once_per_visitor: bool,
+    ) -> Result<Recorded, StoreError> {
+        let c = conversion.clone();
+        self.write("record_conversion", move |conn| {
+            // IMMEDIATE takes the write lock before the dedup reads, so no
+            // other writer can claim the order or visitor in between.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let recorded = record_in(&tx, &c, once_per_visitor)?;
+            if recorded == Recorded::Inserted {
+                tx.commit()?;
+            }
+            Ok(recorded)
+        })
+        .await
     }
+
     async fn credit_rows(
         &self,
-        _site: &str,
-        _from: NaiveDate,
-        _to: NaiveDate,
-        _goal: Option<Uuid>,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        goal: Option<Uuid>,
     ) -> Result<Vec<CreditRow>, StoreError> {
-        todo!()
+        let site = site.to_owned();
+        let goal = goal.map(|g| g.to_string());
+        // Days compare as text, which orders only four-digit years; stored
+        // days are within 1677..2262, so clamping loses nothing.
+        let (first, last) = (day_text(from), day_text(to));
+        self.read("credit_rows", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT day, goal_id, source, medium, campaign, ad, credit, value
+                 FROM conversion_credits
+                 WHERE site = ?1 AND day BETWEEN ?2 AND ?3 AND (?4 IS NULL OR goal_id = ?4)",
+            )?;
+            let rows = stmt
+                .query_map(params![site, first, last, goal], credit_row_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
+
     async fn conversions_for_hit(
         &self,
-        _site: &str,
-        _hit: Uuid,
+        site: &str,
+        hit: Uuid,
     ) -> Result<Vec<Conversion>, StoreError> {
-        todo!()
+        let site = site.to_owned();
+        self.read("conversions_for_hit", move |conn| {
+            // One read transaction so conversions and credits agree.
+            let tx = conn.transaction()?;
+            let hit = hit.to_string();
+            let mut convs = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days
+                     FROM conversions WHERE hit_id = ?1 AND site = ?2 ORDER BY goal_id",
+                )?;
+                let rows = stmt
+                    .query_map(params![hit, site], |r| {
+                        let model: String = r.get(8)?;
+                        Ok((
+                            Conversion {
+                                hit_id: uuid_col(r, 0)?,
+                                goal_id: uuid_col(r, 1)?,
+                                site: r.get(2)?,
+                                vid: r.get(3)?,
+                                at: instant(r.get(4)?),
+                                value: r.get(5)?,
+                                currency: r.get(6)?,
+                                order_id: r.get(7)?,
+                                model: Model::LastClick,
+                                window_days: r.get(9)?,
+                                credits: Vec::new(),
+                            },
+                            model,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT touchpoint, source, medium, campaign, ad, at_ns, credit
+                 FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2 ORDER BY ord",
+            )?;
+            for (c, model) in &mut convs {
+                c.model = Model::parse(model).ok_or_else(|| {
+                    StoreError::Rejected(format!("stored model `{model}` is unknown"))
+                })?;
+                c.credits = stmt
+                    .query_map(params![hit, c.goal_id.to_string()], |r| {
+                        let tp: Option<String> = r.get(0)?;
+                        let touchpoint = tp
+                            .map(|s| Uuid::parse_str(&s))
+                            .transpose()
+                            .map_err(|e| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    0,
+                                    rusqlite::types::Type::Text,
+                                    Box::new(e),
+                                )
+                            })?;
+                        Ok(Credit {
+                            touchpoint,
+                            source: r.get(1)?,
+                            medium: r.get(2)?,
+                            campaign: r.get(3)?,
+                            ad: r.get(4)?,
+                            at: r.get::<_, Option<i64>>(5)?.map(instant),
+                            credit: r.get(6)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+            }
+            Ok(convs.into_iter().map(|(c, _)| c).collect())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::Guard;
+
+    async fn sqlite() -> Option<(Arc<dyn Store>, Guard)> {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap();
+        Some((Arc::new(store), Box::new(dir)))
+    }
+
+    store_conformance_tests!(sqlite);
+
+    #[tokio::test]
+    async fn reopened_file_keeps_data_and_exact_instants() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        // Nanoseconds, as `Utc::now()` stamps hits on Linux.
+        let at = DateTime::from_timestamp_nanos(1_795_000_000_123_456_789);
+        let tp = Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: "s_x".into(),
+            vid: "v".into(),
+            at,
+            source: "google".into(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            click_id: None,
+        };
+        {
+            let store = SqliteStore::open(&path, Arc::new(Metrics::new())).unwrap();
+            store.put_touchpoint(&tp).await.unwrap();
+        }
+        let store = SqliteStore::open(&path, Arc::new(Metrics::new())).unwrap();
+        store.check().await.unwrap();
+        let got = store.touchpoints("s_x", "v", at).await.unwrap();
+        assert_eq!(got, vec![tp]);
+    }
+
+    #[tokio::test]
+    async fn file_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", schema_version() + 1)
+            .unwrap();
+        let err = SqliteStore::open(&path, Arc::new(Metrics::new()))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_another_writer_then_report_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let metrics = Arc::new(Metrics::new());
+        let store = SqliteStore::open(&path, metrics.clone()).unwrap();
+        lock(&store.writer)
+            .busy_timeout(Duration::from_millis(50))
+            .unwrap();
+        // Another process holding the write lock.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let site = Site::new("x", vec![], Utc::now());
+        let err = store.create_site(&site).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(
+            metrics.adapter_errors.with_label_values(&["sqlite"]).get(),
+            1
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        store.create_site(&site).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn durability_pragmas_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap();
+        for conn in [&store.writer, &store.reader] {
+            let conn = lock(conn);
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), sync), ("wal", 2));
+        }
+    }
+
+    #[tokio::test]
+    async fn credit_rows_over_the_widest_range_return_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap();
+        let c = Conversion {
+            hit_id: Uuid::now_v7(),
+            goal_id: Uuid::now_v7(),
+            site: "s_x".into(),
+            vid: "v".into(),
+            at: Utc::now(),
+            value: 1.0,
+            currency: None,
+            order_id: None,
+            model: Model::Linear,
+            window_days: 30,
+            credits: vec![],
+        };
+        store.record_conversion(&c, false).await.unwrap();
+        let c = Conversion {
+            hit_id: Uuid::now_v7(),
+            credits: vec![Credit {
+                touchpoint: None,
+                source: "(direct)".into(),
+                medium: None,
+                campaign: None,
+                ad: None,
+                at: None,
+                credit: 1.0,
+            }],
+            ..c
+        };
+        store.record_conversion(&c, false).await.unwrap();
+        let rows = store
+            .credit_rows("s_x", NaiveDate::MIN, NaiveDate::MAX, None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn duplicate_site_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap();
+        let site = Site::new("x", vec![], Utc::now());
+        store.create_site(&site).await.unwrap();
+        let err = store.create_site(&site).await.unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)), "{err}");
     }
 }

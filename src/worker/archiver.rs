@@ -5,7 +5,8 @@
 //! intent (the batch's first hit id and group sizes) in the data directory.
 //! After a crash the queue redelivers from the same first hit, and the
 //! archiver splits the batch the same way, so the objects get the same
-//! keys and are replaced, not copied. On RabbitMQ a redelivery may regroup
+//! keys and are replaced, not copied. On RabbitMQ the intent is off (see
+//! `Archiver::without_intent`): a redelivery may regroup
 //! hits, so a crash can repeat hits from in-flight batches; readers dedup
 //! by `id`. It must never ack a hit whose object was not written.
 
@@ -34,7 +35,8 @@ pub struct Archiver {
     archive: Arc<dyn Archive>,
     metrics: Arc<Metrics>,
     settings: ArchiverSettings,
-    intent_path: PathBuf,
+    /// None: no intent (several processes may consume; see `without_intent`).
+    intent_path: Option<PathBuf>,
 }
 
 impl Archiver {
@@ -48,22 +50,34 @@ impl Archiver {
             archive,
             metrics,
             settings,
-            intent_path: data_dir.join("archiver.intent"),
+            intent_path: Some(data_dir.join("archiver.intent")),
         }
     }
 
+    /// Drops the intent file. For shared queues (RabbitMQ), where several
+    /// worker processes may share one data directory: one file would be
+    /// raced on, and a broker redelivery may regroup hits anyway, so a
+    /// crash there may repeat in-flight hits (readers dedup by `id`).
+    pub fn without_intent(mut self) -> Archiver {
+        self.intent_path = None;
+        self
+    }
+
     fn read_intent(&self) -> Option<Intent> {
-        let text = std::fs::read(&self.intent_path).ok()?;
+        let text = std::fs::read(self.intent_path.as_ref()?).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
     fn write_intent(&self, intent: &Intent) -> std::io::Result<()> {
         use std::io::Write;
-        let tmp = self.intent_path.with_extension("tmp");
+        let Some(path) = &self.intent_path else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(intent).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.intent_path)
+        std::fs::rename(&tmp, path)
     }
 
     /// How to split a batch into groups: as the intent said if it covers
@@ -285,6 +299,15 @@ mod tests {
         let mut want: Vec<Uuid> = all.iter().map(|h| h.id).collect();
         want.sort();
         assert_eq!(archived(&a).await, want, "every hit exactly once");
+    }
+
+    #[tokio::test]
+    async fn without_intent_no_file_is_shared_between_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archiver(dir.path(), 1 << 20).without_intent();
+        a.write(&hits(5)).await.unwrap();
+        assert!(!dir.path().join("archiver.intent").exists());
+        assert_eq!(archived(&a).await.len(), 5);
     }
 
     #[tokio::test]

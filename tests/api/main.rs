@@ -1,9 +1,11 @@
 //! Black-box tests: each spawns tally on port 0 with its own data
 //! directory and drives it over HTTP, as a user would.
 
+mod browser;
 mod collect;
 mod crash;
 mod flow;
 mod goals;
 mod helpers;
 mod ops;
+mod replay;

@@ -1,0 +1,1828 @@
+//! Production store on Apache Cassandra 4.0+ or ScyllaDB 5+, through the
+//! `scylla` driver.
+//!
+//! One shared [`Session`] with token-aware, DC-aware load balancing and the
+//! configured consistency (default `LOCAL_QUORUM`; lightweight transactions
+//! at `LOCAL_SERIAL`). Every statement is prepared once, after the schema
+//! exists, into [`Statements`]. Reads that can grow (touchpoints, credit
+//! rows) are paged.
+//!
+//! The schema (see [`MIGRATIONS`] and `docs/production.md`) is designed so
+//! that every write is idempotent, keyed by hit id, and a report reads a
+//! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
+//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims.
+//!
+//! This module must never use ScyllaDB-only CQL, counters (not idempotent
+//! under redelivery), `ALLOW FILTERING`, or a read-then-write where a claim
+//! decides what counts: everything here must run unchanged on Cassandra 4.0
+//! over native protocol v4.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError,
+    PrepareError, RequestAttemptError,
+};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency, Statement};
+use scylla::value::{CqlValue, Row};
+use secrecy::ExposeSecret;
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::{DuplicateReason, Recorded, Store, StoreError};
+use crate::config::CassandraSettings;
+use crate::domain::goal::MAX_WINDOW_DAYS;
+use crate::domain::{
+    ApiKey, Conversion, CountMode, CreditRow, Goal, GoalMatch, Model, Site, Touchpoint,
+};
+use crate::metrics::Metrics;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Partitions per site and UTC day in `credits_by_day`. Part of the
+/// schema: changing it makes earlier rows unreachable, so it only changes
+/// with a new schema version and a data migration.
+pub const CREDIT_BUCKETS: i32 = 8;
+
+/// Touchpoints live as long as the longest lookback window.
+pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
+
+/// Client-side bound on one request, above the server's own read, write
+/// and CAS timeouts (5 s, 2 s, 1 s by default) so a server-side timeout
+/// arrives as the more precise error first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Schema changes wait for agreement across the cluster; allow for it.
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rows per page for reads that can grow.
+const PAGE_SIZE: i32 = 1_000;
+/// Partitions a report reads at once.
+const REPORT_CONCURRENCY: usize = 16;
+
+/// The versioned schema: `(version, statements)`, applied in order by
+/// [`CassandraStore::migrate`]. `{ks}` is the keyspace. Every statement is
+/// `IF NOT EXISTS`, so a migration interrupted half-way simply runs again.
+pub const MIGRATIONS: &[(i32, &[&str])] = &[(
+    1,
+    &[
+        // By site key: the collector resolves a site per request.
+        "CREATE TABLE IF NOT EXISTS {ks}.sites (\
+           site_key text PRIMARY KEY, name text, domains list<text>, \
+           created_at timestamp, created_at_ns int)",
+        // By key hash: every API request resolves its bearer token here.
+        "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
+           hash text PRIMARY KEY, site text, prefix text, revoked boolean)",
+        // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
+        "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
+           prefix text, hash text, site text, PRIMARY KEY ((prefix), hash))",
+        // By site: the attributor reads all of a site's goals per batch.
+        "CREATE TABLE IF NOT EXISTS {ks}.goals (\
+           site text, id uuid, name text, matcher text, default_value double, \
+           model text, window_days int, count_mode text, \
+           created_at timestamp, created_at_ns int, \
+           PRIMARY KEY ((site), id))",
+        // By (site, visitor), newest first: attribution reads one
+        // visitor's clicks in a window; rows expire after the longest one.
+        "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
+           site text, vid text, at timestamp, hit uuid, at_ns int, \
+           source text, medium text, campaign text, ad text, \
+           click_param text, click_value text, \
+           PRIMARY KEY ((site, vid), at, hit)) \
+         WITH CLUSTERING ORDER BY (at DESC, hit ASC) \
+         AND default_time_to_live = {ttl}",
+        // By (site, hit): the per-hit claim and the explain endpoint.
+        "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
+           site text, hit uuid, goal uuid, body text, complete boolean, \
+           PRIMARY KEY ((site, hit), goal))",
+        // By (site, day, bucket): a report reads days x buckets partitions,
+        // none of them unbounded however busy a day is.
+        "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
+           site text, day date, bucket int, goal uuid, hit uuid, idx int, \
+           source text, medium text, campaign text, ad text, \
+           credit double, conv_value double, \
+           PRIMARY KEY ((site, day, bucket), goal, hit, idx))",
+        // By (site, goal, order_id): one conversion per order, by LWT.
+        "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
+           site text, goal uuid, order_id text, hit uuid, \
+           PRIMARY KEY ((site, goal, order_id)))",
+        // By (site, goal, visitor): `once_per_visitor`, by LWT.
+        "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
+           site text, goal uuid, vid text, hit uuid, \
+           PRIMARY KEY ((site, goal, vid)))",
+    ],
+)];
+
+/// Which row in `schema_version` this application owns.
+const SCHEMA_COMPONENT: &str = "tally";
+
+/// The keyspace, lower-cased: unquoted CQL identifiers are case-folded,
+/// and the name is spliced into statements, so only `[a-z0-9_]` passes.
+pub fn keyspace_name(raw: &str) -> Result<String, StoreError> {
+    let ks = raw.trim().to_ascii_lowercase();
+    let ok = !ks.is_empty()
+        && ks.len() <= 48
+        && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if ok {
+        Ok(ks)
+    } else {
+        Err(StoreError::Rejected(format!(
+            "CASSANDRA_KEYSPACE `{raw}` must be 1-48 letters, digits or `_`, starting with a letter"
+        )))
+    }
+}
+
+/// `CREATE KEYSPACE` with replication from the settings: NetworkTopology
+/// in the local DC when one is named (what production clusters use),
+/// SimpleStrategy otherwise (one DC, a laptop, CI).
+pub fn create_keyspace_cql(ks: &str, rf: u32, local_dc: Option<&str>) -> String {
+    let replication = match local_dc {
+        Some(dc) => format!(
+            "{{'class': 'NetworkTopologyStrategy', '{}': {rf}}}",
+            dc.replace('\'', "''")
+        ),
+        None => format!("{{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"),
+    };
+    format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true")
+}
+
+fn schema_version_cql(ks: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.schema_version (\
+           component text PRIMARY KEY, version int, applied_at timestamp)"
+    )
+}
+
+/// A migration statement with the keyspace and constants filled in.
+pub fn render(statement: &str, ks: &str) -> String {
+    statement
+        .replace("{ks}", ks)
+        .replace("{ttl}", &TOUCHPOINT_TTL_SECONDS.to_string())
+}
+
+/// The credit partition bucket of a hit. The low bits of a UUID v7 are
+/// random, so hits spread evenly; the same hit always lands in the same
+/// bucket, which keeps redelivered writes idempotent.
+pub fn credit_bucket(hit: Uuid) -> i32 {
+    (hit.as_u128() % CREDIT_BUCKETS as u128) as i32
+}
+
+/// The partitions a report over `from..=to` reads: every (day, bucket).
+pub fn report_partitions(from: NaiveDate, to: NaiveDate) -> Vec<(NaiveDate, i32)> {
+    from.iter_days()
+        .take_while(|d| *d <= to)
+        .flat_map(|d| (0..CREDIT_BUCKETS).map(move |b| (d, b)))
+        .collect()
+}
+
+/// CQL `timestamp` keeps milliseconds; the rest is kept beside it so a
+/// stored time reads back exactly as written.
+fn split_time(t: DateTime<Utc>) -> (DateTime<Utc>, i32) {
+    let ms = t.timestamp_millis();
+    let sub = t.timestamp_subsec_nanos() % 1_000_000;
+    let floor = Utc.timestamp_millis_opt(ms).single().unwrap_or(t);
+    (floor, sub as i32)
+}
+
+fn join_time(ms: DateTime<Utc>, sub_ns: Option<i32>) -> DateTime<Utc> {
+    ms + chrono::Duration::nanoseconds(i64::from(sub_ns.unwrap_or(0).clamp(0, 999_999)))
+}
+
+/// Parses `CASSANDRA_CONSISTENCY`.
+pub fn parse_consistency(s: &str) -> Result<Consistency, StoreError> {
+    Ok(
+        match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "ANY" => Consistency::Any,
+            "ONE" => Consistency::One,
+            "TWO" => Consistency::Two,
+            "THREE" => Consistency::Three,
+            "QUORUM" => Consistency::Quorum,
+            "ALL" => Consistency::All,
+            "LOCAL_QUORUM" => Consistency::LocalQuorum,
+            "EACH_QUORUM" => Consistency::EachQuorum,
+            "LOCAL_ONE" => Consistency::LocalOne,
+            other => {
+                return Err(StoreError::Rejected(format!(
+                    "CASSANDRA_CONSISTENCY `{other}` is not one of ONE, TWO, THREE, QUORUM, ALL, \
+                 LOCAL_QUORUM, EACH_QUORUM, LOCAL_ONE, ANY"
+                )))
+            }
+        },
+    )
+}
+
+/// Serial consistency for claims: local Paxos unless the configured
+/// consistency already spans data centres.
+pub fn serial_for(c: Consistency) -> SerialConsistency {
+    match c {
+        Consistency::Quorum | Consistency::All | Consistency::EachQuorum => {
+            SerialConsistency::Serial
+        }
+        _ => SerialConsistency::LocalSerial,
+    }
+}
+
+// ---- error mapping -------------------------------------------------------
+
+/// Driver errors, mapped to the port's: a backend that cannot answer now
+/// is `Unavailable` (retry), a statement that can never work is `Rejected`,
+/// a missing keyspace, table or column is `Schema` (run `tally migrate`).
+trait IntoStoreError {
+    fn into_store(self) -> StoreError;
+}
+
+fn missing_schema(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("does not exist")
+        || m.contains("unconfigured table")
+        || m.contains("undefined column")
+        || m.contains("undefined name")
+        || m.contains("unknown identifier")
+}
+
+pub(crate) fn from_db_error(db: &DbError, message: &str) -> StoreError {
+    let text = format!("{db}: {message}");
+    match db {
+        DbError::Unavailable { .. }
+        | DbError::Overloaded
+        | DbError::IsBootstrapping
+        | DbError::ReadTimeout { .. }
+        | DbError::WriteTimeout { .. }
+        | DbError::ReadFailure { .. }
+        | DbError::WriteFailure { .. }
+        | DbError::TruncateError
+        | DbError::ServerError
+        | DbError::Unprepared { .. }
+        | DbError::RateLimitReached { .. } => StoreError::Unavailable(text),
+        DbError::Invalid | DbError::ConfigError if missing_schema(message) => {
+            StoreError::Schema(text)
+        }
+        _ => StoreError::Rejected(text),
+    }
+}
+
+impl IntoStoreError for RequestAttemptError {
+    fn into_store(self) -> StoreError {
+        match &self {
+            RequestAttemptError::DbError(db, message) => from_db_error(db, message),
+            RequestAttemptError::SerializationError(_)
+            | RequestAttemptError::CqlRequestSerialization(_) => {
+                StoreError::Rejected(self.to_string())
+            }
+            _ => StoreError::Unavailable(self.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for ExecutionError {
+    fn into_store(self) -> StoreError {
+        match self {
+            ExecutionError::LastAttemptError(e) => e.into_store(),
+            ExecutionError::PrepareError(e) => e.into_store(),
+            ExecutionError::BadQuery(e) => StoreError::Rejected(e.to_string()),
+            ExecutionError::UseKeyspaceError(e) => StoreError::Schema(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for PrepareError {
+    fn into_store(self) -> StoreError {
+        match self {
+            PrepareError::AllAttemptsFailed { first_attempt } => first_attempt.into_store(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for NextPageError {
+    fn into_store(self) -> StoreError {
+        match self {
+            NextPageError::RequestFailure(e) => e.into_execution_error().into_store(),
+            NextPageError::TypeCheckError(e) => StoreError::Schema(e.to_string()),
+            NextPageError::PartitionKeyError(e) => StoreError::Rejected(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for PagerExecutionError {
+    fn into_store(self) -> StoreError {
+        match self {
+            PagerExecutionError::PrepareError(e) => e.into_store(),
+            PagerExecutionError::NextPageError(e) => e.into_store(),
+            PagerExecutionError::SerializationError(e) => StoreError::Rejected(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for NextRowError {
+    fn into_store(self) -> StoreError {
+        match self {
+            NextRowError::NextPageError(e) => e.into_store(),
+            other => StoreError::Schema(other.to_string()),
+        }
+    }
+}
+
+impl IntoStoreError for NewSessionError {
+    fn into_store(self) -> StoreError {
+        match self {
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_) => {
+                StoreError::Rejected(self.to_string())
+            }
+            NewSessionError::UseKeyspaceError(e) => StoreError::Schema(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Rows that do not have the types this build expects: an outdated schema.
+fn shape<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Schema(format!("unexpected result shape: {e}"))
+}
+
+/// Stored JSON that does not parse: never retryable.
+fn corrupt<E: std::fmt::Display>(what: &str, e: E) -> StoreError {
+    StoreError::Rejected(format!("stored {what} cannot be read: {e}"))
+}
+
+// ---- statements ------------------------------------------------------------
+
+/// Every statement the store runs, prepared once per process.
+pub struct Statements {
+    insert_site: PreparedStatement,
+    select_site: PreparedStatement,
+    insert_api_key: PreparedStatement,
+    insert_api_key_by_prefix: PreparedStatement,
+    select_api_key: PreparedStatement,
+    select_api_keys_by_prefix: PreparedStatement,
+    revoke_api_key: PreparedStatement,
+    insert_goal: PreparedStatement,
+    select_goals: PreparedStatement,
+    select_goal: PreparedStatement,
+    delete_goal: PreparedStatement,
+    insert_touchpoint: PreparedStatement,
+    select_touchpoints: PreparedStatement,
+    claim_order: PreparedStatement,
+    release_order: PreparedStatement,
+    claim_visitor: PreparedStatement,
+    claim_hit: PreparedStatement,
+    complete_hit: PreparedStatement,
+    select_conversions: PreparedStatement,
+    insert_credit: PreparedStatement,
+    select_credits: PreparedStatement,
+    select_credits_for_goal: PreparedStatement,
+}
+
+/// The CQL of every prepared statement, by name, with `{ks}` unfilled.
+pub const STATEMENTS: &[(&str, &str)] = &[
+    ("insert_site", "INSERT INTO {ks}.sites (site_key, name, domains, created_at, created_at_ns) VALUES (?, ?, ?, ?, ?)"),
+    ("select_site", "SELECT site_key, name, domains, created_at, created_at_ns FROM {ks}.sites WHERE site_key = ?"),
+    ("insert_api_key", "INSERT INTO {ks}.api_keys (hash, site, prefix, revoked) VALUES (?, ?, ?, false)"),
+    ("insert_api_key_by_prefix", "INSERT INTO {ks}.api_keys_by_prefix (prefix, hash, site) VALUES (?, ?, ?)"),
+    ("select_api_key", "SELECT site, revoked FROM {ks}.api_keys WHERE hash = ?"),
+    ("select_api_keys_by_prefix", "SELECT hash FROM {ks}.api_keys_by_prefix WHERE prefix = ?"),
+    ("revoke_api_key", "UPDATE {ks}.api_keys SET revoked = true WHERE hash = ?"),
+    ("insert_goal", "INSERT INTO {ks}.goals (site, id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_goals", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns FROM {ks}.goals WHERE site = ?"),
+    ("select_goal", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns FROM {ks}.goals WHERE site = ? AND id = ?"),
+    ("delete_goal", "DELETE FROM {ks}.goals WHERE site = ? AND id = ? IF EXISTS"),
+    ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
+    ("claim_order", "INSERT INTO {ks}.order_claims (site, goal, order_id, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    ("release_order", "DELETE FROM {ks}.order_claims WHERE site = ? AND goal = ? AND order_id = ? IF hit = ?"),
+    ("claim_visitor", "INSERT INTO {ks}.visitor_claims (site, goal, vid, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    ("claim_hit", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    ("complete_hit", "UPDATE {ks}.conversions_by_hit SET complete = true WHERE site = ? AND hit = ? AND goal = ?"),
+    ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
+    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+];
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
+        let mut prepared: HashMap<&str, PreparedStatement> = HashMap::new();
+        for (name, cql) in STATEMENTS {
+            let mut p = session
+                .prepare(render(cql, ks))
+                .await
+                .map_err(IntoStoreError::into_store)?;
+            // Every statement here writes fixed values keyed by ids, or
+            // reads: running it twice has the effect of running it once,
+            // so the driver may retry it after a timeout. Claims included:
+            // a claim found held by the same hit counts as ours.
+            p.set_is_idempotent(true);
+            if name.starts_with("select") {
+                p.set_page_size(PAGE_SIZE);
+            }
+            prepared.insert(name, p);
+        }
+        let mut take = |name: &str| {
+            prepared
+                .remove(name)
+                .ok_or_else(|| StoreError::Rejected(format!("statement `{name}` is not defined")))
+        };
+        Ok(Statements {
+            insert_site: take("insert_site")?,
+            select_site: take("select_site")?,
+            insert_api_key: take("insert_api_key")?,
+            insert_api_key_by_prefix: take("insert_api_key_by_prefix")?,
+            select_api_key: take("select_api_key")?,
+            select_api_keys_by_prefix: take("select_api_keys_by_prefix")?,
+            revoke_api_key: take("revoke_api_key")?,
+            insert_goal: take("insert_goal")?,
+            select_goals: take("select_goals")?,
+            select_goal: take("select_goal")?,
+            delete_goal: take("delete_goal")?,
+            insert_touchpoint: take("insert_touchpoint")?,
+            select_touchpoints: take("select_touchpoints")?,
+            claim_order: take("claim_order")?,
+            release_order: take("release_order")?,
+            claim_visitor: take("claim_visitor")?,
+            claim_hit: take("claim_hit")?,
+            complete_hit: take("complete_hit")?,
+            select_conversions: take("select_conversions")?,
+            insert_credit: take("insert_credit")?,
+            select_credits: take("select_credits")?,
+            select_credits_for_goal: take("select_credits_for_goal")?,
+        })
+    }
+}
+
+/// The outcome of a lightweight transaction: whether it applied, and the
+/// row that stopped it (Cassandra and ScyllaDB both return it).
+struct Lwt {
+    applied: bool,
+    existing: HashMap<String, Option<CqlValue>>,
+}
+
+impl Lwt {
+    fn from_result(result: QueryResult) -> Result<Lwt, StoreError> {
+        let rows = result.into_rows_result().map_err(shape)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        let row: Row = rows.first_row().map_err(shape)?;
+        let mut existing: HashMap<String, Option<CqlValue>> =
+            names.into_iter().zip(row.columns).collect();
+        let applied = existing
+            .remove("[applied]")
+            .flatten()
+            .and_then(|v| v.as_boolean())
+            .ok_or_else(|| shape("a conditional write returned no [applied] column"))?;
+        Ok(Lwt { applied, existing })
+    }
+
+    fn uuid(&self, column: &str) -> Option<Uuid> {
+        self.existing.get(column)?.as_ref()?.as_uuid()
+    }
+
+    fn text(&self, column: &str) -> Option<&str> {
+        self.existing
+            .get(column)?
+            .as_ref()?
+            .as_text()
+            .map(String::as_str)
+    }
+
+    fn boolean(&self, column: &str) -> Option<bool> {
+        self.existing.get(column)?.as_ref()?.as_boolean()
+    }
+}
+
+// ---- the store -------------------------------------------------------------
+
+type GoalRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+);
+
+type TouchpointRow = (
+    Uuid,
+    DateTime<Utc>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+type CreditDbRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
+
+pub struct CassandraStore {
+    session: Arc<Session>,
+    keyspace: String,
+    replication_factor: u32,
+    local_dc: Option<String>,
+    statements: OnceCell<Statements>,
+    check_statement: PreparedStatement,
+    metrics: Arc<Metrics>,
+}
+
+impl CassandraStore {
+    /// Connects to the cluster. The schema need not exist yet: statements
+    /// are prepared on first use, after `migrate`.
+    pub async fn connect(
+        settings: &CassandraSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<CassandraStore, StoreError> {
+        let keyspace = keyspace_name(&settings.keyspace)?;
+        if settings.contact_points.is_empty() {
+            return Err(StoreError::Rejected(
+                "CASSANDRA_CONTACT_POINTS names no host".into(),
+            ));
+        }
+        if settings.replication_factor == 0 {
+            return Err(StoreError::Rejected(
+                "CASSANDRA_REPLICATION_FACTOR must be at least 1".into(),
+            ));
+        }
+        let consistency = parse_consistency(&settings.consistency)?;
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &settings.local_dc {
+            // Stay in the local DC: remote replicas would answer LOCAL_*
+            // consistency levels for the wrong DC.
+            policy = policy
+                .prefer_datacenter(dc.clone())
+                .permit_dc_failover(false);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(consistency)
+            .serial_consistency(Some(serial_for(consistency)))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .load_balancing_policy(policy.build())
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&settings.contact_points)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some(user) = &settings.username {
+            let password = settings
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default();
+            builder = builder.user(user.clone(), password);
+        }
+        let session = builder.build().await.map_err(IntoStoreError::into_store)?;
+        let mut check_statement = session
+            .prepare("SELECT release_version FROM system.local")
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        check_statement.set_is_idempotent(true);
+        info!(
+            contact_points = ?settings.contact_points,
+            keyspace = %keyspace,
+            consistency = ?consistency,
+            local_dc = settings.local_dc.as_deref().unwrap_or("(any)"),
+            "Connected to Cassandra."
+        );
+        Ok(CassandraStore {
+            session: Arc::new(session),
+            keyspace,
+            replication_factor: settings.replication_factor,
+            local_dc: settings.local_dc.clone(),
+            statements: OnceCell::new(),
+            check_statement,
+            metrics,
+        })
+    }
+
+    /// The shared session (the conformance tests drop their keyspace).
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    async fn ddl(&self, cql: String) -> Result<(), StoreError> {
+        let mut statement = Statement::new(cql);
+        statement.set_is_idempotent(true);
+        statement.set_request_timeout(Some(DDL_TIMEOUT));
+        self.session
+            .query_unpaged(statement, ())
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+
+    async fn schema_version(&self) -> Result<Option<i32>, StoreError> {
+        let cql = format!(
+            "SELECT version FROM {}.schema_version WHERE component = ?",
+            self.keyspace
+        );
+        let rows = self
+            .session
+            .query_unpaged(cql, (SCHEMA_COMPONENT,))
+            .await
+            .map_err(IntoStoreError::into_store)?
+            .into_rows_result()
+            .map_err(shape)?;
+        let row: Option<(Option<i32>,)> = rows.maybe_first_row().map_err(shape)?;
+        Ok(row.and_then(|(v,)| v))
+    }
+
+    /// The prepared statements, preparing them once the schema is there.
+    async fn st(&self) -> Result<&Statements, StoreError> {
+        self.statements
+            .get_or_try_init(|| async {
+                match self.schema_version().await? {
+                    Some(v) if v >= SCHEMA_VERSION => {}
+                    found => {
+                        return Err(StoreError::Schema(format!(
+                            "keyspace `{}` is at schema version {} but this build needs {SCHEMA_VERSION}",
+                            self.keyspace,
+                            found.map_or("none".to_owned(), |v| v.to_string())
+                        )))
+                    }
+                }
+                let statements = Statements::prepare(&self.session, &self.keyspace).await;
+                if let Err(error) = &statements {
+                    warn!(%error, "Cannot prepare the Cassandra statements.");
+                    self.metrics
+                        .adapter_errors
+                        .with_label_values(&["cassandra"])
+                        .inc();
+                }
+                statements
+            })
+            .await
+    }
+
+    async fn all_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.session
+            .execute_iter(statement.clone(), values)
+            .await
+            .map_err(IntoStoreError::into_store)?
+            .rows_stream::<R>()
+            .map_err(shape)?
+            .map_err(IntoStoreError::into_store)
+            .try_collect()
+            .await
+    }
+
+    async fn lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Lwt, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Lwt::from_result(result)
+    }
+
+    fn goal_from_row(site: &str, row: GoalRow) -> Result<Goal, StoreError> {
+        let (id, name, matcher, value, model, window, count, created, created_ns) = row;
+        let matcher: GoalMatch = serde_json::from_str(matcher.as_deref().unwrap_or("{}"))
+            .map_err(|e| corrupt("goal", e))?;
+        let model = match model.as_deref() {
+            None => Model::default(),
+            Some(m) => Model::parse(m).ok_or_else(|| corrupt("goal", format!("model `{m}`")))?,
+        };
+        let count = match count.as_deref() {
+            None | Some("every") => CountMode::Every,
+            Some("once_per_visitor") => CountMode::OncePerVisitor,
+            Some(other) => return Err(corrupt("goal", format!("count `{other}`"))),
+        };
+        let window_days =
+            u16::try_from(window.unwrap_or(i32::from(crate::domain::goal::DEFAULT_WINDOW_DAYS)))
+                .map_err(|e| corrupt("goal", e))?;
+        let created_at = join_time(created.unwrap_or_default(), created_ns);
+        // Rebuild through serde so the private compiled pattern is set by
+        // `prepared()` exactly as for any other stored goal.
+        let goal: Goal = serde_json::from_value(serde_json::json!({
+            "id": id,
+            "site": site,
+            "name": name.unwrap_or_default(),
+            "match": matcher,
+            "value": value,
+            "model": model,
+            "window_days": window_days,
+            "count": count,
+            "created_at": created_at,
+        }))
+        .map_err(|e| corrupt("goal", e))?;
+        goal.prepared().map_err(|e| corrupt("goal", e))
+    }
+
+    /// Writes a claimed conversion's credit rows (one partition, so one
+    /// atomic batch) and marks the claim complete.
+    async fn write_credits(&self, c: &Conversion) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let day = c.at.date_naive();
+        let bucket = credit_bucket(c.hit_id);
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        let mut values = Vec::with_capacity(c.credits.len());
+        for (idx, credit) in c.credits.iter().enumerate() {
+            batch.append_statement(st.insert_credit.clone());
+            values.push((
+                &c.site,
+                day,
+                bucket,
+                c.goal_id,
+                c.hit_id,
+                idx as i32,
+                &credit.source,
+                &credit.medium,
+                &credit.campaign,
+                &credit.ad,
+                credit.credit,
+                c.value,
+            ));
+        }
+        if !values.is_empty() {
+            self.session
+                .batch(&batch, values)
+                .await
+                .map_err(IntoStoreError::into_store)?;
+        }
+        self.session
+            .execute_unpaged(&st.complete_hit, (&c.site, c.hit_id, c.goal_id))
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for CassandraStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let ks = &self.keyspace;
+        self.ddl(create_keyspace_cql(
+            ks,
+            self.replication_factor,
+            self.local_dc.as_deref(),
+        ))
+        .await?;
+        self.ddl(schema_version_cql(ks)).await?;
+        let current = self.schema_version().await?.unwrap_or(0);
+        for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            for cql in *statements {
+                self.ddl(render(cql, ks)).await?;
+            }
+            self.session
+                .query_unpaged(
+                    format!(
+                        "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
+                    ),
+                    (SCHEMA_COMPONENT, *version, Utc::now()),
+                )
+                .await
+                .map_err(IntoStoreError::into_store)?;
+            info!(keyspace = %ks, version, "Cassandra schema migrated.");
+        }
+        self.st().await?;
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(&self.check_statement, ())
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        self.st().await?;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "cassandra"
+    }
+
+    async fn create_site(&self, site: &Site) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let (created, created_ns) = split_time(site.created_at);
+        self.session
+            .execute_unpaged(
+                &st.insert_site,
+                (&site.key, &site.name, &site.domains, created, created_ns),
+            )
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+
+    async fn site(&self, key: &str) -> Result<Option<Site>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<(
+            String,
+            Option<String>,
+            Option<Vec<String>>,
+            Option<DateTime<Utc>>,
+            Option<i32>,
+        )> = self.all_rows(&st.select_site, (key,)).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(key, name, domains, created, ns)| Site {
+                key,
+                name: name.unwrap_or_default(),
+                domains: domains.unwrap_or_default(),
+                created_at: join_time(created.unwrap_or_default(), ns),
+            }))
+    }
+
+    async fn add_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        // Logged: the two rows live in different partitions and must both
+        // exist, or revoking by prefix would miss a working key.
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        batch.append_statement(st.insert_api_key.clone());
+        batch.append_statement(st.insert_api_key_by_prefix.clone());
+        self.session
+            .batch(
+                &batch,
+                (
+                    (&key.hash, &key.site, &key.prefix),
+                    (&key.prefix, &key.hash, &key.site),
+                ),
+            )
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+
+    async fn site_for_key_hash(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<(Option<String>, Option<bool>)> =
+            self.all_rows(&st.select_api_key, (hash,)).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|(site, revoked)| if revoked == Some(true) { None } else { site }))
+    }
+
+    async fn revoke_api_keys(&self, prefix: &str) -> Result<u64, StoreError> {
+        let st = self.st().await?;
+        let hashes: Vec<(String,)> = self
+            .all_rows(&st.select_api_keys_by_prefix, (prefix,))
+            .await?;
+        let mut revoked = 0;
+        for (hash,) in hashes {
+            let state: Vec<(Option<String>, Option<bool>)> =
+                self.all_rows(&st.select_api_key, (&hash,)).await?;
+            let live = state.first().is_some_and(|(_, r)| *r != Some(true));
+            if live {
+                self.session
+                    .execute_unpaged(&st.revoke_api_key, (&hash,))
+                    .await
+                    .map_err(IntoStoreError::into_store)?;
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn goals(&self, site: &str) -> Result<Vec<Goal>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<GoalRow> = self.all_rows(&st.select_goals, (site,)).await?;
+        rows.into_iter()
+            .map(|r| Self::goal_from_row(site, r))
+            .collect()
+    }
+
+    async fn goal(&self, site: &str, id: Uuid) -> Result<Option<Goal>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<GoalRow> = self.all_rows(&st.select_goal, (site, id)).await?;
+        rows.into_iter()
+            .next()
+            .map(|r| Self::goal_from_row(site, r))
+            .transpose()
+    }
+
+    async fn put_goal(&self, goal: &Goal) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let matcher = serde_json::to_string(&goal.matcher)
+            .map_err(|e| StoreError::Rejected(format!("goal match: {e}")))?;
+        let count = match goal.count {
+            CountMode::Every => "every",
+            CountMode::OncePerVisitor => "once_per_visitor",
+        };
+        let (created, created_ns) = split_time(goal.created_at);
+        self.session
+            .execute_unpaged(
+                &st.insert_goal,
+                (
+                    &goal.site,
+                    goal.id,
+                    &goal.name,
+                    matcher,
+                    goal.value,
+                    goal.model.as_str(),
+                    i32::from(goal.window_days),
+                    count,
+                    created,
+                    created_ns,
+                ),
+            )
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+
+    async fn delete_goal(&self, site: &str, id: Uuid) -> Result<bool, StoreError> {
+        let st = self.st().await?;
+        Ok(self.lwt(&st.delete_goal, (site, id)).await?.applied)
+    }
+
+    async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let (at, at_ns) = split_time(tp.at);
+        let (param, value) = match &tp.click_id {
+            Some((p, v)) => (Some(p.as_str()), Some(v.as_str())),
+            None => (None, None),
+        };
+        self.session
+            .execute_unpaged(
+                &st.insert_touchpoint,
+                (
+                    &tp.site,
+                    &tp.vid,
+                    at,
+                    tp.hit_id,
+                    at_ns,
+                    &tp.source,
+                    &tp.medium,
+                    &tp.campaign,
+                    &tp.ad,
+                    param,
+                    value,
+                ),
+            )
+            .await
+            .map_err(IntoStoreError::into_store)?;
+        Ok(())
+    }
+
+    async fn touchpoints(
+        &self,
+        site: &str,
+        vid: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Touchpoint>, StoreError> {
+        let st = self.st().await?;
+        let (since_ms, _) = split_time(since);
+        let rows: Vec<TouchpointRow> = self
+            .all_rows(&st.select_touchpoints, (site, vid, since_ms))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(hit, at, at_ns, source, medium, campaign, ad, param, value)| Touchpoint {
+                    hit_id: hit,
+                    site: site.to_owned(),
+                    vid: vid.to_owned(),
+                    at: join_time(at, at_ns),
+                    source: source.unwrap_or_default(),
+                    medium,
+                    campaign,
+                    ad,
+                    click_id: param.zip(value),
+                },
+            )
+            // The clustering key keeps milliseconds; compare exactly here.
+            .filter(|tp| tp.at >= since)
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(site = %c.site, hit_id = %c.hit_id, goal_id = %c.goal_id))]
+    async fn record_conversion(
+        &self,
+        c: &Conversion,
+        once_per_visitor: bool,
+    ) -> Result<Recorded, StoreError> {
+        let st = self.st().await?;
+        // 1. Claims, each an LWT. A claim already held by this same hit is
+        //    ours from an earlier delivery that did not finish: go on.
+        let mut took_order = false;
+        if let Some(order_id) = &c.order_id {
+            let claim = self
+                .lwt(&st.claim_order, (&c.site, c.goal_id, order_id, c.hit_id))
+                .await?;
+            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
+                return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
+            }
+            took_order = true;
+        }
+        if once_per_visitor {
+            let claim = self
+                .lwt(&st.claim_visitor, (&c.site, c.goal_id, &c.vid, c.hit_id))
+                .await?;
+            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
+                if let (true, Some(order_id)) = (took_order, &c.order_id) {
+                    // This hit does not count, so it must not keep the
+                    // order id from a later hit of another visitor.
+                    self.lwt(&st.release_order, (&c.site, c.goal_id, order_id, c.hit_id))
+                        .await?;
+                }
+                return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
+            }
+        }
+        // 2. The per-hit claim stores the conversion itself, so a later
+        //    delivery finishes exactly what the first one started.
+        let body = serde_json::to_string(c)
+            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
+        let claim = self
+            .lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
+            .await?;
+        if claim.applied {
+            self.write_credits(c).await?;
+            return Ok(Recorded::Inserted);
+        }
+        if claim.boolean("complete") == Some(true) {
+            return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
+        }
+        // 3. Claimed earlier but its rows may be missing (a crash between
+        //    claim and rows): complete them from the stored conversion.
+        let stored: Conversion = match claim.text("body") {
+            Some(b) => serde_json::from_str(b).map_err(|e| corrupt("conversion", e))?,
+            None => c.clone(),
+        };
+        debug!("Completing a conversion claimed by an earlier delivery.");
+        self.write_credits(&stored).await?;
+        Ok(Recorded::Inserted)
+    }
+
+    async fn credit_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        goal: Option<Uuid>,
+    ) -> Result<Vec<CreditRow>, StoreError> {
+        let st = self.st().await?;
+        let parts = stream::iter(report_partitions(from, to))
+            .map(|(day, bucket)| async move {
+                let rows: Vec<CreditDbRow> = match goal {
+                    Some(g) => {
+                        self.all_rows(&st.select_credits_for_goal, (site, day, bucket, g))
+                            .await?
+                    }
+                    None => {
+                        self.all_rows(&st.select_credits, (site, day, bucket))
+                            .await?
+                    }
+                };
+                Ok::<_, StoreError>(
+                    rows.into_iter()
+                        .map(
+                            move |(goal, source, medium, campaign, ad, credit, value)| CreditRow {
+                                day,
+                                goal,
+                                source: source.unwrap_or_default(),
+                                medium,
+                                campaign,
+                                ad,
+                                credit: credit.unwrap_or(0.0),
+                                value: value.unwrap_or(0.0),
+                            },
+                        )
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .try_collect::<Vec<Vec<CreditRow>>>()
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    async fn conversions_for_hit(
+        &self,
+        site: &str,
+        hit: Uuid,
+    ) -> Result<Vec<Conversion>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<(Uuid, Option<String>, Option<bool>)> =
+            self.all_rows(&st.select_conversions, (site, hit)).await?;
+        rows.into_iter()
+            // An incomplete claim is not reported yet: its credit rows may
+            // be missing until its redelivery completes them.
+            .filter(|(_, _, complete)| *complete == Some(true))
+            .map(|(_, body, _)| {
+                serde_json::from_str(body.as_deref().unwrap_or_default())
+                    .map_err(|e| corrupt("conversion", e))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A table as its `CREATE TABLE` declares it.
+    #[derive(Debug)]
+    struct Table {
+        columns: BTreeSet<String>,
+        partition: Vec<String>,
+        clustering: Vec<String>,
+    }
+
+    /// Reserved words of Cassandra 4.0 CQL: none may name a column.
+    const RESERVED: &[&str] = &[
+        "add",
+        "allow",
+        "alter",
+        "and",
+        "apply",
+        "asc",
+        "authorize",
+        "batch",
+        "begin",
+        "by",
+        "columnfamily",
+        "create",
+        "default",
+        "delete",
+        "desc",
+        "describe",
+        "drop",
+        "entries",
+        "execute",
+        "from",
+        "full",
+        "grant",
+        "if",
+        "in",
+        "index",
+        "infinity",
+        "insert",
+        "into",
+        "is",
+        "keyspace",
+        "limit",
+        "materialized",
+        "mbean",
+        "mbeans",
+        "modify",
+        "nan",
+        "norecursive",
+        "not",
+        "null",
+        "of",
+        "on",
+        "or",
+        "order",
+        "primary",
+        "rename",
+        "replace",
+        "revoke",
+        "schema",
+        "select",
+        "set",
+        "table",
+        "to",
+        "token",
+        "truncate",
+        "unlogged",
+        "unset",
+        "update",
+        "use",
+        "using",
+        "view",
+        "where",
+        "with",
+    ];
+
+    /// Syntax Cassandra 4.0 rejects or that this store must not rely on.
+    const FORBIDDEN: &[&str] = &[
+        "per partition limit",
+        "bypass cache",
+        "using timeout",
+        "allow filtering",
+        "counter",
+        "cdc",
+        "tombstone_gc",
+        "scylla",
+        "group by",
+        "like ",
+    ];
+
+    fn idents(s: &str) -> Vec<String> {
+        s.split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    fn tables() -> BTreeMap<String, Table> {
+        let mut out = BTreeMap::new();
+        for (_, statements) in MIGRATIONS {
+            for cql in *statements {
+                let cql = render(cql, "ks");
+                let rest = cql
+                    .strip_prefix("CREATE TABLE IF NOT EXISTS ks.")
+                    .unwrap_or_else(|| {
+                        panic!("not a keyspace-qualified CREATE TABLE IF NOT EXISTS: {cql}")
+                    });
+                let (name, body) = rest.split_once(" (").unwrap();
+                let body = &body[..body.rfind(')').unwrap()];
+                let (cols, key) = match body.find("PRIMARY KEY ((") {
+                    Some(i) => (&body[..i], Some(&body[i + "PRIMARY KEY ((".len()..])),
+                    None => (body, None),
+                };
+                let mut columns = BTreeSet::new();
+                let mut partition = Vec::new();
+                for col in cols.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    let mut words = col.split_whitespace();
+                    let cname = words.next().unwrap().to_owned();
+                    let ty = words.next().unwrap();
+                    assert!(
+                        [
+                            "text",
+                            "int",
+                            "double",
+                            "boolean",
+                            "uuid",
+                            "timestamp",
+                            "date",
+                            "list<text>"
+                        ]
+                        .contains(&ty),
+                        "{name}.{cname}: type {ty} is not in the plain set"
+                    );
+                    if words.next() == Some("PRIMARY") {
+                        partition.push(cname.clone());
+                    }
+                    columns.insert(cname);
+                }
+                let mut clustering = Vec::new();
+                if let Some(key) = key {
+                    // `site, vid), at, hit)) …`: partition, then clustering.
+                    let (p, rest) = key.split_once(')').unwrap();
+                    let c = &rest[..rest.find(')').unwrap()];
+                    partition = idents(p);
+                    clustering = idents(c);
+                }
+                assert!(!partition.is_empty(), "{name} has no partition key");
+                for k in partition.iter().chain(&clustering) {
+                    assert!(columns.contains(k), "{name}: key column {k} not declared");
+                }
+                out.insert(
+                    name.to_owned(),
+                    Table {
+                        columns,
+                        partition,
+                        clustering,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn schema_is_plain_cql_that_cassandra_4_accepts() {
+        let tables = tables();
+        assert_eq!(tables.len(), 9);
+        for (name, t) in &tables {
+            for c in &t.columns {
+                assert!(
+                    !RESERVED.contains(&c.as_str()),
+                    "{name}.{c} is a reserved word"
+                );
+                assert!(c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            }
+        }
+        let all: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|c| render(c, "ks")))
+            .chain([
+                create_keyspace_cql("ks", 3, Some("dc1")),
+                schema_version_cql("ks"),
+            ])
+            .collect();
+        for cql in &all {
+            let lower = cql.to_ascii_lowercase();
+            for bad in FORBIDDEN {
+                assert!(!lower.contains(bad), "`{bad}` in {cql}");
+            }
+            assert!(lower.contains("if not exists"), "not idempotent: {cql}");
+            assert_eq!(cql.matches('(').count(), cql.matches(')').count(), "{cql}");
+            assert!(
+                !cql.contains('{') || cql.contains("replication"),
+                "unfilled: {cql}"
+            );
+        }
+        let tp = &tables["touchpoints"];
+        assert_eq!(tp.partition, ["site", "vid"]);
+        assert_eq!(tp.clustering, ["at", "hit"]);
+        assert!(all
+            .iter()
+            .any(|c| c.contains("CLUSTERING ORDER BY (at DESC, hit ASC)")
+                && c.contains(&format!("default_time_to_live = {}", 365 * 86_400))));
+        assert_eq!(
+            tables["credits_by_day"].partition,
+            ["site", "day", "bucket"]
+        );
+        assert_eq!(
+            tables["order_claims"].partition,
+            ["site", "goal", "order_id"]
+        );
+        assert_eq!(tables["visitor_claims"].partition, ["site", "goal", "vid"]);
+        assert_eq!(tables["conversions_by_hit"].partition, ["site", "hit"]);
+        assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
+    }
+
+    /// Every prepared statement names real tables and columns, binds every
+    /// partition key column with `=` (a single-partition request, no
+    /// filtering), and writes whole primary keys.
+    #[test]
+    fn every_statement_targets_declared_columns_and_whole_partitions() {
+        let tables = tables();
+        let word_after = |cql: &str, kw: &str| -> String {
+            let i = cql.find(kw).unwrap_or_else(|| panic!("no {kw} in {cql}")) + kw.len();
+            cql[i..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("ks.")
+                .to_owned()
+        };
+        for (name, raw) in STATEMENTS {
+            let cql = render(raw, "ks");
+            let lower = cql.to_ascii_lowercase();
+            for bad in FORBIDDEN {
+                assert!(!lower.contains(bad), "`{bad}` in {name}");
+            }
+            let (table, mut used, mut bound): (String, Vec<String>, Vec<String>) =
+                if let Some(rest) = cql.strip_prefix("INSERT INTO ks.") {
+                    let (t, rest) = rest.split_once(" (").unwrap();
+                    let cols = idents(&rest[..rest.find(')').unwrap()]);
+                    let values = rest.split("VALUES (").nth(1).unwrap();
+                    let values = idents(&values[..values.find(')').unwrap()]);
+                    assert_eq!(cols.len(), values.len(), "{name}: columns vs values");
+                    (t.to_owned(), cols.clone(), cols)
+                } else if let Some(rest) = cql.strip_prefix("SELECT ") {
+                    let (cols, _) = rest.split_once(" FROM ").unwrap();
+                    (word_after(&cql, " FROM "), idents(cols), vec![])
+                } else if cql.starts_with("UPDATE ") {
+                    let t = word_after(&cql, "UPDATE ");
+                    let set = cql.split(" SET ").nth(1).unwrap();
+                    let set = &set[..set.find(" WHERE ").unwrap()];
+                    let cols = set
+                        .split(',')
+                        .map(|a| a.split('=').next().unwrap().trim().to_owned())
+                        .collect();
+                    (t, cols, vec![])
+                } else if cql.starts_with("DELETE FROM ") {
+                    (word_after(&cql, "DELETE FROM "), vec![], vec![])
+                } else {
+                    panic!("unexpected statement {name}: {cql}");
+                };
+            let t = tables
+                .get(&table)
+                .unwrap_or_else(|| panic!("{name}: unknown table {table}"));
+            if let Some(w) = cql.split(" WHERE ").nth(1) {
+                let w = w.split(" IF ").next().unwrap();
+                for cond in w.split(" AND ") {
+                    let col = cond.split_whitespace().next().unwrap().to_owned();
+                    if cond.contains(" = ") {
+                        bound.push(col.clone());
+                    }
+                    used.push(col);
+                }
+            }
+            if let Some(cond) = cql.split(" IF ").nth(1) {
+                if cond != "NOT EXISTS" && cond != "EXISTS" {
+                    used.push(cond.split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            for c in &used {
+                assert!(t.columns.contains(c), "{name}: {table} has no column {c}");
+            }
+            for k in &t.partition {
+                assert!(
+                    bound.contains(k),
+                    "{name}: partition key {k} not bound with ="
+                );
+            }
+            if cql.starts_with("INSERT") || cql.starts_with("UPDATE") || cql.starts_with("DELETE") {
+                for k in &t.clustering {
+                    assert!(bound.contains(k), "{name}: clustering key {k} not bound");
+                }
+            }
+            assert!(
+                cql.contains('?'),
+                "{name}: every statement takes bound values (token-aware routing)"
+            );
+        }
+    }
+
+    #[test]
+    fn credit_bucket_is_stable_in_range_and_spreads() {
+        let mut seen = [0usize; CREDIT_BUCKETS as usize];
+        for _ in 0..4_000 {
+            let id = Uuid::now_v7();
+            let b = credit_bucket(id);
+            assert!((0..CREDIT_BUCKETS).contains(&b));
+            assert_eq!(b, credit_bucket(id));
+            seen[b as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 300), "uneven buckets: {seen:?}");
+    }
+
+    #[test]
+    fn report_reads_days_times_buckets_partitions() {
+        let d = |day| NaiveDate::from_ymd_opt(2026, 11, day).unwrap();
+        let parts = report_partitions(d(20), d(22));
+        assert_eq!(parts.len(), 3 * CREDIT_BUCKETS as usize);
+        assert_eq!(parts.first(), Some(&(d(20), 0)));
+        assert_eq!(parts.last(), Some(&(d(22), CREDIT_BUCKETS - 1)));
+        assert!(report_partitions(d(22), d(20)).is_empty());
+        assert_eq!(report_partitions(d(1), d(1)).len(), CREDIT_BUCKETS as usize);
+    }
+
+    #[test]
+    fn times_round_trip_exactly_through_millis_and_remainder() {
+        for t in [
+            Utc::now(),
+            Utc.timestamp_opt(1_764_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(0, 1).unwrap(),
+        ] {
+            let (ms, ns) = split_time(t);
+            assert_eq!(ms.timestamp_subsec_nanos() % 1_000_000, 0);
+            assert!(ms <= t && (0..1_000_000).contains(&ns));
+            assert_eq!(join_time(ms, Some(ns)), t);
+        }
+    }
+
+    #[test]
+    fn settings_are_parsed_and_checked() {
+        assert_eq!(
+            parse_consistency("local_quorum").unwrap(),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(parse_consistency("ONE").unwrap(), Consistency::One);
+        assert!(
+            matches!(parse_consistency("MOST"), Err(StoreError::Rejected(m)) if m.contains("CASSANDRA_CONSISTENCY"))
+        );
+        assert_eq!(
+            serial_for(Consistency::LocalQuorum),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(serial_for(Consistency::Quorum), SerialConsistency::Serial);
+        assert_eq!(keyspace_name("Tally_Test1").unwrap(), "tally_test1");
+        for bad in ["", "1abc", "tally; DROP", "a-b", &"x".repeat(49)] {
+            assert!(keyspace_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            create_keyspace_cql("tally", 3, Some("eu'west")),
+            "CREATE KEYSPACE IF NOT EXISTS tally WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'eu''west': 3} AND durable_writes = true"
+        );
+        assert!(create_keyspace_cql("tally", 1, None)
+            .contains("{'class': 'SimpleStrategy', 'replication_factor': 1}"));
+    }
+
+    #[test]
+    fn driver_errors_map_to_the_port() {
+        use scylla::frame::types::Consistency as C;
+        let unavailable = DbError::Unavailable {
+            consistency: C::LocalQuorum,
+            required: 2,
+            alive: 1,
+        };
+        assert!(from_db_error(&unavailable, "").is_transient());
+        assert!(from_db_error(&DbError::Overloaded, "").is_transient());
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "unconfigured table goals"),
+            StoreError::Schema(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "Keyspace tally does not exist"),
+            StoreError::Schema(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::Invalid, "Invalid STRING constant"),
+            StoreError::Rejected(_)
+        ));
+        assert!(matches!(
+            from_db_error(&DbError::SyntaxError, "line 1:0 no viable alternative"),
+            StoreError::Rejected(_)
+        ));
+        let timeout = ExecutionError::RequestTimeout(Duration::from_secs(12));
+        assert!(timeout.into_store().is_transient());
+        let missing = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid,
+            "unconfigured table touchpoints".into(),
+        ));
+        assert!(matches!(missing.into_store(), StoreError::Schema(_)));
+        let broken = ExecutionError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId);
+        assert!(broken.into_store().is_transient());
+        assert!(ExecutionError::EmptyPlan.into_store().is_transient());
+        assert!(matches!(
+            NewSessionError::EmptyKnownNodesList.into_store(),
+            StoreError::Rejected(_)
+        ));
+    }
+}
+
+/// Against a real cluster: only when `CASSANDRA_CONTACT_POINTS` is set,
+/// each test in a fresh random keyspace, dropped afterwards.
+#[cfg(test)]
+pub(crate) mod live {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::Credit;
+
+    /// Drops the test keyspace when the test ends. A fresh session on its
+    /// own thread and runtime, so it works whatever runtime the test used.
+    pub struct KeyspaceGuard {
+        settings: CassandraSettings,
+    }
+
+    impl Drop for KeyspaceGuard {
+        fn drop(&mut self) {
+            let settings = self.settings.clone();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Runtime::new() else {
+                    return;
+                };
+                rt.block_on(async {
+                    let Ok(store) =
+                        CassandraStore::connect(&settings, Arc::new(Metrics::new())).await
+                    else {
+                        return;
+                    };
+                    let _ = store
+                        .ddl(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace))
+                        .await;
+                });
+            })
+            .join();
+        }
+    }
+
+    /// A migrated store in a fresh keyspace, or `None` (test skipped).
+    pub async fn cassandra_store() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {
+        let settings = Settings::from_env().ok()?;
+        let crate::config::StoreSettings::Cassandra(mut c) = settings.store else {
+            eprintln!("skipped: CASSANDRA_CONTACT_POINTS not set");
+            return None;
+        };
+        c.keyspace = format!("tally_t_{}", Uuid::new_v4().simple());
+        let store = CassandraStore::connect(&c, Arc::new(Metrics::new()))
+            .await
+            .expect("connect to CASSANDRA_CONTACT_POINTS");
+        store.migrate().await.expect("migrate a fresh keyspace");
+        Some((Arc::new(store), KeyspaceGuard { settings: c }))
+    }
+
+    fn conversion(site: &str, hit: Uuid, goal: Uuid, order: Option<&str>, vid: &str) -> Conversion {
+        Conversion {
+            hit_id: hit,
+            goal_id: goal,
+            site: site.into(),
+            vid: vid.into(),
+            at: Utc::now(),
+            value: 10.0,
+            currency: Some("EUR".into()),
+            order_id: order.map(Into::into),
+            model: Model::Linear,
+            window_days: 30,
+            credits: vec![
+                Credit {
+                    touchpoint: Some(Uuid::now_v7()),
+                    source: "google".into(),
+                    medium: Some("cpc".into()),
+                    campaign: Some("bf".into()),
+                    ad: None,
+                    at: Some(Utc::now()),
+                    credit: 0.5,
+                },
+                Credit {
+                    touchpoint: None,
+                    source: "(direct)".into(),
+                    medium: None,
+                    campaign: None,
+                    ad: None,
+                    at: None,
+                    credit: 0.5,
+                },
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn migrate_twice_is_a_no_op_and_ready_passes() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        store.migrate().await.unwrap();
+        store.check().await.unwrap();
+        assert_eq!(store.name(), "cassandra");
+    }
+
+    #[tokio::test]
+    async fn sites_keys_goals_and_touchpoints_round_trip_exactly() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let site = Site::new("shop", vec!["shop.example".into()], Utc::now());
+        store.create_site(&site).await.unwrap();
+        assert_eq!(store.site(&site.key).await.unwrap(), Some(site.clone()));
+        assert_eq!(store.site("s_nope").await.unwrap(), None);
+
+        let key = ApiKey::mint(&site.key);
+        store.add_api_key(&key).await.unwrap();
+        assert_eq!(
+            store.site_for_key_hash(&key.hash).await.unwrap(),
+            Some(site.key.clone())
+        );
+        assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 1);
+        assert_eq!(store.site_for_key_hash(&key.hash).await.unwrap(), None);
+        assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 0);
+
+        let draft = serde_json::from_value(serde_json::json!({
+            "match": {"url": "/thanks/*", "op": "wildcard"}, "value": 5.0, "count": "once_per_visitor"
+        }))
+        .unwrap();
+        let goal = Goal::from_draft(draft, Uuid::now_v7(), &site.key, Utc::now()).unwrap();
+        store.put_goal(&goal).await.unwrap();
+        assert_eq!(
+            store.goal(&site.key, goal.id).await.unwrap(),
+            Some(goal.clone())
+        );
+        assert_eq!(store.goals(&site.key).await.unwrap(), vec![goal.clone()]);
+        assert!(store.delete_goal(&site.key, goal.id).await.unwrap());
+        assert!(!store.delete_goal(&site.key, goal.id).await.unwrap());
+        assert!(store.goals(&site.key).await.unwrap().is_empty());
+
+        let now = Utc::now();
+        let tp = |ago: i64| Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: site.key.clone(),
+            vid: "v1".into(),
+            at: now - chrono::Duration::days(ago),
+            source: "google".into(),
+            medium: Some("cpc".into()),
+            campaign: None,
+            ad: None,
+            click_id: Some(("gclid".into(), "abc".into())),
+        };
+        let (recent, old) = (tp(1), tp(40));
+        for t in [&recent, &old, &recent] {
+            store.put_touchpoint(t).await.unwrap();
+        }
+        let got = store
+            .touchpoints(&site.key, "v1", now - chrono::Duration::days(30))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![recent.clone()]);
+        let since_exact = store.touchpoints(&site.key, "v1", recent.at).await.unwrap();
+        assert_eq!(since_exact, vec![recent]);
+    }
+
+    #[tokio::test]
+    async fn conversions_dedup_by_hit_order_and_visitor_and_report() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let (site, goal) = ("s_t", Uuid::now_v7());
+        let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+        assert_eq!(
+            store.record_conversion(&first, false).await.unwrap(),
+            Recorded::Inserted
+        );
+        assert_eq!(
+            store.record_conversion(&first, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::SameHit)
+        );
+        let same_order = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
+        assert_eq!(
+            store.record_conversion(&same_order, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::OrderId)
+        );
+        let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
+        let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
+        assert_eq!(
+            store.record_conversion(&a, true).await.unwrap(),
+            Recorded::Inserted
+        );
+        assert_eq!(
+            store.record_conversion(&b, true).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::Visitor)
+        );
+        // b did not count, so its order id is free for another hit.
+        let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Inserted
+        );
+
+        let day = first.at.date_naive();
+        let rows = store.credit_rows(site, day, day, None).await.unwrap();
+        assert_eq!(rows.len(), 6, "three conversions, two credits each");
+        let total: f64 = rows.iter().map(|r| r.credit).sum();
+        assert!((total - 3.0).abs() < 1e-9);
+        assert!(store
+            .credit_rows(site, day, day, Some(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.conversions_for_hit(site, first.hit_id).await.unwrap(),
+            vec![first]
+        );
+        assert!(store
+            .conversions_for_hit(site, b.hit_id)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn redelivery_after_a_crash_between_claim_and_rows_completes_them() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        // A second handle on the same keyspace, to play the crashed delivery.
+        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let c = conversion("s_t", Uuid::now_v7(), Uuid::now_v7(), Some("o-9"), "v1");
+        // The first delivery claimed everything, then died before the rows.
+        let st = cass.st().await.unwrap();
+        let body = serde_json::to_string(&c).unwrap();
+        cass.lwt(&st.claim_order, (&c.site, c.goal_id, "o-9", c.hit_id))
+            .await
+            .unwrap();
+        cass.lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
+            .await
+            .unwrap();
+        assert!(store
+            .conversions_for_hit(&c.site, c.hit_id)
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Inserted
+        );
+        let day = c.at.date_naive();
+        assert_eq!(
+            store
+                .credit_rows(&c.site, day, day, None)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store.record_conversion(&c, false).await.unwrap(),
+            Recorded::Duplicate(DuplicateReason::SameHit)
+        );
+    }
+}

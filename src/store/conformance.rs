@@ -1,0 +1,577 @@
+//! Store conformance suite: the behaviour every `Store` adapter must show,
+//! written against `Arc<dyn Store>` only.
+//!
+//! An adapter runs it with `store_conformance_tests!(factory)` inside its
+//! `#[cfg(test)]` module, where `factory` is
+//! `async fn() -> Option<(Arc<dyn Store>, Guard)>`. `None` means the backend
+//! is not configured (no server address in the environment): each test then
+//! prints `skipped: ...` and returns. The guard lives as long as the test
+//! (a temporary directory, a keyspace to drop...).
+//!
+//! Every case makes fresh random site keys, goal and hit ids, so cases may
+//! share one backend and run concurrently. Instants are whole milliseconds:
+//! the port does not promise finer precision (Cassandra keeps ms).
+//! Test-only: nothing here may be used by production code.
+
+use std::any::Any;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use uuid::Uuid;
+
+use super::{DuplicateReason, Recorded, Store};
+use crate::domain::{ApiKey, Conversion, Credit, Goal, GoalDraft, Model, Site, Touchpoint};
+
+/// Keeps whatever backs a store (a temporary directory...) alive.
+pub type Guard = Box<dyn Any + Send>;
+
+/// Expands to one `#[tokio::test]` per behaviour of the store port, each
+/// getting its store from `$factory`.
+macro_rules! store_conformance_tests {
+    ($factory:path) => {
+        $crate::store::conformance::store_conformance_tests!(@cases $factory;
+            site_round_trip,
+            api_key_resolves_by_hash_until_revoked_by_prefix,
+            goals_put_replace_list_get_delete_scoped_to_site,
+            touchpoint_is_idempotent_and_filtered_by_since,
+            same_hit_again_is_a_same_hit_duplicate,
+            order_id_is_counted_once_across_hits,
+            order_id_of_another_goal_or_site_is_not_a_duplicate,
+            once_per_visitor_counts_a_visitor_once,
+            every_mode_counts_each_hit,
+            credit_rows_cover_inclusive_days_and_filter_by_goal,
+            conversions_for_hit_round_trip_with_credits,
+            concurrent_claims_of_one_order_insert_exactly_once,
+            migrate_twice_is_fine,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((store, _guard)) = $factory().await else {
+                    eprintln!(concat!("skipped: ", stringify!($case), ": store backend not configured"));
+                    return;
+                };
+                $crate::store::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_conformance_tests;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 10, 30, 15).unwrap() + Duration::milliseconds(123)
+}
+
+async fn new_site(store: &Arc<dyn Store>) -> Site {
+    let site = Site::new(
+        "conformance",
+        vec!["shop.example".into(), "www.shop.example".into()],
+        t0(),
+    );
+    store.create_site(&site).await.unwrap();
+    site
+}
+
+fn goal(site: &str, event: &str, model: Model) -> Goal {
+    let draft: GoalDraft = serde_json::from_value(serde_json::json!({
+        "name": format!("{event} goal"),
+        "match": {"event": event},
+        "value": 49.5,
+        "model": model,
+        "window_days": 14,
+    }))
+    .unwrap();
+    Goal::from_draft(draft, Uuid::now_v7(), site, t0()).unwrap()
+}
+
+fn touchpoint(site: &str, vid: &str, at: DateTime<Utc>, source: &str) -> Touchpoint {
+    Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: site.into(),
+        vid: vid.into(),
+        at,
+        source: source.into(),
+        medium: Some("cpc".into()),
+        campaign: Some(format!("{source}-bf")),
+        ad: None,
+        click_id: Some(("gclid".into(), format!("c-{source}"))),
+    }
+}
+
+fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -> Conversion {
+    Conversion {
+        hit_id: Uuid::now_v7(),
+        goal_id: goal,
+        site: site.into(),
+        vid: vid.into(),
+        at,
+        value: 49.5,
+        currency: None,
+        order_id: None,
+        model: Model::LastClick,
+        window_days: 30,
+        credits: vec![Credit {
+            touchpoint: None,
+            source: "(direct)".into(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            at: None,
+            credit: 1.0,
+        }],
+    }
+}
+
+fn with_order(mut c: Conversion, order: &str) -> Conversion {
+    c.order_id = Some(order.into());
+    c
+}
+
+const INSERTED: Recorded = Recorded::Inserted;
+const SAME_HIT: Recorded = Recorded::Duplicate(DuplicateReason::SameHit);
+const ORDER_ID: Recorded = Recorded::Duplicate(DuplicateReason::OrderId);
+const VISITOR: Recorded = Recorded::Duplicate(DuplicateReason::Visitor);
+
+pub async fn site_round_trip(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    assert_eq!(store.site(&site.key).await.unwrap(), Some(site.clone()));
+    let other = Site::new("missing", vec![], t0());
+    assert_eq!(store.site(&other.key).await.unwrap(), None);
+    store.check().await.unwrap();
+}
+
+pub async fn api_key_resolves_by_hash_until_revoked_by_prefix(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let (a, b) = (ApiKey::mint(&site.key), ApiKey::mint(&site.key));
+    store.add_api_key(&a).await.unwrap();
+    store.add_api_key(&b).await.unwrap();
+    assert_eq!(
+        store.site_for_key_hash(&a.hash).await.unwrap(),
+        Some(site.key.clone())
+    );
+    let unknown = ApiKey::hash("tk_not-a-key");
+    assert_eq!(store.site_for_key_hash(&unknown).await.unwrap(), None);
+
+    assert_eq!(store.revoke_api_keys(&a.prefix).await.unwrap(), 1);
+    assert_eq!(store.site_for_key_hash(&a.hash).await.unwrap(), None);
+    assert_eq!(
+        store.site_for_key_hash(&b.hash).await.unwrap(),
+        Some(site.key.clone()),
+        "revoking one key must leave the other"
+    );
+    assert_eq!(
+        store.revoke_api_keys(&a.prefix).await.unwrap(),
+        0,
+        "an already revoked key is not counted again"
+    );
+}
+
+pub async fn goals_put_replace_list_get_delete_scoped_to_site(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let other = new_site(&store).await;
+    let g1 = goal(&site.key, "signup", Model::LastClick);
+    let g2 = goal(&site.key, "purchase", Model::Linear);
+    let foreign = goal(&other.key, "signup", Model::FirstClick);
+    for g in [&g1, &g2, &foreign] {
+        store.put_goal(g).await.unwrap();
+    }
+    let ids = |gs: Vec<Goal>| gs.into_iter().map(|g| g.id).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(store.goals(&site.key).await.unwrap()),
+        BTreeSet::from([g1.id, g2.id])
+    );
+    assert_eq!(
+        store.goal(&site.key, g1.id).await.unwrap(),
+        Some(g1.clone())
+    );
+    assert_eq!(
+        store.goal(&site.key, foreign.id).await.unwrap(),
+        None,
+        "another site's goal is invisible"
+    );
+
+    let mut replaced = g1.clone();
+    replaced.name = "renamed".into();
+    replaced.window_days = 7;
+    store.put_goal(&replaced).await.unwrap();
+    let got = store.goal(&site.key, g1.id).await.unwrap().unwrap();
+    assert_eq!(got, replaced);
+    assert_eq!(store.goals(&site.key).await.unwrap().len(), 2);
+    // A stored goal comes back ready to match (its pattern compiled).
+    let url_goal: GoalDraft = serde_json::from_value(
+        serde_json::json!({"match": {"url": "/thanks/*", "op": "wildcard"}}),
+    )
+    .unwrap();
+    let url_goal = Goal::from_draft(url_goal, Uuid::now_v7(), &site.key, t0()).unwrap();
+    store.put_goal(&url_goal).await.unwrap();
+    assert_eq!(
+        store.goal(&site.key, url_goal.id).await.unwrap(),
+        Some(url_goal.clone())
+    );
+
+    assert!(!store.delete_goal(&site.key, foreign.id).await.unwrap());
+    assert!(store.goal(&other.key, foreign.id).await.unwrap().is_some());
+    assert!(store.delete_goal(&site.key, g1.id).await.unwrap());
+    assert!(!store.delete_goal(&site.key, g1.id).await.unwrap());
+    assert_eq!(store.goal(&site.key, g1.id).await.unwrap(), None);
+    assert_eq!(
+        ids(store.goals(&site.key).await.unwrap()),
+        BTreeSet::from([g2.id, url_goal.id])
+    );
+}
+
+pub async fn touchpoint_is_idempotent_and_filtered_by_since(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let old = touchpoint(&site.key, "v1", t0() - Duration::days(10), "google");
+    let edge = touchpoint(&site.key, "v1", t0() - Duration::days(3), "bing");
+    let fresh = Touchpoint {
+        ad: Some("ad-7".into()),
+        medium: None,
+        click_id: None,
+        ..touchpoint(&site.key, "v1", t0(), "facebook")
+    };
+    let other_visitor = touchpoint(&site.key, "v2", t0(), "google");
+    for tp in [&old, &edge, &fresh, &fresh, &other_visitor, &edge] {
+        store.put_touchpoint(tp).await.unwrap();
+    }
+    let mut got = store
+        .touchpoints(&site.key, "v1", t0() - Duration::days(30))
+        .await
+        .unwrap();
+    got.sort_by_key(|t| t.at);
+    assert_eq!(got, vec![old.clone(), edge.clone(), fresh.clone()]);
+
+    // `since` is inclusive.
+    let mut got = store.touchpoints(&site.key, "v1", edge.at).await.unwrap();
+    got.sort_by_key(|t| t.at);
+    assert_eq!(got, vec![edge, fresh]);
+
+    let other = new_site(&store).await;
+    assert!(store
+        .touchpoints(&other.key, "v1", t0() - Duration::days(30))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn same_hit_again_is_a_same_hit_duplicate(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let c = conversion(&site.key, g, "v1", t0());
+    assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
+    assert_eq!(store.record_conversion(&c, false).await.unwrap(), SAME_HIT);
+    assert_eq!(store.record_conversion(&c, true).await.unwrap(), SAME_HIT);
+    assert_eq!(
+        store
+            .conversions_for_hit(&site.key, c.hit_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let day = t0().date_naive();
+    assert_eq!(
+        store
+            .credit_rows(&site.key, day, day, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn order_id_is_counted_once_across_hits(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let first = with_order(conversion(&site.key, g, "v1", t0()), "o-1");
+    let second = with_order(conversion(&site.key, g, "v2", t0()), "o-1");
+    assert_eq!(
+        store.record_conversion(&first, false).await.unwrap(),
+        INSERTED
+    );
+    assert_eq!(
+        store.record_conversion(&second, false).await.unwrap(),
+        ORDER_ID
+    );
+    // The winner redelivered is a redelivery, not an order clash.
+    assert_eq!(
+        store.record_conversion(&first, false).await.unwrap(),
+        SAME_HIT
+    );
+    assert_eq!(
+        store.record_conversion(&second, false).await.unwrap(),
+        ORDER_ID
+    );
+    assert!(store
+        .conversions_for_hit(&site.key, second.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+    let other_order = with_order(conversion(&site.key, g, "v2", t0()), "o-2");
+    assert_eq!(
+        store.record_conversion(&other_order, false).await.unwrap(),
+        INSERTED
+    );
+}
+
+pub async fn order_id_of_another_goal_or_site_is_not_a_duplicate(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let other_site = new_site(&store).await;
+    let (g1, g2) = (Uuid::now_v7(), Uuid::now_v7());
+    let a = with_order(conversion(&site.key, g1, "v1", t0()), "o-1");
+    // The same hit completing a second goal, with the same order.
+    let b = Conversion {
+        goal_id: g2,
+        ..a.clone()
+    };
+    let c = with_order(conversion(&other_site.key, g1, "v1", t0()), "o-1");
+    assert_eq!(store.record_conversion(&a, false).await.unwrap(), INSERTED);
+    assert_eq!(store.record_conversion(&b, false).await.unwrap(), INSERTED);
+    assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
+    assert_eq!(
+        store
+            .conversions_for_hit(&site.key, a.hit_id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+pub async fn once_per_visitor_counts_a_visitor_once(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let first = conversion(&site.key, g, "v1", t0());
+    let again = conversion(&site.key, g, "v1", t0() + Duration::hours(1));
+    let other_visitor = conversion(&site.key, g, "v2", t0());
+    assert_eq!(
+        store.record_conversion(&first, true).await.unwrap(),
+        INSERTED
+    );
+    assert_eq!(
+        store.record_conversion(&again, true).await.unwrap(),
+        VISITOR
+    );
+    assert_eq!(
+        store.record_conversion(&first, true).await.unwrap(),
+        SAME_HIT
+    );
+    assert_eq!(
+        store.record_conversion(&other_visitor, true).await.unwrap(),
+        INSERTED
+    );
+    // The claim is per goal: the same visitor may convert on another goal.
+    let other_goal = Conversion {
+        goal_id: Uuid::now_v7(),
+        ..again.clone()
+    };
+    assert_eq!(
+        store.record_conversion(&other_goal, true).await.unwrap(),
+        INSERTED
+    );
+    let day = t0().date_naive();
+    let rows = store
+        .credit_rows(&site.key, day, day, Some(g))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+pub async fn every_mode_counts_each_hit(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    for i in 0..3 {
+        let c = conversion(&site.key, g, "v1", t0() + Duration::minutes(i));
+        assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
+    }
+    let day = t0().date_naive();
+    let rows = store
+        .credit_rows(&site.key, day, day, Some(g))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.credit == 1.0 && r.value == 49.5));
+}
+
+pub async fn credit_rows_cover_inclusive_days_and_filter_by_goal(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let other_site = new_site(&store).await;
+    let (g1, g2) = (Uuid::now_v7(), Uuid::now_v7());
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    // First and last instants of UTC days, so an off-by-one shows.
+    let start = |d: u32| Utc.from_utc_datetime(&day(d).and_hms_opt(0, 0, 0).unwrap());
+    let end = |d: u32| start(d) + Duration::days(1) - Duration::milliseconds(1);
+    let mut split = conversion(&site.key, g1, "v1", end(21));
+    split.value = 100.0;
+    split.credits = vec![
+        Credit {
+            touchpoint: Some(Uuid::now_v7()),
+            source: "google".into(),
+            medium: Some("cpc".into()),
+            campaign: Some("bf".into()),
+            ad: Some("ad-1".into()),
+            at: Some(start(19)),
+            credit: 0.75,
+        },
+        Credit {
+            touchpoint: Some(Uuid::now_v7()),
+            source: "facebook".into(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            at: Some(start(20)),
+            credit: 0.25,
+        },
+    ];
+    let writes = [
+        conversion(&site.key, g1, "v1", end(19)),
+        conversion(&site.key, g1, "v1", start(20)),
+        split.clone(),
+        conversion(&site.key, g2, "v1", start(21)),
+        conversion(&site.key, g1, "v1", start(22)),
+        conversion(&other_site.key, g1, "v1", start(21)),
+    ];
+    for c in &writes {
+        assert_eq!(store.record_conversion(c, false).await.unwrap(), INSERTED);
+    }
+    let rows = store
+        .credit_rows(&site.key, day(20), day(21), None)
+        .await
+        .unwrap();
+    let mut days: Vec<_> = rows.iter().map(|r| r.day).collect();
+    days.sort();
+    assert_eq!(days, vec![day(20), day(21), day(21), day(21)], "{rows:?}");
+
+    let rows = store
+        .credit_rows(&site.key, day(20), day(21), Some(g1))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.goal == g1));
+    let google = rows.iter().find(|r| r.source == "google").unwrap();
+    assert_eq!(google.day, day(21));
+    assert_eq!(google.credit, 0.75);
+    assert_eq!(google.value, 100.0);
+    assert_eq!(google.medium.as_deref(), Some("cpc"));
+    assert_eq!(google.campaign.as_deref(), Some("bf"));
+    assert_eq!(google.ad.as_deref(), Some("ad-1"));
+    let facebook = rows.iter().find(|r| r.source == "facebook").unwrap();
+    assert_eq!(
+        (facebook.medium.clone(), facebook.campaign.clone()),
+        (None, None)
+    );
+
+    let single = store
+        .credit_rows(&site.key, day(22), day(22), None)
+        .await
+        .unwrap();
+    assert_eq!(single.len(), 1);
+    assert!(store
+        .credit_rows(&site.key, day(23), day(30), None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn conversions_for_hit_round_trip_with_credits(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let tps = [
+        touchpoint(&site.key, "v1", t0() - Duration::days(3), "google"),
+        touchpoint(&site.key, "v1", t0() - Duration::days(2), "facebook"),
+        touchpoint(&site.key, "v1", t0() - Duration::days(1), "bing"),
+    ];
+    let credits: Vec<Credit> = tps
+        .iter()
+        .zip([0.4, 0.2, 0.4])
+        .map(|(t, w)| Credit {
+            touchpoint: Some(t.hit_id),
+            source: t.source.clone(),
+            medium: t.medium.clone(),
+            campaign: t.campaign.clone(),
+            ad: t.ad.clone(),
+            at: Some(t.at),
+            credit: w,
+        })
+        .collect();
+    let mut first = with_order(conversion(&site.key, Uuid::now_v7(), "v1", t0()), "o-9");
+    first.model = Model::PositionBased;
+    first.window_days = 14;
+    first.currency = Some("EUR".into());
+    first.value = 120.25;
+    first.credits = credits;
+    let second = Conversion {
+        goal_id: Uuid::now_v7(),
+        model: Model::LastClick,
+        credits: vec![first.credits[2].clone()],
+        ..first.clone()
+    };
+    assert_eq!(
+        store.record_conversion(&first, false).await.unwrap(),
+        INSERTED
+    );
+    assert_eq!(
+        store.record_conversion(&second, true).await.unwrap(),
+        INSERTED
+    );
+
+    let mut got = store
+        .conversions_for_hit(&site.key, first.hit_id)
+        .await
+        .unwrap();
+    got.sort_by_key(|c| c.goal_id);
+    let mut want = vec![first.clone(), second];
+    want.sort_by_key(|c| c.goal_id);
+    assert_eq!(got, want);
+
+    let other = new_site(&store).await;
+    assert!(store
+        .conversions_for_hit(&other.key, first.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .conversions_for_hit(&site.key, Uuid::now_v7())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn concurrent_claims_of_one_order_insert_exactly_once(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            let c = with_order(conversion(&site.key, g, &format!("v{i}"), t0()), "o-race");
+            tokio::spawn(async move { store.record_conversion(&c, i % 2 == 0).await })
+        })
+        .collect();
+    let mut inserted = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Recorded::Inserted => inserted += 1,
+            other => assert_eq!(other, ORDER_ID),
+        }
+    }
+    assert_eq!(inserted, 1);
+    let day = t0().date_naive();
+    assert_eq!(
+        store
+            .credit_rows(&site.key, day, day, Some(g))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn migrate_twice_is_fine(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.check().await.unwrap();
+    assert_eq!(store.site(&site.key).await.unwrap(), Some(site));
+}
