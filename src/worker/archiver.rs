@@ -163,9 +163,15 @@ impl Archiver {
             "Archiver started."
         );
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = sub.next_batch(self.settings.max_hits, self.settings.max_age) => b,
+            let Some(batch) = super::next_batch_or_stop(
+                sub.as_mut(),
+                self.settings.max_hits,
+                self.settings.max_age,
+                &shutdown,
+            )
+            .await
+            else {
+                break;
             };
             let batch = match batch {
                 Ok(b) => b,

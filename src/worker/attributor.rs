@@ -126,9 +126,10 @@ impl Attributor {
         let mut sub = queue.subscribe(Consumer::Attributor).await?;
         info!(queue = queue.name(), "Attributor started.");
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = sub.next_batch(BATCH_HITS, BATCH_LINGER) => b,
+            let Some(batch) =
+                super::next_batch_or_stop(sub.as_mut(), BATCH_HITS, BATCH_LINGER, &shutdown).await
+            else {
+                break;
             };
             let batch = match batch {
                 Ok(b) => b,

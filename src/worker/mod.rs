@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{Batch, QueueError, Subscription};
+
 pub mod archiver;
 pub mod attributor;
 
@@ -29,6 +31,38 @@ pub async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// How long a draining consumer waits for more hits before it stops.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+
+/// The next batch for a consumer loop, or `None` when it should stop.
+///
+/// Before shutdown it waits for hits as long as it takes. After shutdown it
+/// drains: what the queue still delivers (the embedded queue hands out
+/// what it holds, then `Closed`) is taken without lingering, so the batch
+/// in hand reaches the archive or the store instead of waiting in the
+/// queue for the next start; it stops once the queue is closed or idle
+/// for [`DRAIN_IDLE`]. The outer shutdown deadline bounds the whole drain.
+pub async fn next_batch_or_stop(
+    sub: &mut dyn Subscription,
+    max: usize,
+    linger: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Result<Batch, QueueError>> {
+    if !shutdown.is_cancelled() {
+        tokio::select! {
+            biased;
+            b = sub.next_batch(max, linger) => return Some(b),
+            // `next_batch` is cancel-safe: nothing is delivered until it
+            // returns, so dropping it here loses nothing.
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    match tokio::time::timeout(DRAIN_IDLE, sub.next_batch(max, Duration::ZERO)).await {
+        Ok(Err(QueueError::Closed)) | Err(_) => None,
+        Ok(b) => Some(b),
     }
 }
 

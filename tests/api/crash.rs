@@ -191,6 +191,39 @@ async fn kill_9_mid_stream_loses_no_accepted_hit_and_counts_none_twice() {
     );
 }
 
+#[tokio::test]
+async fn sigterm_flushes_the_archive_batch_in_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, _) = create_site(dir.path());
+    // Objects would otherwise close only after a minute or 100k hits: what
+    // reaches the archive here is what shutdown flushed.
+    let mut proc = crate::helpers::start_tally_with(
+        dir.path(),
+        &[
+            ("ARCHIVE_BATCH_SECONDS", "60"),
+            ("ARCHIVE_BATCH_HITS", "100000"),
+        ],
+    );
+    let accepted = Arc::new(Mutex::new(HashMap::new()));
+    send(proc.port, site, 0..500, accepted.clone()).await;
+    unsafe_sigterm(proc.child.id());
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let mut archived = archived_ids(&dir.path().join("archive")).await;
+    let n = archived.len();
+    archived.sort();
+    archived.dedup();
+    assert_eq!(n, archived.len(), "a hit was archived twice");
+    let mut want: Vec<String> = accepted.lock().await.keys().cloned().collect();
+    want.sort();
+    assert_eq!(want.len(), 500);
+    assert_eq!(
+        archived, want,
+        "shutdown left accepted hits out of the archive"
+    );
+}
+
 async fn count_signups(dir: &std::path::Path) -> usize {
     use tally::archive::{format, local::LocalArchive, Archive};
     let archive = LocalArchive::open(dir.join("archive")).unwrap();

@@ -233,8 +233,14 @@ pub fn tally_cmd(data_dir: &std::path::Path) -> std::process::Command {
 
 /// Starts `tally all` on a free port and waits for its "Listening." line.
 pub fn start_tally(data_dir: &std::path::Path) -> Proc {
+    start_tally_with(data_dir, &[])
+}
+
+/// [`start_tally`] with extra environment variables.
+pub fn start_tally_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Proc {
     use std::io::BufRead;
     let mut child = tally_cmd(data_dir)
+        .envs(env.iter().copied())
         .arg("all")
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
