@@ -1604,6 +1604,20 @@ pub(crate) mod live {
         }
     }
 
+    /// The store conformance suite (the SQLite store runs the same one),
+    /// against the cluster in `CASSANDRA_CONTACT_POINTS`.
+    mod conformance {
+        use super::*;
+        use crate::store::conformance::Guard;
+
+        async fn cassandra() -> Option<(Arc<dyn Store>, Guard)> {
+            let (store, guard) = cassandra_store().await?;
+            Some((store, Box::new(guard)))
+        }
+
+        store_conformance_tests!(cassandra);
+    }
+
     /// A migrated store in a fresh keyspace, or `None` (test skipped).
     pub async fn cassandra_store() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {
         let settings = Settings::from_env().ok()?;

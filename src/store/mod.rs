@@ -14,10 +14,11 @@ use uuid::Uuid;
 
 use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
 
-pub mod cassandra;
+// Declared first: its macro is used by the adapters' tests below.
 #[cfg(test)]
 #[macro_use]
 pub(crate) mod conformance;
+pub mod cassandra;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
