@@ -9,3 +9,4 @@ mod goals;
 mod helpers;
 mod ops;
 mod replay;
+mod s3;
