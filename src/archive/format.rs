@@ -56,12 +56,24 @@ pub fn objects(hits: &[Hit]) -> Vec<Object<'_>> {
 }
 
 /// Gzipped NDJSON of the hits.
+///
+/// The NDJSON is built in memory first and compressed with one write:
+/// flate2 zero-fills the output's spare capacity on every `write`, so
+/// streaming each small line into the encoder spent more time in
+/// `memset` than in deflate (a quarter of `tally all`'s CPU under load).
 pub fn encode(hits: &[&Hit]) -> Result<Bytes, ArchiveError> {
-    let mut gz = GzEncoder::new(Vec::with_capacity(hits.len() * 200), Compression::default());
+    let mut ndjson = Vec::with_capacity(hits.len() * 320);
     for hit in hits {
-        serde_json::to_writer(&mut gz, hit).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-        gz.write_all(b"\n")?;
+        serde_json::to_writer(&mut ndjson, hit)
+            .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        ndjson.push(b'\n');
     }
+    // NDJSON of hits compresses about 10:1.
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(ndjson.len() / 8 + 64),
+        Compression::default(),
+    );
+    gz.write_all(&ndjson)?;
     Ok(Bytes::from(gz.finish()?))
 }
 

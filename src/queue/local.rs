@@ -835,20 +835,28 @@ impl Subscription for LocalSubscription {
         let end = self.committed.borrow().end;
         let (mut hits, mut pos) = self.read(start, end, max).await?;
         let deadline = tokio::time::Instant::now() + linger;
+        // While lingering, read again only once the log holds about enough
+        // for the rest of the batch (or time is up): under load a commit
+        // lands every millisecond or so, and a read per commit cost more
+        // CPU than the consumer's real work.
+        let bytes_per_hit = (pos - start) / (hits.len() as u64).max(1);
+        let mut expired = false;
         while hits.len() < max {
             let c = *self.committed.borrow_and_update();
-            if c.end > pos {
+            let wanted = (max - hits.len()) as u64 * bytes_per_hit;
+            if c.end > pos && (expired || c.closed || c.end - pos >= wanted) {
                 let (more, next) = self.read(pos, c.end, max - hits.len()).await?;
                 hits.extend(more);
                 pos = next;
                 continue;
             }
-            if c.closed {
+            if c.closed || expired {
                 break;
             }
             match tokio::time::timeout_at(deadline, self.committed.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => break,
+                Ok(Err(_)) => break,
+                Err(_) => expired = true,
             }
         }
         let state = self.shared.consumer(self.consumer);

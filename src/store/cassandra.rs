@@ -72,6 +72,8 @@ const DDL_TIMEOUT: Duration = Duration::from_secs(60);
 const PAGE_SIZE: i32 = 1_000;
 /// Partitions a report reads at once.
 const REPORT_CONCURRENCY: usize = 16;
+/// Touchpoint writes of one batch in flight at once.
+const TOUCHPOINT_WRITES_IN_FLIGHT: usize = 32;
 
 /// The versioned schema: `(version, statements)`, applied in order by
 /// [`CassandraStore::migrate`]. `{ks}` is the keyspace. Every statement is
@@ -1001,6 +1003,17 @@ impl Store for CassandraStore {
             .await
             .map_err(IntoStoreError::into_store)?;
         Ok(())
+    }
+
+    async fn put_touchpoints(&self, tps: &[Touchpoint]) -> Result<(), StoreError> {
+        // Touchpoints of a batch belong to many partitions, so a CQL BATCH
+        // would only load one coordinator; concurrent single-partition
+        // writes, bounded, are the idiomatic way.
+        let writes: Vec<_> = tps.iter().map(|tp| self.put_touchpoint(tp)).collect();
+        stream::iter(writes)
+            .buffer_unordered(TOUCHPOINT_WRITES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
     }
 
     async fn touchpoints(

@@ -35,6 +35,7 @@ macro_rules! store_conformance_tests {
             api_key_resolves_by_hash_until_revoked_by_prefix,
             goals_put_replace_list_get_delete_scoped_to_site,
             touchpoint_is_idempotent_and_filtered_by_since,
+            touchpoints_in_one_call_are_all_kept_once,
             same_hit_again_is_a_same_hit_duplicate,
             order_id_is_counted_once_across_hits,
             order_id_of_another_goal_or_site_is_not_a_duplicate,
@@ -255,6 +256,34 @@ pub async fn touchpoint_is_idempotent_and_filtered_by_since(store: Arc<dyn Store
         .await
         .unwrap()
         .is_empty());
+}
+
+pub async fn touchpoints_in_one_call_are_all_kept_once(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let batch: Vec<Touchpoint> = (0..50)
+        .map(|i| {
+            touchpoint(
+                &site.key,
+                &format!("v{}", i % 5),
+                t0() + Duration::seconds(i),
+                "google",
+            )
+        })
+        .collect();
+    store.put_touchpoint(&batch[7]).await.unwrap();
+    store.put_touchpoints(&batch).await.unwrap();
+    // A redelivered batch, overlapping the first, changes nothing.
+    store.put_touchpoints(&batch[40..]).await.unwrap();
+    store.put_touchpoints(&[]).await.unwrap();
+    for v in 0..5 {
+        let mut got = store
+            .touchpoints(&site.key, &format!("v{v}"), t0() - Duration::days(1))
+            .await
+            .unwrap();
+        got.sort_by_key(|t| t.at);
+        let want: Vec<Touchpoint> = batch.iter().skip(v).step_by(5).cloned().collect();
+        assert_eq!(got, want, "visitor v{v}");
+    }
 }
 
 pub async fn same_hit_again_is_a_same_hit_duplicate(store: Arc<dyn Store>) {

@@ -92,6 +92,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a touchpoint; idempotent by its hit id.
     async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError>;
+    /// Records many touchpoints, all or nothing where the engine allows
+    /// (one transaction in SQLite). Adapters override this to avoid a
+    /// commit per touchpoint; the default writes them one by one.
+    async fn put_touchpoints(&self, tps: &[Touchpoint]) -> Result<(), StoreError> {
+        for tp in tps {
+            self.put_touchpoint(tp).await?;
+        }
+        Ok(())
+    }
     /// A visitor's touchpoints at or after `since`, any order.
     async fn touchpoints(
         &self,

@@ -621,27 +621,41 @@ impl Store for SqliteStore {
     }
 
     async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError> {
-        let tp = tp.clone();
-        self.write("put_touchpoint", move |conn| {
-            let (param, value) = tp.click_id.clone().unzip();
-            // The first write of a hit id wins; a redelivery is a no-op.
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO touchpoints
-                   (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                tp.hit_id.to_string(),
-                tp.site,
-                tp.vid,
-                nanos(tp.at)?,
-                tp.source,
-                tp.medium,
-                tp.campaign,
-                tp.ad,
-                param,
-                value
-            ])?;
+        self.put_touchpoints(std::slice::from_ref(tp)).await
+    }
+
+    async fn put_touchpoints(&self, tps: &[Touchpoint]) -> Result<(), StoreError> {
+        if tps.is_empty() {
+            return Ok(());
+        }
+        let tps = tps.to_vec();
+        self.write("put_touchpoints", move |conn| {
+            // One transaction, so a batch of clicks costs one fsync.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO touchpoints
+                       (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for tp in &tps {
+                    let (param, value) = tp.click_id.clone().unzip();
+                    // The first write of a hit id wins; a redelivery is a no-op.
+                    insert.execute(params![
+                        tp.hit_id.to_string(),
+                        tp.site,
+                        tp.vid,
+                        nanos(tp.at)?,
+                        tp.source,
+                        tp.medium,
+                        tp.campaign,
+                        tp.ad,
+                        param,
+                        value
+                    ])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -52,18 +52,29 @@ impl Attributor {
         only_goal: Option<Uuid>,
     ) -> Result<Outcome, StoreError> {
         let mut out = Outcome::default();
-        for hit in hits {
-            if let Some(tp) = Touchpoint::from_hit(hit) {
-                match self.store.put_touchpoint(&tp).await {
-                    Ok(()) => {
-                        out.touchpoints += 1;
-                        self.metrics.touchpoints_written.inc();
+        let touched: Vec<(&Hit, Touchpoint)> = hits
+            .iter()
+            .filter_map(|hit| Touchpoint::from_hit(hit).map(|tp| (hit, tp)))
+            .collect();
+        let tps: Vec<Touchpoint> = touched.iter().map(|(_, tp)| tp.clone()).collect();
+        match self.store.put_touchpoints(&tps).await {
+            Ok(()) => out.touchpoints = tps.len(),
+            Err(e) if e.is_transient() => return Err(e),
+            // One of them can never be written: find it by writing them
+            // one by one (the rest are idempotent), so only it is set aside.
+            Err(_) => {
+                for (hit, tp) in &touched {
+                    match self.store.put_touchpoint(tp).await {
+                        Ok(()) => out.touchpoints += 1,
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => out.rejected.push(((*hit).clone(), e.to_string())),
                     }
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => out.rejected.push((hit.clone(), e.to_string())),
                 }
             }
         }
+        self.metrics
+            .touchpoints_written
+            .inc_by(out.touchpoints as u64);
         let mut goals: HashMap<&str, Vec<Goal>> = HashMap::new();
         for hit in hits {
             if !goals.contains_key(hit.site.as_str()) {
