@@ -98,6 +98,11 @@ fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 
 /// Parses a body into raw hits: one object, or an array of 1..=100.
 pub fn parse_body(body: &[u8]) -> Result<Vec<RawHit>, ApiError> {
+    // The common case, one hit object, is read straight into a `RawHit`
+    // rather than through a `Value` tree (one parse, fewer allocations).
+    if body.trim_ascii_start().first() == Some(&b'{') {
+        return parse_object(body).map(|raw| vec![raw]);
+    }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let (items, batch) = match value {
@@ -135,6 +140,21 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<RawHit>, ApiError> {
             })
         })
         .collect()
+}
+
+fn parse_object(body: &[u8]) -> Result<RawHit, ApiError> {
+    let not_json =
+        |e: &serde_json::Error| ApiError::BadRequest(format!("body is not valid JSON: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw = serde_path_to_error::deserialize::<_, RawHit>(&mut de).map_err(|e| {
+        if e.inner().is_data() {
+            ApiError::BadRequest(format!("field `{}`: {}", e.path(), e.inner()))
+        } else {
+            not_json(e.inner())
+        }
+    })?;
+    de.end().map_err(|e| not_json(&e))?;
+    Ok(raw)
 }
 
 /// Validates, stamps and checks the sites of raw hits; all or nothing.
@@ -294,6 +314,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at most 100"));
+    }
+
+    #[test]
+    fn one_object_reads_like_a_batch_of_one() {
+        let body = br#" {"site":"s","url":"https://x/?gclid=1","value":4.5,"props":{"a":1}}"#;
+        let batch = format!("[{}]", std::str::from_utf8(body).unwrap());
+        assert_eq!(
+            format!("{:?}", parse_body(body).unwrap()),
+            format!("{:?}", parse_body(batch.as_bytes()).unwrap())
+        );
+        // Read straight from the text, the error also says where.
+        let err = parse_body(br#"{"site":"s","ts":"soon"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("field `ts`: invalid type: string \"soon\", expected i64"),
+            "{err}"
+        );
+        for bad in [
+            &br#"{"site":"s""#[..],
+            br#"{"site":"s"} x"#,
+            br#"{"site":"s",}"#,
+        ] {
+            let err = parse_body(bad).unwrap_err().to_string();
+            assert!(err.starts_with("body is not valid JSON"), "{err}");
+        }
     }
 
     #[test]
