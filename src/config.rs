@@ -93,6 +93,10 @@ pub struct Settings {
     pub store: StoreSettings,
     pub archive: ArchiveSettings,
     pub archiver: ArchiverSettings,
+    /// Bytes the embedded queue may hold that a consumer has not acked yet
+    /// (`QUEUE_MAX_BYTES`). Past it `/collect` answers 503 instead of
+    /// filling the disk while a backend (S3, the store) is down.
+    pub queue_max_bytes: u64,
     pub log_filter: String,
     pub log_format: LogFormat,
     /// How long shutdown may take before in-flight work is abandoned
@@ -116,6 +120,7 @@ impl Settings {
                 max_bytes: 8 << 20,
                 max_age: Duration::from_secs(5),
             },
+            queue_max_bytes: 1 << 30,
             log_filter: "info".into(),
             log_format: LogFormat::Pretty,
             shutdown_grace: Duration::from_secs(25),
@@ -192,6 +197,15 @@ impl Settings {
         }
         if let Some(v) = get("ARCHIVE_BATCH_SECONDS") {
             s.archiver.max_age = Duration::from_secs_f64(parse("ARCHIVE_BATCH_SECONDS", &v)?);
+        }
+        if let Some(v) = get("QUEUE_MAX_BYTES") {
+            s.queue_max_bytes = parse("QUEUE_MAX_BYTES", &v)?;
+            if s.queue_max_bytes == 0 {
+                return Err(ConfigError::Invalid {
+                    var: "QUEUE_MAX_BYTES",
+                    reason: "must be more than 0".into(),
+                });
+            }
         }
         if let Some(v) = get("RUST_LOG") {
             s.log_filter = v;
@@ -309,6 +323,14 @@ mod tests {
         assert!(err.to_string().starts_with("PORT"), "{err}");
         let err = from(&[("AMQP_URL", "localhost")]).unwrap_err();
         assert!(err.to_string().contains("amqp://"), "{err}");
+        let err = from(&[("QUEUE_MAX_BYTES", "0")]).unwrap_err();
+        assert!(err.to_string().starts_with("QUEUE_MAX_BYTES"), "{err}");
+        assert_eq!(
+            from(&[("QUEUE_MAX_BYTES", "4096")])
+                .unwrap()
+                .queue_max_bytes,
+            4096
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@ use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
 use crate::http::{self, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
+use crate::queue::local::{LocalQueue, LocalQueueOptions};
 use crate::queue::rabbitmq::RabbitMqQueue;
-use crate::queue::{local::LocalQueue, Queue, QueueError};
+use crate::queue::{Queue, QueueError};
 use crate::store::{cassandra::CassandraStore, sqlite::SqliteStore, Store, StoreError};
 use crate::worker::{Archiver, Attributor};
 
@@ -42,7 +43,14 @@ pub async fn build_queue(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Queue>, StartupError> {
     match &settings.queue {
-        QueueSettings::Local => Ok(LocalQueue::open(&settings.data_dir.join("queue"), metrics)?),
+        QueueSettings::Local => Ok(LocalQueue::open_with(
+            &settings.data_dir.join("queue"),
+            metrics,
+            LocalQueueOptions {
+                max_backlog_bytes: settings.queue_max_bytes,
+                ..LocalQueueOptions::default()
+            },
+        )?),
         QueueSettings::RabbitMq(r) => Ok(RabbitMqQueue::connect(r, metrics).await?),
     }
 }

@@ -61,6 +61,11 @@ pub struct LocalQueueOptions {
     /// Upper bound on the bytes of one group commit, to bound the latency
     /// of the first publish in a large group.
     pub max_group_bytes: usize,
+    /// Bytes published but not yet acked by the slowest consumer before
+    /// `publish` refuses with [`QueueError::Unavailable`]: while the archive
+    /// or the store is down hits wait here, and this bound turns an
+    /// outage that outlasts the disk into 503s instead of a full disk.
+    pub max_backlog_bytes: u64,
 }
 
 impl Default for LocalQueueOptions {
@@ -69,6 +74,7 @@ impl Default for LocalQueueOptions {
             segment_bytes: 64 << 20,
             channel_bound: 4096,
             max_group_bytes: 8 << 20,
+            max_backlog_bytes: 1 << 30,
         }
     }
 }
@@ -114,6 +120,9 @@ struct Shared {
     consumers: Vec<ConsumerState>,
     /// Why the writer stopped taking publishes, if a disk error made it.
     writer_failure: Mutex<Option<String>>,
+    /// The lowest acked position of all consumers, mirrored out of their
+    /// mutexes (which are held across an fsync) for the publish path.
+    min_acked: AtomicU64,
 }
 
 /// Locks a mutex, ignoring poisoning: every guarded value here is a plain
@@ -148,6 +157,7 @@ impl Shared {
             .map(|c| *lock(&c.acked))
             .min()
             .unwrap_or(0);
+        self.min_acked.fetch_max(min_acked, Ordering::AcqRel);
         let mut segments = lock(&self.segments);
         // A segment ends where the next begins; the last one is active.
         while segments.len() > 1 && segments[1] <= min_acked {
@@ -168,6 +178,8 @@ impl Shared {
 /// The embedded queue. See the module docs.
 pub struct LocalQueue {
     shared: Arc<Shared>,
+    /// See [`LocalQueueOptions::max_backlog_bytes`].
+    max_backlog: u64,
     tx: mpsc::Sender<Request>,
     closed: AtomicBool,
 }
@@ -451,6 +463,7 @@ impl LocalQueue {
             committed,
             consumers,
             writer_failure: Mutex::new(None),
+            min_acked: AtomicU64::new(first),
         });
         for state in &shared.consumers {
             shared.set_depth(state);
@@ -464,6 +477,7 @@ impl LocalQueue {
         let active_len = end - active_start;
         file.seek(SeekFrom::Start(active_len))?;
 
+        let max_backlog = options.max_backlog_bytes.max(1);
         let (tx, rx) = mpsc::channel(options.channel_bound.max(1));
         let writer = Writer {
             guard: WriterGuard {
@@ -489,9 +503,30 @@ impl LocalQueue {
         );
         Ok(Arc::new(LocalQueue {
             shared,
+            max_backlog,
             tx,
             closed: AtomicBool::new(false),
         }))
+    }
+
+    /// Refuses when the slowest consumer is `max_backlog` bytes behind.
+    fn room(&self) -> Result<(), QueueError> {
+        let end = self.shared.committed.borrow().end;
+        let backlog = end.saturating_sub(self.shared.min_acked.load(Ordering::Acquire));
+        if backlog < self.max_backlog {
+            return Ok(());
+        }
+        let behind = self
+            .shared
+            .consumers
+            .iter()
+            .max_by_key(|c| c.pending_hits.load(Ordering::Acquire))
+            .map_or("a consumer", |c| c.consumer.as_str());
+        Err(QueueError::Unavailable(format!(
+            "the embedded queue is full: {backlog} bytes wait for the {behind} \
+             (limit {}, QUEUE_MAX_BYTES); is its backend down?",
+            self.max_backlog
+        )))
     }
 
     fn writer_gone(&self) -> QueueError {
@@ -514,6 +549,7 @@ impl Queue for LocalQueue {
         if hits.is_empty() {
             return Ok(());
         }
+        self.room()?;
         let (record, hits) = encode_record(hits)?;
         let (done, answer) = oneshot::channel();
         self.tx
@@ -551,7 +587,7 @@ impl Queue for LocalQueue {
         if let Some(why) = lock(&self.shared.writer_failure).clone() {
             return Err(QueueError::Unavailable(why));
         }
-        Ok(())
+        self.room()
     }
 
     async fn close(&self) {
@@ -848,6 +884,11 @@ impl Subscription for LocalSubscription {
                 let (more, next) = self.read(pos, c.end, max - hits.len()).await?;
                 hits.extend(more);
                 pos = next;
+                if expired {
+                    // Under a steady trickle there is always a little
+                    // more; the linger bounds the batch's age, so stop.
+                    break;
+                }
                 continue;
             }
             if c.closed || expired {
@@ -957,3 +998,6 @@ impl Subscription for LocalSubscription {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,11 +37,33 @@ impl Consumer {
 
 /// The body of one queued message. Versioned so the format can evolve
 /// while old messages are still in flight; readers accept every version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// On the wire: `{"v":"1","hits":[...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "v")]
 pub enum Message {
     #[serde(rename = "1")]
     V1 { hits: Vec<Hit> },
+}
+
+/// Read by hand: serde's derived reader for an internally tagged enum
+/// buffers the whole body into an intermediate tree before building the
+/// hits, which made decoding a fifth of the consumers' CPU. A plain
+/// struct reads the fields in any order in one pass.
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            v: String,
+            hits: Vec<Hit>,
+        }
+        let wire = Wire::deserialize(d)?;
+        match wire.v.as_str() {
+            "1" => Ok(Message::V1 { hits: wire.hits }),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown message version `{other}`"
+            ))),
+        }
+    }
 }
 
 impl Message {
@@ -121,4 +143,44 @@ pub trait Subscription: Send {
 
     /// How many hits wait for this consumer, if the adapter knows.
     fn lag(&self) -> Option<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RawHit, Stamp};
+
+    #[test]
+    fn message_round_trips_and_names_an_unknown_version() {
+        let stamp = Stamp {
+            received_at: chrono::Utc::now(),
+            user_agent: Some("ua".into()),
+            ip: None,
+            request_id: Some("r-1".into()),
+            keep_full_ip: false,
+        };
+        let raw = RawHit {
+            site: Some("s".into()),
+            url: Some("https://x.example/?gclid=1".into()),
+            ..Default::default()
+        };
+        let message = Message::V1 {
+            hits: vec![Hit::stamp(raw, &stamp).unwrap()],
+        };
+        let text = serde_json::to_string(&message).unwrap();
+        assert!(text.starts_with(r#"{"v":"1","hits":["#), "{text}");
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), message);
+        // Field order does not matter to the reader.
+        let hits = serde_json::to_string(&message.clone().into_hits()).unwrap();
+        let reordered = format!(r#"{{"hits":{hits},"v":"1"}}"#);
+        assert_eq!(
+            serde_json::from_str::<Message>(&reordered).unwrap(),
+            message
+        );
+        let err = serde_json::from_str::<Message>(r#"{"v":"9","hits":[]}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown message version `9`"),
+            "{err}"
+        );
+    }
 }

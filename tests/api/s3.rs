@@ -172,3 +172,195 @@ async fn an_unreachable_endpoint_is_unavailable_not_a_hang() {
     ));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// A TCP relay in front of the S3 server that a test can cut and restore,
+/// standing in for S3 going away and coming back. (moto keeps objects in
+/// memory only, so killing the server itself would also forget what was
+/// archived before the outage, and the test could not see duplicates.)
+/// Cutting closes the listening socket and every open connection, so
+/// requests in flight fail half-way and new ones are refused.
+struct Relay {
+    port: u16,
+    upstream: std::net::SocketAddr,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> Relay {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("TALLY_TEST_S3_ENDPOINT is http://ip:port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut relay = Relay {
+            port,
+            upstream,
+            serving: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        self.serving = Some(tokio::spawn(async move {
+            // Dropped with this task on `cut`, which aborts every copy.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn cut(&mut self) {
+        if let Some(task) = self.serving.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("the relay's port is free again");
+        self.serve(listener);
+    }
+}
+
+/// Posts 20-hit batches until `stop`, recording every accepted id in `sent`
+/// and their count in `progress`. Any refusal fails the test: `/collect`
+/// must not depend on S3.
+fn keep_sending(
+    app: &crate::helpers::TestApp,
+    stop: tokio_util::sync::CancellationToken,
+    sent: Arc<std::sync::Mutex<Vec<String>>>,
+    progress: tokio::sync::watch::Sender<usize>,
+) -> tokio::task::JoinHandle<()> {
+    let client = app.client.clone();
+    let url = app.url("/collect");
+    let site = app.site_key.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.is_cancelled() {
+            let batch: Vec<_> = (0..20)
+                .map(|i| {
+                    n += 1;
+                    serde_json::json!({
+                        "site": site,
+                        "url": format!("https://shop.example/p/{n}?utm_source=s3test&i={i}"),
+                        "vid": format!("v{}", n % 50),
+                    })
+                })
+                .collect();
+            let res = client.post(&url).json(&batch).send().await.unwrap();
+            let status = res.status();
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(status, 202, "collect refused while S3 was away: {body}");
+            let ids = body["ids"].as_array().unwrap().iter();
+            let mut sent = sent.lock().unwrap();
+            sent.extend(ids.map(|v| v.as_str().unwrap().to_owned()));
+            progress.send_replace(sent.len());
+        }
+    })
+}
+
+#[tokio::test]
+async fn s3_going_away_mid_run_loses_nothing_and_repeats_nothing() {
+    let Some(s) = settings() else { return };
+    let direct = archive(&s, S3Options::default()).await;
+    let mut relay = Relay::start(s.endpoint.as_deref().unwrap()).await;
+    let through_relay = S3Settings {
+        endpoint: Some(relay.endpoint()),
+        ..s.clone()
+    };
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.archive = tally::config::ArchiveSettings::S3(through_relay);
+        settings.archiver.max_age = Duration::from_millis(100);
+    })
+    .await;
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (progress, mut sending) = tokio::sync::watch::channel(0);
+    let count = |sent: &Arc<std::sync::Mutex<Vec<String>>>| sent.lock().unwrap().len();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = keep_sending(&app, stop.clone(), sent.clone(), progress);
+
+    // Some objects reach S3 before the outage.
+    assert!(
+        app.wait_for_metric("tally_archive_objects_total", 3.0)
+            .await
+            >= 3.0
+    );
+    relay.cut().await;
+    let at_cut = count(&sent);
+    let errors = r#"tally_adapter_errors_total{adapter="s3"}"#;
+    assert!(
+        app.wait_for_metric(errors, 2.0).await >= 2.0,
+        "the archiver never noticed S3 was gone"
+    );
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "/ready must say S3 is down");
+    let why: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        why["error"].as_str().unwrap().contains("archive:s3"),
+        "{why}"
+    );
+    let during = count(&sent) - at_cut;
+    assert!(during > 0, "no hit was collected while S3 was away");
+
+    relay.restore().await;
+    let at_restore = count(&sent);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        sending.wait_for(|n| *n >= at_restore + 200),
+    )
+    .await
+    .expect("hits flow after S3 is back")
+    .expect("sender alive");
+    stop.cancel();
+    sender.await.expect("every hit was accepted");
+    let sent = sent.lock().unwrap().clone();
+    let archived = app
+        .wait_for_metric("tally_archived_hits_total", sent.len() as f64)
+        .await;
+    assert_eq!(
+        archived as usize,
+        sent.len(),
+        "the archiver did not catch up"
+    );
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once S3 is back");
+
+    let mut back = Vec::new();
+    for key in direct.list("").await.unwrap() {
+        let body = direct.get(&key).await.unwrap();
+        back.extend(
+            format::decode(&body)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id.to_string()),
+        );
+    }
+    let total = back.len();
+    back.sort();
+    back.dedup();
+    assert_eq!(back.len(), total, "a hit is in two objects");
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(back, want, "S3 holds exactly the accepted hits");
+    eprintln!(
+        "figures: {} hits, {during} collected during the outage, {} s3 errors, all archived once",
+        sent.len(),
+        app.metric(errors).await
+    );
+    app.stop().await;
+}
