@@ -19,7 +19,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cargo build --release --quiet
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  # The run's queues on a local broker, so their messages do not pile up
+  # (its exchanges stay: empty and harmless).
+  if [ -n "${AMQP_PREFIX:-}" ] && command -v rabbitmqctl >/dev/null; then
+    for q in $(rabbitmqctl list_queues -q name 2>/dev/null | grep "^$AMQP_PREFIX\."); do
+      rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
+    done
+  fi
+}
 trap cleanup EXIT
 
 # nginx: the classic pixel server, access log on, 2 workers.
