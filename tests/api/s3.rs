@@ -364,3 +364,45 @@ async fn s3_going_away_mid_run_loses_nothing_and_repeats_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn hits_wait_in_a_bounded_queue_while_s3_is_unreachable() {
+    let Some(s) = settings() else { return };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = S3Settings {
+        endpoint: Some(format!("http://{}", closed.local_addr().unwrap())),
+        ..s
+    };
+    drop(closed);
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.archive = tally::config::ArchiveSettings::S3(nowhere);
+        settings.queue_max_bytes = 64 << 10;
+    })
+    .await;
+    let batch: Vec<_> = (0..20)
+        .map(|i| app.pageview(&format!("https://shop.example/p/{i}?utm_source=x"), "v1"))
+        .collect();
+    let mut accepted = 0;
+    let refused = loop {
+        let res = app.collect(&serde_json::json!(batch)).await;
+        if res.status() != 202 {
+            break res;
+        }
+        accepted += 20;
+        assert!(accepted < 100_000, "the queue never filled up");
+    };
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let why: serde_json::Value = refused.json().await.unwrap();
+    let why = why["error"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("queue is full") && why.contains("archiver"),
+        "{why}"
+    );
+    // Nothing accepted was dropped to make room: it all still waits.
+    let depth = app
+        .metric(r#"tally_queue_depth{consumer="archiver"}"#)
+        .await;
+    assert_eq!(depth as usize, accepted);
+    app.stop().await;
+}
