@@ -457,6 +457,30 @@ fn derived_visitor(site: &str, ip: Option<IpAddr>, ua: Option<&str>) -> String {
     format!("anon-{}", &hex::encode(h.finalize())[..16])
 }
 
+/// `n` page views of site `s`, tagged `tag` in their URL and request id,
+/// for the queue and worker tests.
+#[cfg(test)]
+pub(crate) fn test_hits(n: usize, tag: &str) -> Vec<Hit> {
+    (0..n)
+        .map(|i| {
+            let raw = RawHit {
+                site: Some("s".into()),
+                url: Some(format!("https://x.example/{tag}/{i}")),
+                ..Default::default()
+            };
+            let stamp = Stamp {
+                received_at: Utc::now(),
+                user_agent: None,
+                ip: None,
+                request_id: Some(tag.to_owned()),
+                keep_full_ip: false,
+            };
+            // A page view with a site and a URL always stamps.
+            Hit::stamp(raw, &stamp).expect("valid test hit")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,24 +148,12 @@ pub trait Subscription: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{RawHit, Stamp};
+    use crate::domain::hit::test_hits;
 
     #[test]
     fn message_round_trips_and_names_an_unknown_version() {
-        let stamp = Stamp {
-            received_at: chrono::Utc::now(),
-            user_agent: Some("ua".into()),
-            ip: None,
-            request_id: Some("r-1".into()),
-            keep_full_ip: false,
-        };
-        let raw = RawHit {
-            site: Some("s".into()),
-            url: Some("https://x.example/?gclid=1".into()),
-            ..Default::default()
-        };
         let message = Message::V1 {
-            hits: vec![Hit::stamp(raw, &stamp).unwrap()],
+            hits: test_hits(1, "r-1"),
         };
         let text = serde_json::to_string(&message).unwrap();
         assert!(text.starts_with(r#"{"v":"1","hits":["#), "{text}");

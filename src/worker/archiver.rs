@@ -250,27 +250,9 @@ impl Archiver {
 mod tests {
     use super::*;
     use crate::archive::local::LocalArchive;
-    use crate::domain::{RawHit, Stamp};
-    use chrono::Utc;
 
     fn hits(n: usize) -> Vec<Hit> {
-        (0..n)
-            .map(|i| {
-                let raw = RawHit {
-                    site: Some("s".into()),
-                    url: Some(format!("https://x.example/{i}")),
-                    ..Default::default()
-                };
-                let stamp = Stamp {
-                    received_at: Utc::now(),
-                    user_agent: None,
-                    ip: None,
-                    request_id: None,
-                    keep_full_ip: false,
-                };
-                Hit::stamp(raw, &stamp).unwrap()
-            })
-            .collect()
+        crate::domain::hit::test_hits(n, "archiver")
     }
 
     fn archiver(dir: &std::path::Path, max_bytes: usize) -> Archiver {

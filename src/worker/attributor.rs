@@ -52,22 +52,21 @@ impl Attributor {
         only_goal: Option<Uuid>,
     ) -> Result<Outcome, StoreError> {
         let mut out = Outcome::default();
-        let touched: Vec<(&Hit, Touchpoint)> = hits
+        let (touched, tps): (Vec<&Hit>, Vec<Touchpoint>) = hits
             .iter()
             .filter_map(|hit| Touchpoint::from_hit(hit).map(|tp| (hit, tp)))
-            .collect();
-        let tps: Vec<Touchpoint> = touched.iter().map(|(_, tp)| tp.clone()).collect();
+            .unzip();
         match self.store.put_touchpoints(&tps).await {
             Ok(()) => out.touchpoints = tps.len(),
             Err(e) if e.is_transient() => return Err(e),
             // One of them can never be written: find it by writing them
             // one by one (the rest are idempotent), so only it is set aside.
             Err(_) => {
-                for (hit, tp) in &touched {
+                for (hit, tp) in touched.into_iter().zip(&tps) {
                     match self.store.put_touchpoint(tp).await {
                         Ok(()) => out.touchpoints += 1,
                         Err(e) if e.is_transient() => return Err(e),
-                        Err(e) => out.rejected.push(((*hit).clone(), e.to_string())),
+                        Err(e) => out.rejected.push((hit.clone(), e.to_string())),
                     }
                 }
             }

@@ -5,31 +5,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{RawHit, Stamp};
-
-fn hits(n: usize, tag: &str) -> Vec<Hit> {
-    (0..n)
-        .map(|i| {
-            let raw = RawHit {
-                site: Some("s".into()),
-                url: Some(format!("https://x.example/{tag}/{i}")),
-                ..Default::default()
-            };
-            let stamp = Stamp {
-                received_at: Utc::now(),
-                user_agent: None,
-                ip: None,
-                request_id: Some(tag.to_owned()),
-                keep_full_ip: false,
-            };
-            Hit::stamp(raw, &stamp).unwrap()
-        })
-        .collect()
-}
+use crate::domain::hit::test_hits as hits;
 
 fn open(dir: &Path, options: LocalQueueOptions) -> Arc<LocalQueue> {
     LocalQueue::open_with(dir, Arc::new(Metrics::new()), options).unwrap()
@@ -50,6 +29,14 @@ async fn take(sub: &mut Box<dyn Subscription>, n: usize) -> (Vec<Hit>, Vec<Batch
         batches.push(batch);
     }
     (all, batches)
+}
+
+/// [`take`]s `n` hits and acks them all.
+async fn take_and_ack(sub: &mut Box<dyn Subscription>, n: usize) -> Vec<Hit> {
+    let (hits, batches) = take(sub, n).await;
+    let last = batches.last().expect("at least one hit taken");
+    sub.ack(last.token).await.unwrap();
+    hits
 }
 
 fn ids(hits: &[Hit]) -> Vec<Uuid> {
@@ -169,11 +156,9 @@ async fn segments_are_deleted_once_every_consumer_acked_past_them() {
     assert!(before > 3, "expected several segments, got {before}");
     let mut attributor = q.subscribe(Consumer::Attributor).await.unwrap();
     let mut archiver = q.subscribe(Consumer::Archiver).await.unwrap();
-    let (_, batches) = take(&mut attributor, 60).await;
-    attributor.ack(batches.last().unwrap().token).await.unwrap();
+    take_and_ack(&mut attributor, 60).await;
     assert_eq!(segments(), before, "the archiver still needs them");
-    let (_, batches) = take(&mut archiver, 60).await;
-    archiver.ack(batches.last().unwrap().token).await.unwrap();
+    take_and_ack(&mut archiver, 60).await;
     assert_eq!(segments(), 1, "only the active segment is left");
 }
 
@@ -204,13 +189,11 @@ async fn a_full_backlog_refuses_publishes_with_the_reason_until_acks_free_it() {
 
     // One consumer catching up is not enough: the other still lags.
     let mut attributor = q.subscribe(Consumer::Attributor).await.unwrap();
-    let (_, batches) = take(&mut attributor, accepted).await;
-    attributor.ack(batches.last().unwrap().token).await.unwrap();
+    take_and_ack(&mut attributor, accepted).await;
     assert!(q.publish(hits(1, "still")).await.is_err());
 
     let mut archiver = q.subscribe(Consumer::Archiver).await.unwrap();
-    let (_, batches) = take(&mut archiver, accepted).await;
-    archiver.ack(batches.last().unwrap().token).await.unwrap();
+    take_and_ack(&mut archiver, accepted).await;
     q.check().await.unwrap();
     q.publish(hits(1, "again")).await.unwrap();
     let (got, _) = take(&mut archiver, 1).await;

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::domain::{RawHit, Stamp};
+use crate::domain::hit::test_hits as hits;
 
 const VAR: &str = "TALLY_TEST_AMQP_URL";
 
@@ -27,26 +26,6 @@ fn settings(url: &str) -> RabbitMqSettings {
         prefix: format!("test-{}", uuid::Uuid::now_v7().simple()),
         prefetch: 100,
     }
-}
-
-fn hits(n: usize, request: &str) -> Vec<Hit> {
-    (0..n)
-        .map(|i| {
-            let raw = RawHit {
-                site: Some("s".into()),
-                url: Some(format!("https://x.example/{i}")),
-                ..Default::default()
-            };
-            let stamp = Stamp {
-                received_at: Utc::now(),
-                user_agent: None,
-                ip: None,
-                request_id: Some(request.to_owned()),
-                keep_full_ip: false,
-            };
-            Hit::stamp(raw, &stamp).unwrap()
-        })
-        .collect()
 }
 
 /// Reads batches until `n` hits arrived (or the deadline passes).
