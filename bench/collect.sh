@@ -93,3 +93,12 @@ h=$(run "tally GET /health (actix-web ceiling)" "http://127.0.0.1:$TPORT/health"
 t=$(run "tally POST /collect ($mode)" "http://127.0.0.1:$TPORT/collect" "$work/post.lua")
 python3 -c "print(f'ratio tally/nginx: {float(\"$t\")/float(\"$n\"):.2f}  (GET /health/nginx: {float(\"$h\")/float(\"$n\"):.2f})')" >&2
 curl -s "http://127.0.0.1:$TPORT/metrics" | grep -E '^tally_(hits_accepted_total|queue_publish_batches_total|publish_batch_hits_(sum|count))' >&2 || true
+# How far behind the run left the consumers (attributor, archiver) and how
+# long they took to catch up: the req/s above is what /collect takes, this
+# is whether the rest of the loop kept pace.
+if [ -z "${AMQP_URL:-}" ]; then
+  depth() { curl -s "http://127.0.0.1:$TPORT/metrics" | awk '/^tally_queue_depth/ {if ($2 > m) m = $2} END {print m + 0}'; }
+  behind=$(depth); start=$(date +%s.%N)
+  while [ "$(depth)" != 0 ]; do sleep 0.2; done
+  python3 -c "import time; t=time.time()-$start; print(f'consumers: {$behind} hits behind at the end of the run, caught up in {t:.1f} s ({$behind/max(t,0.001):,.0f} hits/s)')" >&2
+fi

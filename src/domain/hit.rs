@@ -209,44 +209,244 @@ impl Marketing {
 }
 
 /// A stamped, valid hit: what the queue carries and the archive keeps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire it is one flat JSON object: the marketing fields sit beside
+/// the others. Read and written through [`HitWire`] / [`HitWireRef`]
+/// rather than `#[serde(flatten)]`, whose reader buffers every field of
+/// every hit into an intermediate tree first (each consumer reads every
+/// hit, so that was most of their decoding time).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "HitWire")]
 pub struct Hit {
     pub id: Uuid,
     pub site: String,
     pub received_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub client_ts: Option<DateTime<Utc>>,
-    #[serde(rename = "type")]
     pub kind: HitKind,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub referrer: Option<String>,
     /// Visitor id: the client's, or a hash of site, IP and user agent when
     /// the client sent none (e.g. a `<noscript>` pixel).
     pub vid: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub currency: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub order_id: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub props: BTreeMap<String, PropValue>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_agent: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ip: Option<String>,
     /// The id of the HTTP request that brought this hit, for tracing it
     /// through the queue into the workers' logs.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request_id: Option<String>,
-    #[serde(flatten)]
     pub marketing: Marketing,
+}
+
+/// The flat wire form of a [`Hit`], for reading.
+#[derive(Deserialize)]
+struct HitWire {
+    id: Uuid,
+    site: String,
+    received_at: DateTime<Utc>,
+    #[serde(default)]
+    client_ts: Option<DateTime<Utc>>,
+    #[serde(rename = "type")]
+    kind: HitKind,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    referrer: Option<String>,
+    vid: String,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    props: BTreeMap<String, PropValue>,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    gclid: Option<String>,
+    #[serde(default)]
+    gbraid: Option<String>,
+    #[serde(default)]
+    wbraid: Option<String>,
+    #[serde(default)]
+    fbclid: Option<String>,
+    #[serde(default)]
+    msclkid: Option<String>,
+    #[serde(default)]
+    ttclid: Option<String>,
+    #[serde(default)]
+    li_fat_id: Option<String>,
+    #[serde(default)]
+    twclid: Option<String>,
+    #[serde(default)]
+    utm_source: Option<String>,
+    #[serde(default)]
+    utm_medium: Option<String>,
+    #[serde(default)]
+    utm_campaign: Option<String>,
+    #[serde(default)]
+    utm_term: Option<String>,
+    #[serde(default)]
+    utm_content: Option<String>,
+    #[serde(default)]
+    ad_id: Option<String>,
+}
+
+impl From<HitWire> for Hit {
+    fn from(w: HitWire) -> Hit {
+        Hit {
+            id: w.id,
+            site: w.site,
+            received_at: w.received_at,
+            client_ts: w.client_ts,
+            kind: w.kind,
+            name: w.name,
+            url: w.url,
+            referrer: w.referrer,
+            vid: w.vid,
+            sid: w.sid,
+            value: w.value,
+            currency: w.currency,
+            order_id: w.order_id,
+            props: w.props,
+            user_agent: w.user_agent,
+            ip: w.ip,
+            request_id: w.request_id,
+            marketing: Marketing {
+                gclid: w.gclid,
+                gbraid: w.gbraid,
+                wbraid: w.wbraid,
+                fbclid: w.fbclid,
+                msclkid: w.msclkid,
+                ttclid: w.ttclid,
+                li_fat_id: w.li_fat_id,
+                twclid: w.twclid,
+                utm_source: w.utm_source,
+                utm_medium: w.utm_medium,
+                utm_campaign: w.utm_campaign,
+                utm_term: w.utm_term,
+                utm_content: w.utm_content,
+                ad_id: w.ad_id,
+            },
+        }
+    }
+}
+
+/// The flat wire form of a [`Hit`], for writing (borrowed, no copies).
+/// Absent fields are left out, so a hit's JSON stays small.
+#[derive(Serialize)]
+struct HitWireRef<'a> {
+    id: &'a Uuid,
+    site: &'a str,
+    received_at: &'a DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ts: &'a Option<DateTime<Utc>>,
+    #[serde(rename = "type")]
+    kind: HitKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    referrer: &'a Option<String>,
+    vid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: &'a Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    props: &'a BTreeMap<String, PropValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gbraid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wbraid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fbclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msclkid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    li_fat_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    twclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm_source: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm_medium: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm_campaign: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm_term: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm_content: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ad_id: &'a Option<String>,
+}
+
+impl Serialize for Hit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = &self.marketing;
+        HitWireRef {
+            id: &self.id,
+            site: &self.site,
+            received_at: &self.received_at,
+            client_ts: &self.client_ts,
+            kind: self.kind,
+            name: &self.name,
+            url: &self.url,
+            referrer: &self.referrer,
+            vid: &self.vid,
+            sid: &self.sid,
+            value: &self.value,
+            currency: &self.currency,
+            order_id: &self.order_id,
+            props: &self.props,
+            user_agent: &self.user_agent,
+            ip: &self.ip,
+            request_id: &self.request_id,
+            gclid: &m.gclid,
+            gbraid: &m.gbraid,
+            wbraid: &m.wbraid,
+            fbclid: &m.fbclid,
+            msclkid: &m.msclkid,
+            ttclid: &m.ttclid,
+            li_fat_id: &m.li_fat_id,
+            twclid: &m.twclid,
+            utm_source: &m.utm_source,
+            utm_medium: &m.utm_medium,
+            utm_campaign: &m.utm_campaign,
+            utm_term: &m.utm_term,
+            utm_content: &m.utm_content,
+            ad_id: &m.ad_id,
+        }
+        .serialize(s)
+    }
 }
 
 /// What the server knows about the request a hit arrived in.
@@ -632,6 +832,44 @@ mod tests {
         let json = serde_json::to_string(&hit).unwrap();
         let back: Hit = serde_json::from_str(&json).unwrap();
         assert_eq!(back, hit);
+    }
+
+    #[test]
+    fn the_wire_form_is_one_flat_object_without_empty_fields() {
+        let hit = Hit::stamp(
+            pageview("https://x.example/?gclid=g&utm_campaign=c"),
+            &stamp(),
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::to_value(&hit).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(json["gclid"], "g");
+        assert_eq!(json["utm_campaign"], "c");
+        assert_eq!(json["type"], "pageview");
+        for absent in [
+            "marketing",
+            "sid",
+            "props",
+            "client_ts",
+            "utm_source",
+            "kind",
+        ] {
+            assert!(!keys.contains(&absent), "{absent} in {keys:?}");
+        }
+        // Archived lines are read whatever their field order, and fields a
+        // later version adds are ignored.
+        let line = r#"{"utm_campaign":"c","type":"event","name":"signup","future":1,
+            "vid":"v","site":"s","received_at":"2026-11-23T10:00:00Z",
+            "id":"0193a1b2-0000-7000-8000-000000000001","gclid":"g","value":49.0}"#;
+        let read: Hit = serde_json::from_str(line).unwrap();
+        assert_eq!(read.marketing.gclid.as_deref(), Some("g"));
+        assert_eq!(read.marketing.utm_campaign.as_deref(), Some("c"));
+        assert_eq!((read.kind, read.value), (HitKind::Event, Some(49.0)));
     }
 
     proptest! {

@@ -143,6 +143,11 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<RawHit>, ApiError> {
 }
 
 fn parse_object(body: &[u8]) -> Result<RawHit, ApiError> {
+    // Good hits are the common case: read them plainly, and only read a
+    // bad one again, tracking the path, to say which field is wrong.
+    if let Ok(raw) = serde_json::from_slice::<RawHit>(body) {
+        return Ok(raw);
+    }
     let not_json =
         |e: &serde_json::Error| ApiError::BadRequest(format!("body is not valid JSON: {e}"));
     let mut de = serde_json::Deserializer::from_slice(body);

@@ -152,23 +152,40 @@ async fn kill_9_mid_stream_loses_no_accepted_hit_and_counts_none_twice() {
         proc.port,
         d = today()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let total = loop {
-        let r: Value = client
-            .get(&q)
-            .bearer_auth(&api_key)
+    // Both consumers must have worked off the queue, hits that were durable
+    // but unanswered at the crash included, before the counts compare.
+    let metrics = format!("http://127.0.0.1:{}/metrics", proc.port);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = client
+            .get(&metrics)
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap();
-        let total = r["total"]["conversions"].as_f64().unwrap();
-        if total >= accepted_signups as f64 || Instant::now() > deadline {
-            break total;
+        let queued: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("tally_queue_depth"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if queued == 0.0 {
+            break;
         }
+        assert!(Instant::now() < deadline, "{queued} hits still queued");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let r: Value = client
+        .get(&q)
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let total = r["total"]["conversions"].as_f64().unwrap();
     let signups_in_archive = count_signups(dir.path()).await;
     assert!(
         total >= accepted_signups as f64,
