@@ -242,66 +242,42 @@ pub struct Hit {
     pub marketing: Marketing,
 }
 
-/// The flat wire form of a [`Hit`], for reading.
+/// The flat wire form of a [`Hit`], for reading. Absent `Option` fields
+/// read as `None`; fields this version does not know are ignored.
 #[derive(Deserialize)]
 struct HitWire {
     id: Uuid,
     site: String,
     received_at: DateTime<Utc>,
-    #[serde(default)]
     client_ts: Option<DateTime<Utc>>,
     #[serde(rename = "type")]
     kind: HitKind,
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     url: Option<String>,
-    #[serde(default)]
     referrer: Option<String>,
     vid: String,
-    #[serde(default)]
     sid: Option<String>,
-    #[serde(default)]
     value: Option<f64>,
-    #[serde(default)]
     currency: Option<String>,
-    #[serde(default)]
     order_id: Option<String>,
     #[serde(default)]
     props: BTreeMap<String, PropValue>,
-    #[serde(default)]
     user_agent: Option<String>,
-    #[serde(default)]
     ip: Option<String>,
-    #[serde(default)]
     request_id: Option<String>,
-    #[serde(default)]
     gclid: Option<String>,
-    #[serde(default)]
     gbraid: Option<String>,
-    #[serde(default)]
     wbraid: Option<String>,
-    #[serde(default)]
     fbclid: Option<String>,
-    #[serde(default)]
     msclkid: Option<String>,
-    #[serde(default)]
     ttclid: Option<String>,
-    #[serde(default)]
     li_fat_id: Option<String>,
-    #[serde(default)]
     twclid: Option<String>,
-    #[serde(default)]
     utm_source: Option<String>,
-    #[serde(default)]
     utm_medium: Option<String>,
-    #[serde(default)]
     utm_campaign: Option<String>,
-    #[serde(default)]
     utm_term: Option<String>,
-    #[serde(default)]
     utm_content: Option<String>,
-    #[serde(default)]
     ad_id: Option<String>,
 }
 
