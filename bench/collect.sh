@@ -99,6 +99,7 @@ curl -s "http://127.0.0.1:$TPORT/metrics" | grep -E '^tally_(hits_accepted_total
 if [ -z "${AMQP_URL:-}" ]; then
   depth() { curl -s "http://127.0.0.1:$TPORT/metrics" | awk '/^tally_queue_depth/ {if ($2 > m) m = $2} END {print m + 0}'; }
   behind=$(depth); start=$(date +%s.%N)
-  while [ "$(depth)" != 0 ]; do sleep 0.2; done
-  python3 -c "import time; t=time.time()-$start; print(f'consumers: {$behind} hits not yet acked at the end of the run, all done {t:.1f} s later (the archiver closes a batch after ARCHIVE_BATCH_SECONDS)')" >&2
+  for _ in $(seq 600); do [ "$(depth)" = 0 ] && break; sleep 0.2; done
+  left=$(depth)
+  python3 -c "import time; t=time.time()-$start; print(f'consumers: {$behind} hits not yet acked at the end of the run; {$left} left {t:.1f} s later (the archiver closes a batch after ARCHIVE_BATCH_SECONDS)')" >&2
 fi
