@@ -66,35 +66,22 @@ pub struct RawHit {
 }
 
 /// Ad-click and campaign fields, parsed from the hit's URL on the server.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// On the wire they sit flat beside the hit's other fields (see [`Hit`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Marketing {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gclid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gbraid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub wbraid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fbclid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub msclkid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ttclid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub li_fat_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub twclid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub utm_source: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub utm_medium: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub utm_campaign: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub utm_term: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub utm_content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ad_id: Option<String>,
 }
 

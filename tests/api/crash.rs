@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::helpers::{archived_ids, start_tally, tally_cmd, today};
+use crate::helpers::{archived_ids, start_tally, sum_metric, tally_cmd, today};
 
 fn create_site(dir: &std::path::Path) -> (String, String) {
     let out = tally_cmd(dir)
@@ -165,11 +165,7 @@ async fn kill_9_mid_stream_loses_no_accepted_hit_and_counts_none_twice() {
             .text()
             .await
             .unwrap();
-        let queued: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("tally_queue_depth"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let queued = sum_metric(&text, "tally_queue_depth");
         if queued == 0.0 {
             break;
         }

@@ -179,10 +179,7 @@ impl TestApp {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_metric(&text, metric)
     }
 
     pub async fn stop(self) -> tempfile::TempDir {
@@ -194,6 +191,14 @@ impl TestApp {
     pub fn pageview(&self, url: &str, vid: &str) -> Value {
         json!({"site": self.site_key, "url": url, "vid": vid})
     }
+}
+
+/// The sum of every series of `metric` (all label sets) in a /metrics text.
+pub fn sum_metric(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Every hit id in a local archive directory (with repeats, if any).
