@@ -96,22 +96,24 @@ impl Archiver {
         groups
     }
 
-    /// Splits a group further so no object holds more than `max_bytes` of
-    /// JSON. Deterministic, so a rewritten batch gets the same keys.
-    fn chunks<'a>(&self, group: &'a [Hit]) -> Vec<&'a [Hit]> {
+    /// Splits a group (given by its hits' JSON lines) further so no
+    /// object holds more than `max_bytes` of JSON; returns index ranges
+    /// into the group. Deterministic, so a rewritten batch gets the same
+    /// keys.
+    fn chunks(&self, lines: &[&[u8]]) -> Vec<std::ops::Range<usize>> {
         let mut out = Vec::new();
         let (mut start, mut bytes) = (0, 0);
-        for (i, hit) in group.iter().enumerate() {
-            let size = serde_json::to_vec(hit).map(|v| v.len()).unwrap_or(512);
+        for (i, line) in lines.iter().enumerate() {
+            let size = line.len();
             if i > start && bytes + size > self.settings.max_bytes {
-                out.push(&group[start..i]);
+                out.push(start..i);
                 start = i;
                 bytes = 0;
             }
             bytes += size;
         }
-        if start < group.len() {
-            out.push(&group[start..]);
+        if start < lines.len() {
+            out.push(start..lines.len());
         }
         out
     }
@@ -130,14 +132,16 @@ impl Archiver {
             // Without the intent a crash could duplicate; still archive.
             warn!(%error, "Could not record the archiver's intent.");
         }
+        let lines = format::Lines::of(hits)?;
+        let lines = lines.slices();
         let mut written = 0;
         let mut at = 0;
         for size in groups {
-            let group = &hits[at..at + size];
+            let (group, group_lines) = (&hits[at..at + size], &lines[at..at + size]);
             at += size;
-            for chunk in self.chunks(group) {
-                for object in format::objects(chunk) {
-                    let body = format::encode(&object.hits)?;
+            for chunk in self.chunks(group_lines) {
+                for object in format::objects(&group[chunk.clone()], &group_lines[chunk]) {
+                    let body = format::encode(&object)?;
                     let len = body.len();
                     self.archive.put(&object.key, body).await?;
                     self.metrics.archive_objects.inc();
