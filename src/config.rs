@@ -102,6 +102,9 @@ pub struct Settings {
     /// How long shutdown may take before in-flight work is abandoned
     /// (it stays in the queue). Heroku kills at 30 s.
     pub shutdown_grace: Duration,
+    /// HTTP worker threads (`WEB_CONCURRENCY`, which Heroku sets by dyno
+    /// size); `None` lets actix-web use one per physical core.
+    pub http_workers: Option<usize>,
 }
 
 impl Settings {
@@ -124,6 +127,7 @@ impl Settings {
             log_filter: "info".into(),
             log_format: LogFormat::Pretty,
             shutdown_grace: Duration::from_secs(25),
+            http_workers: None,
         }
     }
 
@@ -206,6 +210,16 @@ impl Settings {
                     reason: "must be more than 0".into(),
                 });
             }
+        }
+        if let Some(v) = get("WEB_CONCURRENCY") {
+            let n: usize = parse("WEB_CONCURRENCY", &v)?;
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    var: "WEB_CONCURRENCY",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            s.http_workers = Some(n);
         }
         if let Some(v) = get("RUST_LOG") {
             s.log_filter = v;
@@ -330,6 +344,15 @@ mod tests {
                 .unwrap()
                 .queue_max_bytes,
             4096
+        );
+        for bad in ["0", "two"] {
+            let err = from(&[("WEB_CONCURRENCY", bad)]).unwrap_err();
+            assert!(err.to_string().starts_with("WEB_CONCURRENCY"), "{err}");
+        }
+        assert_eq!(from(&[]).unwrap().http_workers, None);
+        assert_eq!(
+            from(&[("WEB_CONCURRENCY", "3")]).unwrap().http_workers,
+            Some(3)
         );
     }
 

@@ -173,16 +173,20 @@ impl Application {
         let server = match listener {
             Some(listener) => {
                 let data = web::Data::new(state.clone());
-                let server = HttpServer::new(move || {
+                let mut server = HttpServer::new(move || {
                     App::new()
                         .app_data(data.clone())
                         .wrap(actix_web::middleware::from_fn(crate::telemetry::request_id))
                         .configure(http::routes)
-                })
-                .listen(listener)?
-                .disable_signals()
-                .shutdown_timeout(settings.shutdown_grace.as_secs().saturating_sub(5).max(1))
-                .run();
+                });
+                if let Some(n) = settings.http_workers {
+                    server = server.workers(n);
+                }
+                let server = server
+                    .listen(listener)?
+                    .disable_signals()
+                    .shutdown_timeout(settings.shutdown_grace.as_secs().saturating_sub(5).max(1))
+                    .run();
                 info!(port, role = role.as_str(), "Listening.");
                 Some(server)
             }
