@@ -76,9 +76,9 @@ pub async fn build_archive(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Archive>, StartupError> {
     match &settings.archive {
-        ArchiveSettings::Local => Ok(Arc::new(LocalArchive::open(
-            settings.data_dir.join("archive"),
-        )?)),
+        ArchiveSettings::Local => Ok(Arc::new(
+            LocalArchive::open(settings.data_dir.join("archive"))?.counting(metrics),
+        )),
         ArchiveSettings::S3(s3) => Ok(Arc::new(S3Archive::new(s3, metrics).await?)),
     }
 }

@@ -8,21 +8,42 @@
 //! Keys never escape the root (no `..`, no absolute paths).
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Archive, ArchiveError};
+use super::{count_failure, Archive, ArchiveError};
+use crate::metrics::Metrics;
 
 pub struct LocalArchive {
     root: PathBuf,
+    /// Where failed disk calls are counted; `None` for a reader that is
+    /// not part of the service (tests, tools).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl LocalArchive {
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalArchive, ArchiveError> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(LocalArchive { root })
+        Ok(LocalArchive {
+            root,
+            metrics: None,
+        })
+    }
+
+    /// Counts failed puts, lists and gets in `tally_adapter_errors_total`.
+    pub fn counting(mut self, metrics: Arc<Metrics>) -> LocalArchive {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn counted<T>(&self, result: Result<T, ArchiveError>) -> Result<T, ArchiveError> {
+        match &self.metrics {
+            Some(metrics) => count_failure(metrics, "local", result),
+            None => result,
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ArchiveError> {
@@ -71,10 +92,11 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
 impl Archive for LocalArchive {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), ArchiveError> {
         let path = self.path(key)?;
-        tokio::task::spawn_blocking(move || put_durably(&path, &body))
+        let put = tokio::task::spawn_blocking(move || put_durably(&path, &body))
             .await
-            .map_err(|e| ArchiveError::Unavailable(e.to_string()))??;
-        Ok(())
+            .map_err(|e| ArchiveError::Unavailable(e.to_string()))
+            .and_then(|r| r.map_err(ArchiveError::from));
+        self.counted(put)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {
@@ -92,19 +114,23 @@ impl Archive for LocalArchive {
             format!("{folder}/")
         };
         let prefix = prefix.to_owned();
-        let mut keys = tokio::task::spawn_blocking(move || {
+        let walked = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             walk(&start, &rel, &mut out).map(|_| out)
         })
         .await
-        .map_err(|e| ArchiveError::Unavailable(e.to_string()))??;
+        .map_err(|e| ArchiveError::Unavailable(e.to_string()))
+        .and_then(|r| r.map_err(ArchiveError::from));
+        let mut keys = self.counted(walked)?;
         keys.retain(|k| k.starts_with(&prefix));
         keys.sort();
         Ok(keys)
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
-        Ok(Bytes::from(tokio::fs::read(self.path(key)?).await?))
+        let path = self.path(key)?;
+        let read = tokio::fs::read(path).await.map_err(ArchiveError::from);
+        self.counted(read).map(Bytes::from)
     }
 
     async fn check(&self) -> Result<(), ArchiveError> {
@@ -122,6 +148,31 @@ impl Archive for LocalArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_disk_call_is_counted_once_a_missing_object_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let errors = || metrics.adapter_errors.with_label_values(&["local"]).get();
+        let a = LocalArchive::open(dir.path().join("archive"))
+            .unwrap()
+            .counting(metrics.clone());
+        // A file where the partition folder must go: the disk says no.
+        std::fs::write(dir.path().join("archive/dt=2026-11-20"), b"").unwrap();
+        let key = "dt=2026-11-20/hh=09/a-1.ndjson.gz";
+        assert!(a.put(key, Bytes::from_static(b"one")).await.is_err());
+        assert_eq!(errors(), 1);
+        assert!(a.get("dt=2026-11-21/hh=00/none.ndjson.gz").await.is_err());
+        assert!(a.put("../escape", Bytes::from_static(b"x")).await.is_err());
+        assert_eq!(
+            errors(),
+            1,
+            "a missing object or a bad key is no disk failure"
+        );
+        std::fs::remove_file(dir.path().join("archive/dt=2026-11-20")).unwrap();
+        a.put(key, Bytes::from_static(b"one")).await.unwrap();
+        assert_eq!(errors(), 1);
+    }
 
     #[tokio::test]
     async fn put_list_get_and_overwrite() {

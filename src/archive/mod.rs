@@ -7,7 +7,8 @@
 //! adapter so `tally replay` reads any of them. A `put` returns only once
 //! the object is durable, and putting the same key again replaces it
 //! (never a second copy). Adapters: [`local::LocalArchive`] and
-//! [`s3::S3Archive`].
+//! [`s3::S3Archive`]. Each adapter counts its own failed backend calls in
+//! `tally_adapter_errors_total` (callers must not count them again).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +16,25 @@ use bytes::Bytes;
 pub mod format;
 pub mod local;
 pub mod s3;
+
+/// Counts a failed backend call of `adapter`. A bad key, an unreadable
+/// object or a missing one is the caller's or the data's fault, not the
+/// backend's, and is not counted.
+pub(crate) fn count_failure<T>(
+    metrics: &crate::metrics::Metrics,
+    adapter: &str,
+    result: Result<T, ArchiveError>,
+) -> Result<T, ArchiveError> {
+    let failed = match &result {
+        Err(ArchiveError::Unavailable(_)) => true,
+        Err(ArchiveError::Io(e)) => e.kind() != std::io::ErrorKind::NotFound,
+        _ => false,
+    };
+    if failed {
+        metrics.adapter_errors.with_label_values(&[adapter]).inc();
+    }
+    result
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -316,19 +316,21 @@ impl S3Archive {
 impl Archive for S3Archive {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), ArchiveError> {
         let key = self.full_key(key)?;
-        if body.len() > self.options.multipart_threshold {
-            return self.put_multipart(&key, body).await;
-        }
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/gzip")
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| unavailable(format!("put {key}"), e))
+        let put = if body.len() > self.options.multipart_threshold {
+            self.put_multipart(&key, body).await
+        } else {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/gzip")
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable(format!("put {key}"), e))
+        };
+        super::count_failure(&self.metrics, "s3", put)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {

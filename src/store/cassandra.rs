@@ -635,6 +635,15 @@ impl CassandraStore {
         &self.keyspace
     }
 
+    /// A failed call to the cluster: counted here, once, for every caller.
+    fn failed(&self, e: impl IntoStoreError) -> StoreError {
+        self.metrics
+            .adapter_errors
+            .with_label_values(&["cassandra"])
+            .inc();
+        e.into_store()
+    }
+
     async fn ddl(&self, cql: String) -> Result<(), StoreError> {
         let mut statement = Statement::new(cql);
         statement.set_is_idempotent(true);
@@ -642,7 +651,7 @@ impl CassandraStore {
         self.session
             .query_unpaged(statement, ())
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -655,7 +664,7 @@ impl CassandraStore {
             .session
             .query_unpaged(cql, (SCHEMA_COMPONENT,))
             .await
-            .map_err(IntoStoreError::into_store)?
+            .map_err(|e| self.failed(e))?
             .into_rows_result()
             .map_err(shape)?;
         let row: Option<(Option<i32>,)> = rows.maybe_first_row().map_err(shape)?;
@@ -700,10 +709,10 @@ impl CassandraStore {
         self.session
             .execute_iter(statement.clone(), values)
             .await
-            .map_err(IntoStoreError::into_store)?
+            .map_err(|e| self.failed(e))?
             .rows_stream::<R>()
             .map_err(shape)?
-            .map_err(IntoStoreError::into_store)
+            .map_err(|e| self.failed(e))
             .try_collect()
             .await
     }
@@ -717,7 +726,7 @@ impl CassandraStore {
             .session
             .execute_unpaged(statement, values)
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Lwt::from_result(result)
     }
 
@@ -785,12 +794,12 @@ impl CassandraStore {
             self.session
                 .batch(&batch, values)
                 .await
-                .map_err(IntoStoreError::into_store)?;
+                .map_err(|e| self.failed(e))?;
         }
         self.session
             .execute_unpaged(&st.complete_hit, (&c.site, c.hit_id, c.goal_id))
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 }
@@ -819,7 +828,7 @@ impl Store for CassandraStore {
                     (SCHEMA_COMPONENT, *version, Utc::now()),
                 )
                 .await
-                .map_err(IntoStoreError::into_store)?;
+                .map_err(|e| self.failed(e))?;
             info!(keyspace = %ks, version, "Cassandra schema migrated.");
         }
         self.st().await?;
@@ -830,7 +839,7 @@ impl Store for CassandraStore {
         self.session
             .execute_unpaged(&self.check_statement, ())
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         self.st().await?;
         Ok(())
     }
@@ -848,7 +857,7 @@ impl Store for CassandraStore {
                 (&site.key, &site.name, &site.domains, created, created_ns),
             )
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -889,7 +898,7 @@ impl Store for CassandraStore {
                 ),
             )
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -917,7 +926,7 @@ impl Store for CassandraStore {
                 self.session
                     .execute_unpaged(&st.revoke_api_key, (&hash,))
                     .await
-                    .map_err(IntoStoreError::into_store)?;
+                    .map_err(|e| self.failed(e))?;
                 revoked += 1;
             }
         }
@@ -967,7 +976,7 @@ impl Store for CassandraStore {
                 ),
             )
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -1001,7 +1010,7 @@ impl Store for CassandraStore {
                 ),
             )
             .await
-            .map_err(IntoStoreError::into_store)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 

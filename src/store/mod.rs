@@ -6,7 +6,9 @@
 //! per hit and goal, per goal and `order_id`, per goal and visitor for
 //! `once_per_visitor`) are enforced by the store atomically, never by a
 //! read-then-write in the caller. Adapters: [`sqlite::SqliteStore`]
-//! (embedded) and `cassandra::CassandraStore` (production).
+//! (embedded) and `cassandra::CassandraStore` (production). Each adapter
+//! counts its own failed backend calls in `tally_adapter_errors_total`
+//! (callers must not count them again).
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

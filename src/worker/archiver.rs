@@ -216,11 +216,8 @@ impl Archiver {
                         break sub.dead_letter(&batch.hits, &reason).await.is_ok();
                     }
                     Err(error) => {
+                        // The archive adapter counted the failure itself.
                         attempt += 1;
-                        self.metrics
-                            .adapter_errors
-                            .with_label_values(&[self.archive.name()])
-                            .inc();
                         warn!(%error, attempt, hits = batch.hits.len(), "Archiver could not write; will retry.");
                         if !super::pause(super::backoff(attempt), &shutdown).await {
                             break false;
@@ -300,6 +297,81 @@ mod tests {
         a.write(&hits(5)).await.unwrap();
         assert!(!dir.path().join("archiver.intent").exists());
         assert_eq!(archived(&a).await.len(), 5);
+    }
+
+    /// Passes puts to a real archive and reports how many failed.
+    struct Watched {
+        inner: LocalArchive,
+        failed: tokio::sync::watch::Sender<(usize, usize)>,
+    }
+
+    #[async_trait::async_trait]
+    impl Archive for Watched {
+        async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), ArchiveError> {
+            let result = self.inner.put(key, body).await;
+            self.failed.send_modify(|(failed, ok)| match result {
+                Ok(()) => *ok += 1,
+                Err(_) => *failed += 1,
+            });
+            result
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {
+            self.inner.list(prefix).await
+        }
+        async fn get(&self, key: &str) -> Result<bytes::Bytes, ArchiveError> {
+            self.inner.get(key).await
+        }
+        async fn check(&self) -> Result<(), ArchiveError> {
+            self.inner.check().await
+        }
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_failed_write_counts_once_while_the_archiver_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let queue =
+            crate::queue::local::LocalQueue::open(&dir.path().join("queue"), metrics.clone())
+                .unwrap();
+        let root = dir.path().join("archive");
+        let (failed, mut puts) = tokio::sync::watch::channel((0, 0));
+        let archive = Arc::new(Watched {
+            inner: LocalArchive::open(&root).unwrap().counting(metrics.clone()),
+            failed,
+        });
+        // The archive folder is a file: every put fails until it is fixed.
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, b"").unwrap();
+        let settings = ArchiverSettings {
+            max_hits: 1000,
+            max_bytes: 1 << 20,
+            max_age: std::time::Duration::from_millis(10),
+        };
+        let archiver = Arc::new(Archiver::new(
+            archive,
+            metrics.clone(),
+            settings,
+            dir.path(),
+        ));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(archiver.run(queue.clone(), stop.clone()));
+        queue.publish(hits(3)).await.unwrap();
+        puts.wait_for(|&(failed, _)| failed >= 2).await.unwrap();
+        std::fs::remove_file(&root).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        puts.wait_for(|&(_, ok)| ok >= 1).await.unwrap();
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        let failed = puts.borrow().0;
+        assert_eq!(
+            metrics.adapter_errors.with_label_values(&["local"]).get(),
+            failed as u64,
+            "one count per failed put"
+        );
+        assert_eq!(metrics.archived_hits.get(), 3);
     }
 
     #[tokio::test]

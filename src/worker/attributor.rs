@@ -167,11 +167,8 @@ impl Attributor {
                 match self.process(&batch.hits, None).await {
                     Ok(o) => break Some(o),
                     Err(error) => {
+                        // The store adapter counted the failure itself.
                         attempt += 1;
-                        self.metrics
-                            .adapter_errors
-                            .with_label_values(&[self.store.name()])
-                            .inc();
                         warn!(%error, attempt, hits = batch.hits.len(), "Attributor could not write; will retry.");
                         // On shutdown the batch stays unacked: it is redelivered.
                         if !super::pause(super::backoff(attempt), &shutdown).await {
