@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark of POST /collect next to nginx serving an empty_gif with an
 # access log, in the same run, on this machine (loopback, wrk -t2 -c64).
-# Prints req/s and p99 for both and the ratio. Not a test: figures only.
+# Prints req/s and p99 for both, the ratio, and the CPU each process
+# (nginx, tally, a local broker, wrk) spent per request. Not a test:
+# figures only.
 #
 #   bench/collect.sh              # embedded durable queue (tally all)
 #   AMQP_URL=amqp://... bench/collect.sh   # through RabbitMQ (tally web + worker)
@@ -50,6 +52,7 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
+nginx_master=$!
 pids+=($!)
 
 # tally on a fresh data directory.
@@ -58,11 +61,11 @@ export TALLY_DATA_DIR="$work/data" RUST_LOG=warn
 site=$(./target/release/tally sites create --name bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["site"])')
 if [ -n "${AMQP_URL:-}" ]; then
   export AMQP_PREFIX="bench$$"
-  PORT=$TPORT ./target/release/tally web & pids+=($!)
-  ./target/release/tally worker & pids+=($!)
+  PORT=$TPORT ./target/release/tally web & pids+=($!); web_pid=$!
+  ./target/release/tally worker & pids+=($!); worker_pid=$!
   mode="rabbitmq (web + worker)"
 else
-  PORT=$TPORT ./target/release/tally all & pids+=($!)
+  PORT=$TPORT ./target/release/tally all & pids+=($!); web_pid=$!
   mode="embedded queue (tally all)"
 fi
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$TPORT/health" >/dev/null && break; sleep 0.1; done
@@ -74,23 +77,44 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"site":"$site","type":"pageview","url":"https://shop.example/landing?gclid=abc&utm_campaign=bench","vid":"v1","referrer":"https://google.com/"}'
 LUA
 
-run() { # name url [script]
-  local out
-  if [ -n "${3:-}" ]; then out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$3" "$2"); else out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2"); fi
-  local rps p99 non2xx
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+# CPU seconds (user + system, all threads) the given processes have used.
+cpu() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  python3 -c "print($t / $(getconf CLK_TCK))"; }
+# µs of CPU per request: cpu_per SECONDS_BEFORE SECONDS_AFTER REQUESTS
+cpu_per() { python3 -c "print(f'{($2 - $1) * 1e6 / max($3, 1):.1f}')"; }
+
+run() { # name url [script]; sets RPS, REQS and WRK_US (wrk's own CPU per request)
+  local out args=(-t2 -c"$CONNS" -d"$DURATION" --latency)
+  [ -n "${3:-}" ] && args+=(-s "$3")
+  # wrk as a child of python, so its CPU time can be read when it exits.
+  out=$(python3 -c 'import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(p.stdout); print("wrk_cpu", r.ru_utime + r.ru_stime)' wrk "${args[@]}" "$2")
+  local p99 non2xx
+  RPS=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  REQS=$(awk '/requests in/ {print $1}' <<<"$out")
+  WRK_US=$(cpu_per 0 "$(awk '/^wrk_cpu/ {print $2}' <<<"$out")" "$REQS")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  printf '%-40s %10s req/s   p99 %-8s non-2xx %s\n' "$1" "$rps" "$p99" "${non2xx:-0}" >&2
-  echo "$rps"
+  printf '%-40s %10s req/s   p99 %-8s non-2xx %s\n' "$1" "$RPS" "$p99" "${non2xx:-0}" >&2
 }
 echo "mode: $mode; wrk -t2 -c$CONNS -d$DURATION on 127.0.0.1" >&2
-n=$(run "nginx empty_gif + access_log" "http://127.0.0.1:$NPORT/collect")
+nginx_workers=$(pgrep -P "$nginx_master" | tr '\n' ' ')
+before=$(cpu $nginx_workers)
+run "nginx empty_gif + access_log" "http://127.0.0.1:$NPORT/collect"
+n=$RPS; nginx_us=$(cpu_per "$before" "$(cpu $nginx_workers)" "$REQS"); nginx_wrk_us=$WRK_US
 # The framework's own ceiling on this machine: tally's GET /health (no
 # body, no queue). Measured before the POST run, while the consumers are
 # idle: afterwards they work off the backlog and would share the cores.
-h=$(run "tally GET /health (actix-web ceiling)" "http://127.0.0.1:$TPORT/health")
-t=$(run "tally POST /collect ($mode)" "http://127.0.0.1:$TPORT/collect" "$work/post.lua")
+run "tally GET /health (actix-web ceiling)" "http://127.0.0.1:$TPORT/health"
+h=$RPS
+broker=""
+if [ -n "${AMQP_URL:-}" ]; then broker=$(pgrep -x beam.smp | head -1 || true); fi
+web_before=$(cpu $web_pid); worker_before=$(cpu ${worker_pid:-}); broker_before=$(cpu $broker)
+run "tally POST /collect ($mode)" "http://127.0.0.1:$TPORT/collect" "$work/post.lua"
+t=$RPS; tally_wrk_us=$WRK_US
+web_after=$(cpu $web_pid); worker_after=$(cpu ${worker_pid:-}); broker_after=$(cpu $broker)
 python3 -c "print(f'ratio tally/nginx: {float(\"$t\")/float(\"$n\"):.2f}  (GET /health/nginx: {float(\"$h\")/float(\"$n\"):.2f})')" >&2
 curl -s "http://127.0.0.1:$TPORT/metrics" | grep -E '^tally_(hits_accepted_total|queue_publish_batches_total|publish_batch_hits_(sum|count))' >&2 || true
 # How far behind the run left the consumers (attributor, archiver) and how
@@ -102,4 +126,16 @@ if [ -z "${AMQP_URL:-}" ]; then
   for _ in $(seq 600); do [ "$(depth)" = 0 ] && break; sleep 0.2; done
   left=$(depth)
   python3 -c "import time; t=time.time()-$start; print(f'consumers: {$behind} hits not yet acked at the end of the run; {$left} left {t:.1f} s later (the archiver closes a batch after ARCHIVE_BATCH_SECONDS)')" >&2
+  # tally all's CPU includes the consumers working off what the run left.
+  web_after=$(cpu $web_pid)
+fi
+accepted=$(curl -s "http://127.0.0.1:$TPORT/metrics" | awk '/^tally_hits_accepted_total/ {print $2}')
+echo "CPU per request (µs, user + system, all threads):" >&2
+echo "  nginx workers $nginx_us, wrk $nginx_wrk_us" >&2
+if [ -n "${AMQP_URL:-}" ]; then
+  broker_us="not on this machine"
+  [ -n "$broker" ] && broker_us=$(cpu_per "$broker_before" "$broker_after" "$accepted")
+  echo "  tally web $(cpu_per "$web_before" "$web_after" "$accepted"), tally worker $(cpu_per "$worker_before" "$worker_after" "$accepted") (during the run only), broker $broker_us, wrk $tally_wrk_us" >&2
+else
+  echo "  tally all $(cpu_per "$web_before" "$web_after" "$accepted") (until the consumers caught up), wrk $tally_wrk_us" >&2
 fi
