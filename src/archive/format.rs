@@ -19,11 +19,10 @@ use flate2::Compression;
 use super::ArchiveError;
 use crate::domain::Hit;
 
-/// One object to write: its key, its hits and their JSON lines.
+/// One object to write: its key and its hits' JSON lines.
 #[derive(Debug)]
 pub struct Object<'a> {
     pub key: String,
-    pub hits: Vec<&'a Hit>,
     lines: Vec<&'a [u8]>,
 }
 
@@ -78,17 +77,20 @@ pub fn day_prefix(day: NaiveDate) -> String {
 /// Splits hits (in queue order) and their lines (see [`Lines`]) into one
 /// object per partition.
 pub fn objects<'a>(hits: &'a [Hit], lines: &[&'a [u8]]) -> Vec<Object<'a>> {
-    let mut by_partition: BTreeMap<String, (Vec<&Hit>, Vec<&[u8]>)> = BTreeMap::new();
+    // Per partition: the id of its first hit (it names the object) and
+    // the lines.
+    let mut by_partition: BTreeMap<String, (uuid::Uuid, Vec<&[u8]>)> = BTreeMap::new();
     for (hit, &line) in hits.iter().zip(lines) {
-        let (hits, lines) = by_partition.entry(partition(hit)).or_default();
-        hits.push(hit);
-        lines.push(line);
+        by_partition
+            .entry(partition(hit))
+            .or_insert_with(|| (hit.id, Vec::new()))
+            .1
+            .push(line);
     }
     by_partition
         .into_iter()
-        .map(|(part, (hits, lines))| Object {
-            key: format!("{part}{}-{}.ndjson.gz", hits[0].id, hits.len()),
-            hits,
+        .map(|(part, (first, lines))| Object {
+            key: format!("{part}{first}-{}.ndjson.gz", lines.len()),
             lines,
         })
         .collect()

@@ -299,17 +299,18 @@ mod tests {
         assert_eq!(archived(&a).await.len(), 5);
     }
 
-    /// Passes puts to a real archive and reports how many failed.
+    /// Passes puts to a real archive and reports how many failed and how
+    /// many succeeded.
     struct Watched {
         inner: LocalArchive,
-        failed: tokio::sync::watch::Sender<(usize, usize)>,
+        puts: tokio::sync::watch::Sender<(usize, usize)>,
     }
 
     #[async_trait::async_trait]
     impl Archive for Watched {
         async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), ArchiveError> {
             let result = self.inner.put(key, body).await;
-            self.failed.send_modify(|(failed, ok)| match result {
+            self.puts.send_modify(|(failed, ok)| match result {
                 Ok(()) => *ok += 1,
                 Err(_) => *failed += 1,
             });
@@ -337,10 +338,10 @@ mod tests {
             crate::queue::local::LocalQueue::open(&dir.path().join("queue"), metrics.clone())
                 .unwrap();
         let root = dir.path().join("archive");
-        let (failed, mut puts) = tokio::sync::watch::channel((0, 0));
+        let (tx, mut puts) = tokio::sync::watch::channel((0, 0));
         let archive = Arc::new(Watched {
             inner: LocalArchive::open(&root).unwrap().counting(metrics.clone()),
-            failed,
+            puts: tx,
         });
         // The archive folder is a file: every put fails until it is fixed.
         std::fs::remove_dir(&root).unwrap();
