@@ -119,7 +119,7 @@ impl Metrics {
             adapter_errors: counter_vec(
                 &r,
                 "adapter_errors_total",
-                "Errors from a backend, by adapter.",
+                "Failed calls to a backend, by adapter; each counted once, by the adapter that made the call.",
                 &["adapter"],
             ),
             registry: r,
