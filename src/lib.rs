@@ -15,6 +15,7 @@
 //!   them once and runs the roles until shutdown.
 //! - [`telemetry`], [`metrics`]: logs with request ids, Prometheus text.
 //! - [`replay`]: archived hits back through the attributor (`tally replay`).
+//! - `test_support`: how tests that need a server skip, or fail in CI.
 
 pub mod archive;
 pub mod cli;
@@ -27,4 +28,6 @@ pub mod replay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod test_support;
 pub mod worker;

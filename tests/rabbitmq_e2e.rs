@@ -81,7 +81,7 @@ fn archived_ids(dir: &Path) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_and_two_workers_survive_a_killed_worker_and_a_broker_restart() {
     let Ok(url) = std::env::var(VAR) else {
-        eprintln!("skipped: {VAR} not set");
+        tally::test_support::skip(VAR);
         return;
     };
     let dir = tempfile::tempdir().unwrap();

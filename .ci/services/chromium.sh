@@ -2,6 +2,9 @@
 # starts chromedriver on a free loopback port and exports
 # TALLY_TEST_CHROMEDRIVER for the browser tests (tests/api/browser.rs).
 # Idempotent: a chromedriver already answering on the recorded port is reused.
+# Prints how long chromedriver took to answer.
+
+tally_chromium_started=$SECONDS
 
 tally_chromedriver_up() {
   curl -fsS --max-time 2 "$1/status" 2>/dev/null | grep -q '"ready": *true'
@@ -13,6 +16,7 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   apt-get update -qq
   apt-get install -y -qq chromium chromium-driver curl >/dev/null
 fi
+tally_chromium_boot=$SECONDS
 
 TALLY_CHROMEDRIVER_STATE=/tmp/tally-chromedriver.port
 if [ -s "$TALLY_CHROMEDRIVER_STATE" ] \
@@ -36,4 +40,5 @@ else
   echo "$tally_port" >"$TALLY_CHROMEDRIVER_STATE"
   export TALLY_TEST_CHROMEDRIVER="http://127.0.0.1:$tally_port"
 fi
-echo "chromedriver: $TALLY_TEST_CHROMEDRIVER"
+echo "chromedriver: answers on $TALLY_TEST_CHROMEDRIVER after $((SECONDS - tally_chromium_boot)) s" \
+  "(install and start: $((SECONDS - tally_chromium_started)) s)"

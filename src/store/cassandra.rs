@@ -1642,9 +1642,9 @@ pub(crate) mod live {
 
     /// A migrated store in a fresh keyspace, or `None` (test skipped).
     pub async fn cassandra_store() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {
-        let settings = Settings::from_env().ok()?;
+        let settings = Settings::from_env().expect("settings from the environment");
         let crate::config::StoreSettings::Cassandra(mut c) = settings.store else {
-            eprintln!("skipped: CASSANDRA_CONTACT_POINTS not set");
+            crate::test_support::skip("CASSANDRA_CONTACT_POINTS");
             return None;
         };
         c.keyspace = format!("tally_t_{}", Uuid::new_v4().simple());

@@ -4,8 +4,8 @@
 //! An adapter runs it with `store_conformance_tests!(factory)` inside its
 //! `#[cfg(test)]` module, where `factory` is
 //! `async fn() -> Option<(Arc<dyn Store>, Guard)>`. `None` means the backend
-//! is not configured (no server address in the environment): each test then
-//! prints `skipped: ...` and returns. The guard lives as long as the test
+//! is not configured (no server address in the environment): the factory
+//! has reported the skip (`test_support::skip`) and each test returns. The guard lives as long as the test
 //! (a temporary directory, a keyspace to drop...).
 //!
 //! Every case makes fresh random site keys, goal and hit ids, so cases may
@@ -52,7 +52,6 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let Some((store, _guard)) = $factory().await else {
-                    eprintln!(concat!("skipped: ", stringify!($case), ": store backend not configured"));
                     return;
                 };
                 $crate::store::conformance::$case(store).await;

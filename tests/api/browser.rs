@@ -110,7 +110,7 @@ where
     Fut: Future<Output = ()>,
 {
     let Ok(driver) = std::env::var(VAR) else {
-        eprintln!("skipped: {VAR} not set");
+        tally::test_support::skip(VAR);
         return;
     };
     let app = spawn_app().await;

@@ -13,7 +13,7 @@ use tally::worker::Archiver;
 
 fn settings() -> Option<S3Settings> {
     let Ok(endpoint) = std::env::var("TALLY_TEST_S3_ENDPOINT") else {
-        eprintln!("skipped: TALLY_TEST_S3_ENDPOINT not set");
+        tally::test_support::skip("TALLY_TEST_S3_ENDPOINT");
         return None;
     };
     Some(S3Settings {

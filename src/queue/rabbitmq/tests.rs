@@ -14,7 +14,7 @@ fn amqp_url() -> Option<String> {
     match std::env::var(VAR) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            eprintln!("skipped: {VAR} not set");
+            crate::test_support::skip(VAR);
             None
         }
     }
