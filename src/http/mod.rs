@@ -17,6 +17,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod collect;
+pub mod edge;
 pub mod errors;
 pub mod health;
 pub mod sites;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub archive: Option<Arc<dyn Archive>>,
     pub metrics: Arc<Metrics>,
     pub sites: Arc<sites::SiteDirectory>,
+    /// What the edge trusts and limits (proxies, rate, bots, salt).
+    pub edge: Arc<edge::Edge>,
 }
 
 /// Registers every route.
@@ -43,10 +46,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .allowed_methods(["GET", "POST"])
         .allow_any_header()
         .max_age(86_400);
-    // Malformed query strings answer our JSON error, not actix's text.
+    // Malformed query strings and bodies answer our JSON error, not
+    // actix's text (`edge::json_errors` catches whatever else slips by).
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest(format!("invalid query string: {err}")).into()
     }))
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::NotFound(format!("invalid path: {err}")).into()),
+    )
     .service(
         web::resource("/collect")
             .wrap(collect_cors)
