@@ -124,7 +124,9 @@ pub struct EdgeSettings {
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<SecretString>,
     /// Longest wait for the next piece of a request body before the
-    /// request is answered 408 (API.md: at most 10 s).
+    /// request is answered 408. API.md allows at most 10 s; actix then
+    /// lingers up to 1 s (`client_disconnect_timeout`) before the answer
+    /// leaves a connection whose body was not read to the end, so 9 s.
     pub body_stall_timeout: Duration,
 }
 
@@ -134,7 +136,7 @@ impl Default for EdgeSettings {
             trusted_proxy_hops: 0,
             rate_limit_per_ip: None,
             metrics_token: None,
-            body_stall_timeout: Duration::from_secs(10),
+            body_stall_timeout: Duration::from_secs(9),
         }
     }
 }

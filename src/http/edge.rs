@@ -296,20 +296,17 @@ fn reason_for(status: StatusCode, method: &str, path: &str) -> String {
 
 /// Middleware: any 4xx/5xx that is not already our JSON (actix's 405 on a
 /// resource, a CORS refusal, an extractor's text error, an error returned
-/// by an inner middleware) becomes `{"error": "<reason>"}` with the same
+/// answered by an inner middleware) becomes `{"error": "<reason>"}` with the same
 /// status and headers.
 pub async fn json_errors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let http_req = req.request().clone();
+    // Cloning the request here would break routing (it must be unique
+    // until matched); inner middlewares answer refusals as responses
+    // (CORS does), and an `Err` of ours renders as our JSON anyway.
     let (method, path) = (req.method().to_string(), req.path().to_owned());
-    let res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        // An error from an inner middleware (e.g. CORS) would otherwise be
-        // rendered as text after every middleware has run.
-        Err(e) => ServiceResponse::new(http_req, e.error_response()),
-    };
+    let res = next.call(req).await?.map_into_boxed_body();
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(res.headers()) {
         return Ok(res);

@@ -511,7 +511,11 @@ async fn f8_a_stalled_body_gets_408_within_10_seconds() {
     for (out, took) in [(a, ta), (b, tb)] {
         assert!(out.starts_with("HTTP/1.1 408"), "{out}");
         assert!(out.contains("\"error\""), "{out}");
-        assert!(took <= Duration::from_secs(11), "took {took:?}");
+        eprintln!(
+            "answer after {took:?}: {}",
+            out.lines().next().unwrap_or_default()
+        );
+        assert!(took <= Duration::from_millis(10_500), "took {took:?}");
         assert!(took >= Duration::from_secs(9), "too eager: {took:?}");
     }
     assert_eq!(
