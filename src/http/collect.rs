@@ -457,4 +457,181 @@ mod tests {
             .to_string()
             .contains("value"));
     }
+
+    // ---- the fuzz target of issue 15 -------------------------------------
+    //
+    // Property tests over what a hostile client controls: the raw body,
+    // hit objects with any field set to anything, and the pixel's query.
+    // They assert the parser and the stamper never panic and that every hit
+    // they accept is one the rest of tally can trust. Bounded by the case
+    // count (set below; generating nested hit objects costs ~0.1 s a case
+    // in a debug build on 2 cores, so that one runs fewer).
+
+    use crate::domain::hit::{valid_value, HitKind, MAX_FIELD_LEN, MAX_PROPS};
+    use crate::domain::VisitorSalt;
+    use proptest::prelude::*;
+
+    const FIELDS: &[&str] = &[
+        "site", "type", "name", "url", "referrer", "vid", "sid", "ts", "value", "currency",
+        "order_id", "props", "verified", "id", "ip",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("s_1".to_owned()),
+            Just("event".to_owned()),
+            Just("pageview".to_owned()),
+            Just("https://shop.example/?gclid=g&utm_source=x".to_owned()),
+            Just("javascript:alert(1)".to_owned()),
+            Just("data:text/html,<b>".to_owned()),
+            Just("http://[::1]:80/a".to_owned()),
+            Just("https://".to_owned()),
+            Just("EUR".to_owned()),
+            "[a-z:/.?=&%-]{0,40}",
+            ".{0,60}",
+            // Around the field length limit.
+            (2040usize..2060).prop_map(|n| "a".repeat(n)),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just(1e300),
+                Just(-900.0),
+                Just(1e12),
+                Just(-0.0),
+                Just(49.5)
+            ]
+            .prop_map(serde_json::Value::from),
+            text().prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                // Up to 34 entries: past the 30-property limit.
+                proptest::collection::btree_map(text(), inner, 0..34)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn hit_object() -> impl Strategy<Value = serde_json::Value> {
+        proptest::collection::btree_map(
+            prop_oneof![
+                proptest::sample::select(FIELDS).prop_map(str::to_owned),
+                text()
+            ],
+            json_value(),
+            0..14,
+        )
+        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+    }
+
+    fn stamp_for_tests() -> Stamp {
+        Stamp {
+            received_at: Utc::now(),
+            user_agent: Some("Mozilla/5.0".into()),
+            ip: Some("203.0.113.77".parse().expect("ip")),
+            request_id: None,
+            keep_full_ip: false,
+        }
+    }
+
+    /// What every accepted hit must be, whatever the client sent.
+    fn assert_trustworthy(hit: &Hit) -> Result<(), TestCaseError> {
+        prop_assert!(!hit.site.is_empty() && hit.site.len() <= MAX_FIELD_LEN);
+        prop_assert!(!hit.verified, "a body can never make a hit verified");
+        prop_assert!(!hit.vid.is_empty());
+        if let Some(v) = hit.value {
+            prop_assert!(valid_value(v), "value {v}");
+        }
+        match hit.kind {
+            HitKind::Event => prop_assert!(hit.name.is_some()),
+            HitKind::Pageview => prop_assert!(hit.url.is_some()),
+        }
+        if let Some(u) = &hit.url {
+            let parsed = url::Url::parse(u).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(matches!(parsed.scheme(), "http" | "https"), "{u}");
+            prop_assert!(hit.host().is_some_and(|h| !h.is_empty()), "{u}");
+        }
+        if let Some(c) = &hit.currency {
+            prop_assert!(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()));
+        }
+        prop_assert!(hit.props.len() <= MAX_PROPS);
+        for s in [&hit.name, &hit.url, &hit.referrer, &hit.sid, &hit.order_id]
+            .into_iter()
+            .flatten()
+        {
+            prop_assert!(!s.is_empty() && s.len() <= MAX_FIELD_LEN);
+        }
+        prop_assert_eq!(hit.ip.as_deref(), Some("203.0.113.0"));
+        // What the queue carries reads back as the same hit.
+        let line = serde_json::to_string(hit).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let back: Hit =
+            serde_json::from_str(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&back, hit);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_parse_or_are_refused_without_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_body(&body);
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn any_hit_objects_stamp_into_trustworthy_hits_or_a_reason(
+            items in proptest::collection::vec(hit_object(), 1..4),
+            batch: bool,
+        ) {
+            let body = if batch || items.len() > 1 {
+                serde_json::to_vec(&items)
+            } else {
+                serde_json::to_vec(&items[0])
+            }
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let salt = VisitorSalt::random();
+            if let Ok(raws) = parse_body(&body) {
+                prop_assert_eq!(raws.len(), items.len());
+                for raw in raws {
+                    match Hit::stamp_salted(raw, &stamp_for_tests(), &salt) {
+                        Ok(hit) => assert_trustworthy(&hit)?,
+                        Err(e) => prop_assert!(!e.to_string().is_empty()),
+                    }
+                }
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_pixel_query_stamps_into_a_trustworthy_hit_or_a_reason(
+            q in proptest::collection::btree_map(
+                prop_oneof![proptest::sample::select(FIELDS).prop_map(str::to_owned), text()],
+                text(),
+                0..12,
+            )
+        ) {
+            if let Ok(raw) = raw_from_query(&q) {
+                if let Ok(hit) = Hit::stamp(raw, &stamp_for_tests()) {
+                    assert_trustworthy(&hit)?;
+                }
+            }
+        }
+    }
 }

@@ -1545,6 +1545,8 @@ mod tests {
                 }
             }
             if let Some(cond) = cql.split(" IF ").nth(1) {
+                // `IF NOT EXISTS USING TTL ?`: the TTL is no column.
+                let cond = cond.split(" USING ").next().unwrap();
                 if cond != "NOT EXISTS" && cond != "EXISTS" {
                     used.push(cond.split_whitespace().next().unwrap().to_owned());
                 }
