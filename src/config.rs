@@ -105,6 +105,40 @@ pub struct Settings {
     /// HTTP worker threads (`WEB_CONCURRENCY`, which Heroku sets by dyno
     /// size); `None` lets actix-web use one per physical core.
     pub http_workers: Option<usize>,
+    /// What the HTTP edge trusts and limits.
+    pub edge: EdgeSettings,
+}
+
+/// What the HTTP edge trusts and limits (the "Security and privacy"
+/// section of the README says why each exists).
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Proxies in front that each append the address they saw to
+    /// `X-Forwarded-For` (`TRUSTED_PROXY_HOPS`; Heroku's router: 1). The
+    /// client is the Nth address from the right; 0 means the TCP peer is
+    /// the client and the header is ignored (anyone can write it).
+    pub trusted_proxy_hops: usize,
+    /// Hits per second per client address on `/collect`
+    /// (`RATE_LIMIT_PER_IP`); `None` means no limit.
+    pub rate_limit_per_ip: Option<std::num::NonZeroU32>,
+    /// When set, `/metrics` wants `Authorization: Bearer <token>`.
+    pub metrics_token: Option<SecretString>,
+    /// Longest wait for the next piece of a request body before the
+    /// request is answered 408. API.md allows at most 10 s; actix then
+    /// lingers up to 1 s (`client_disconnect_timeout`) before the answer
+    /// leaves a connection whose body was not read to the end, so 9 s.
+    pub body_stall_timeout: Duration,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            trusted_proxy_hops: 0,
+            rate_limit_per_ip: None,
+            metrics_token: None,
+            body_stall_timeout: Duration::from_secs(9),
+        }
+    }
 }
 
 impl Settings {
@@ -128,6 +162,7 @@ impl Settings {
             log_format: LogFormat::Pretty,
             shutdown_grace: Duration::from_secs(25),
             http_workers: None,
+            edge: EdgeSettings::default(),
         }
     }
 
@@ -221,6 +256,25 @@ impl Settings {
             }
             s.http_workers = Some(n);
         }
+        if let Some(v) = get("TRUSTED_PROXY_HOPS") {
+            s.edge.trusted_proxy_hops = parse("TRUSTED_PROXY_HOPS", &v)?;
+            if s.edge.trusted_proxy_hops > 16 {
+                return Err(ConfigError::Invalid {
+                    var: "TRUSTED_PROXY_HOPS",
+                    reason: "must be 0 to 16 (the proxies in front of tally)".into(),
+                });
+            }
+        }
+        if let Some(v) = get("RATE_LIMIT_PER_IP") {
+            s.edge.rate_limit_per_ip =
+                Some(
+                    parse("RATE_LIMIT_PER_IP", &v).map_err(|_| ConfigError::Invalid {
+                        var: "RATE_LIMIT_PER_IP",
+                        reason: format!("`{v}` is not a whole number of hits per second above 0"),
+                    })?,
+                );
+        }
+        s.edge.metrics_token = get("METRICS_TOKEN").map(SecretString::from);
         if let Some(v) = get("RUST_LOG") {
             s.log_filter = v;
         }
@@ -354,6 +408,35 @@ mod tests {
             from(&[("WEB_CONCURRENCY", "3")]).unwrap().http_workers,
             Some(3)
         );
+    }
+
+    #[test]
+    fn edge_settings_default_to_trusting_nothing_and_limiting_nothing() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.edge.trusted_proxy_hops, 0);
+        assert!(s.edge.rate_limit_per_ip.is_none());
+        assert!(s.edge.metrics_token.is_none());
+        let s = from(&[
+            ("TRUSTED_PROXY_HOPS", "1"),
+            ("RATE_LIMIT_PER_IP", "20"),
+            ("METRICS_TOKEN", "sekrit"),
+        ])
+        .unwrap();
+        assert_eq!(s.edge.trusted_proxy_hops, 1);
+        assert_eq!(s.edge.rate_limit_per_ip.map(|n| n.get()), Some(20));
+        assert!(
+            !format!("{s:?}").contains("sekrit"),
+            "token leaked in Debug"
+        );
+        for (var, bad) in [
+            ("RATE_LIMIT_PER_IP", "0"),
+            ("RATE_LIMIT_PER_IP", "lots"),
+            ("TRUSTED_PROXY_HOPS", "-1"),
+            ("TRUSTED_PROXY_HOPS", "99"),
+        ] {
+            let err = from(&[(var, bad)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub struct Metrics {
     registry: Registry,
     pub hits_accepted: IntCounter,
     pub hits_rejected: IntCounterVec,
+    pub hits_ignored: IntCounterVec,
     pub publish_batches: IntCounterVec,
     pub publish_batch_hits: Histogram,
     pub publish_confirms: IntCounter,
@@ -68,7 +69,13 @@ impl Metrics {
             hits_rejected: counter_vec(
                 &r,
                 "hits_rejected_total",
-                "Hits refused, by reason.",
+                "Hits refused, by reason; a body that could not be read as hits counts as one.",
+                &["reason"],
+            ),
+            hits_ignored: counter_vec(
+                &r,
+                "hits_ignored_total",
+                "Hits answered 2xx but counted nowhere, by reason (bot: a known crawler or automation tool).",
                 &["reason"],
             ),
             publish_batches: counter_vec(

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
-use crate::http::{self, sites::SiteDirectory, AppState};
+use crate::http::{self, edge::Edge, sites::SiteDirectory, AppState};
 use crate::metrics::Metrics;
 use crate::queue::local::{LocalQueue, LocalQueueOptions};
 use crate::queue::rabbitmq::RabbitMqQueue;
@@ -114,6 +114,7 @@ impl Application {
         };
         let state = AppState {
             sites: Arc::new(SiteDirectory::new(store.clone())),
+            edge: Arc::new(Edge::new(settings.edge.clone(), store.clone())),
             queue,
             store,
             archive,
@@ -176,6 +177,10 @@ impl Application {
                 let mut server = HttpServer::new(move || {
                     App::new()
                         .app_data(data.clone())
+                        // Innermost first: stalled bodies become 408s, every
+                        // error gets the JSON shape, the request id goes on all.
+                        .wrap(actix_web::middleware::from_fn(http::edge::body_stall))
+                        .wrap(actix_web::middleware::from_fn(http::edge::json_errors))
                         .wrap(actix_web::middleware::from_fn(crate::telemetry::request_id))
                         .configure(http::routes)
                 });

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::attribution::Model;
-use super::hit::{Hit, HitKind, PropValue};
+use super::hit::{valid_value, Hit, HitKind, PropValue, MAX_VALUE};
 
 pub const DEFAULT_WINDOW_DAYS: u16 = 30;
 pub const MAX_WINDOW_DAYS: u16 = 365;
@@ -61,6 +61,7 @@ pub struct GoalDraft {
     pub model: Option<Model>,
     pub window_days: Option<u16>,
     pub count: Option<CountMode>,
+    pub verified_only: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,7 +74,7 @@ pub enum GoalError {
     Pattern(String),
     #[error("`window_days` must be between 1 and {MAX_WINDOW_DAYS}")]
     Window,
-    #[error("`value` must be a finite number")]
+    #[error("`value` must be a finite number from 0 to {MAX_VALUE:e}")]
     Value,
     #[error("`{0}` must not be empty")]
     Empty(&'static str),
@@ -91,6 +92,10 @@ pub struct Goal {
     pub model: Model,
     pub window_days: u16,
     pub count: CountMode,
+    /// Counts only hits sent by the site's backend with an API key, so an
+    /// anonymous hit can never claim this goal's order ids or visitors.
+    #[serde(default)]
+    pub verified_only: bool,
     pub created_at: DateTime<Utc>,
     #[serde(skip)]
     compiled: Option<Regex>,
@@ -106,6 +111,7 @@ impl PartialEq for Goal {
             && self.model == other.model
             && self.window_days == other.window_days
             && self.count == other.count
+            && self.verified_only == other.verified_only
             && self.created_at == other.created_at
     }
 }
@@ -170,7 +176,7 @@ impl Goal {
         if !(1..=MAX_WINDOW_DAYS).contains(&window_days) {
             return Err(GoalError::Window);
         }
-        if draft.value.is_some_and(|v| !v.is_finite()) {
+        if draft.value.is_some_and(|v| !valid_value(v)) {
             return Err(GoalError::Value);
         }
         let mut matcher = draft.matcher;
@@ -196,6 +202,7 @@ impl Goal {
             model: draft.model.unwrap_or_default(),
             window_days,
             count: draft.count.unwrap_or_default(),
+            verified_only: draft.verified_only.unwrap_or(false),
             created_at,
         })
     }
@@ -208,8 +215,11 @@ impl Goal {
 
     /// Whether a hit completes this goal. Event goals match events by
     /// name; URL goals match page views by path (query string ignored).
+    /// A `verified_only` goal never matches an unverified hit, so such a
+    /// hit never reaches the order-id or once-per-visitor claims for it.
     pub fn matches(&self, hit: &Hit) -> bool {
-        if hit.site != self.site || !self.props_match(hit) {
+        if hit.site != self.site || (self.verified_only && !hit.verified) || !self.props_match(hit)
+        {
             return false;
         }
         let m = &self.matcher;
@@ -358,6 +368,41 @@ mod tests {
             goal(serde_json::json!({"match": {"url": "(", "op": "regex"}})).unwrap_err(),
             GoalError::Pattern(_)
         ));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused() {
+        for bad in [-900.0, -0.01, 1e300, 1e12 + 1.0] {
+            assert_eq!(
+                goal(serde_json::json!({"match": {"event": "a"}, "value": bad})).unwrap_err(),
+                GoalError::Value,
+                "{bad}"
+            );
+        }
+        for ok in [0.0, 100.0, 1e12] {
+            goal(serde_json::json!({"match": {"event": "a"}, "value": ok})).unwrap();
+        }
+    }
+
+    #[test]
+    fn verified_only_goal_ignores_unverified_hits() {
+        let g =
+            goal(serde_json::json!({"match": {"event": "buy"}, "verified_only": true})).unwrap();
+        assert!(g.verified_only);
+        let mut h = hit(
+            "event",
+            Some("buy"),
+            "https://x.example/",
+            serde_json::json!(null),
+        );
+        assert!(!g.matches(&h));
+        h.verified = true;
+        assert!(g.matches(&h));
+        // Stored goals written before the field existed read as false.
+        let mut json = serde_json::to_value(&g).unwrap();
+        json.as_object_mut().unwrap().remove("verified_only");
+        let old: Goal = serde_json::from_value(json).unwrap();
+        assert!(!old.verified_only);
     }
 
     #[test]

@@ -18,6 +18,53 @@ use uuid::Uuid;
 pub const MAX_FIELD_LEN: usize = 2048;
 /// Most properties a hit may carry.
 pub const MAX_PROPS: usize = 30;
+/// Largest conversion value a hit or a goal may carry. Far above any real
+/// order, and small enough that no sum of them a report makes can leave
+/// the range where `f64` arithmetic (and its rounding) stays finite.
+pub const MAX_VALUE: f64 = 1e12;
+
+/// Whether `v` is a conversion value tally accepts: finite, 0 ≤ v ≤ 1e12.
+/// Refunds and corrections are not negative hits: an anonymous client
+/// must never be able to lower another visitor's numbers.
+pub fn valid_value(v: f64) -> bool {
+    v.is_finite() && (0.0..=MAX_VALUE).contains(&v)
+}
+
+/// The secret mixed into visitor ids derived from address and user agent.
+/// The edge uses one shared by every web process that rotates each UTC
+/// day, and deletes old ones, so a stored id cannot be joined back to an
+/// address once its day is over (as Plausible does). Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VisitorSalt([u8; 32]);
+
+impl VisitorSalt {
+    pub fn random() -> VisitorSalt {
+        VisitorSalt(rand::random())
+    }
+
+    /// A salt read back from the store; `None` unless exactly 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<VisitorSalt> {
+        bytes.try_into().ok().map(VisitorSalt)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for VisitorSalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VisitorSalt(..)")
+    }
+}
+
+/// The salt [`Hit::stamp`] uses: random per process, never stored, so
+/// even a caller that forgets the shared daily salt derives ids nobody
+/// can reverse (they are just not shared between processes).
+fn process_salt() -> &'static VisitorSalt {
+    static SALT: std::sync::OnceLock<VisitorSalt> = std::sync::OnceLock::new();
+    SALT.get_or_init(VisitorSalt::random)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -227,6 +274,9 @@ pub struct Hit {
     /// through the queue into the workers' logs.
     pub request_id: Option<String>,
     pub marketing: Marketing,
+    /// Sent by the site's own backend with one of its API keys (never set
+    /// from the body). Goals with `verified_only` count only these.
+    pub verified: bool,
 }
 
 /// The flat wire form of a [`Hit`], for reading. Absent `Option` fields
@@ -252,6 +302,8 @@ struct HitWire {
     user_agent: Option<String>,
     ip: Option<String>,
     request_id: Option<String>,
+    #[serde(default)]
+    verified: bool,
     gclid: Option<String>,
     gbraid: Option<String>,
     wbraid: Option<String>,
@@ -288,6 +340,7 @@ impl From<HitWire> for Hit {
             user_agent: w.user_agent,
             ip: w.ip,
             request_id: w.request_id,
+            verified: w.verified,
             marketing: Marketing {
                 gclid: w.gclid,
                 gbraid: w.gbraid,
@@ -342,6 +395,8 @@ struct HitWireRef<'a> {
     ip: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     gclid: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,6 +448,7 @@ impl Serialize for Hit {
             user_agent: &self.user_agent,
             ip: &self.ip,
             request_id: &self.request_id,
+            verified: self.verified,
             gclid: &m.gclid,
             gbraid: &m.gbraid,
             wbraid: &m.wbraid,
@@ -481,8 +537,15 @@ pub fn anonymise_ip(ip: IpAddr) -> IpAddr {
 
 impl Hit {
     /// Validates a raw hit and stamps it with an id and the request's
-    /// metadata. The site key is checked for presence only.
+    /// metadata. The site key is checked for presence only. Visitor ids it
+    /// derives use a salt private to this process; the edge calls
+    /// [`Hit::stamp_salted`] with the shared daily one.
     pub fn stamp(raw: RawHit, stamp: &Stamp) -> Result<Hit, HitError> {
+        Self::stamp_salted(raw, stamp, process_salt())
+    }
+
+    /// [`Hit::stamp`], deriving missing visitor ids with `salt`.
+    pub fn stamp_salted(raw: RawHit, stamp: &Stamp, salt: &VisitorSalt) -> Result<Hit, HitError> {
         let site = text("site", raw.site)?.ok_or(HitError::Missing("site"))?;
         let kind = match raw.kind.as_deref() {
             None | Some("pageview") => HitKind::Pageview,
@@ -502,10 +565,7 @@ impl Hit {
             _ => {}
         }
         let marketing = match &url {
-            Some(u) => Marketing::from_parsed(
-                &url::Url::parse(u)
-                    .map_err(|e| invalid("url", format!("not an absolute URL ({e})")))?,
-            ),
+            Some(u) => Marketing::from_parsed(&page_url(u)?),
             None => Marketing::default(),
         };
         let client_ts = match raw.ts {
@@ -517,8 +577,11 @@ impl Hit {
             ),
         };
         if let Some(v) = raw.value {
-            if !v.is_finite() {
-                return Err(invalid("value", "must be a finite number"));
+            if !valid_value(v) {
+                return Err(invalid(
+                    "value",
+                    format!("must be a finite number from 0 to {MAX_VALUE:e}"),
+                ));
             }
         }
         let currency = text("currency", raw.currency)?;
@@ -531,7 +594,7 @@ impl Hit {
         let user_agent = stamp.user_agent.clone().map(truncate);
         let vid = match text("vid", raw.vid)? {
             Some(v) => v,
-            None => derived_visitor(&site, stamp.ip, user_agent.as_deref()),
+            None => derived_visitor(salt, &site, stamp.ip, user_agent.as_deref()),
         };
         let ip = stamp.ip.map(|ip| {
             if stamp.keep_full_ip {
@@ -559,7 +622,15 @@ impl Hit {
             user_agent,
             ip: ip.map(|ip| ip.to_string()),
             request_id: stamp.request_id.clone(),
+            verified: false,
         })
+    }
+
+    /// The host of the hit's page URL, lower-cased (URLs are parsed when
+    /// stamped, so a stamped hit's URL always has one when it has a URL).
+    pub fn host(&self) -> Option<String> {
+        let u = url::Url::parse(self.url.as_deref()?).ok()?;
+        u.host_str().map(str::to_ascii_lowercase)
     }
 
     /// The URL's path, without query or fragment, for URL goals.
@@ -608,10 +679,30 @@ fn props(
         .collect()
 }
 
-/// A stable, non-reversible visitor id for hits that carry none. It uses
-/// the full IP before anonymisation, so it never leaves this function.
-fn derived_visitor(site: &str, ip: Option<IpAddr>, ua: Option<&str>) -> String {
+/// A page URL: absolute, `http` or `https`, with a host. Anything else
+/// (`javascript:`, `data:`, `file:`) is not a page a visitor saw.
+fn page_url(raw: &str) -> Result<url::Url, HitError> {
+    let u =
+        url::Url::parse(raw).map_err(|e| invalid("url", format!("not an absolute URL ({e})")))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(invalid(
+            "url",
+            format!("scheme `{}` is not http or https", u.scheme()),
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("url", "has no host"));
+    }
+    Ok(u)
+}
+
+/// A visitor id for hits that carry none: a keyed hash of site, full IP
+/// and user agent. The key (salt) is secret and rotates daily, so trying
+/// the 256 last octets of a stored /24 finds nothing once the salt is
+/// gone. The full IP never leaves this function.
+fn derived_visitor(salt: &VisitorSalt, site: &str, ip: Option<IpAddr>, ua: Option<&str>) -> String {
     let mut h = Sha256::new();
+    h.update(salt.as_bytes());
     h.update(site.as_bytes());
     h.update([0]);
     h.update(ip.map(|i| i.to_string()).unwrap_or_default().as_bytes());

@@ -12,6 +12,6 @@ pub mod site;
 
 pub use attribution::{attribute, Conversion, Credit, Model, Touchpoint};
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, UrlOp};
-pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp};
+pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp, VisitorSalt};
 pub use report::{CreditRow, GroupKey, Report, ReportQuery, ReportRow};
 pub use site::{ApiKey, Site};

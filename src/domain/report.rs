@@ -110,8 +110,25 @@ type Key = (
 );
 
 /// Rounds away float dust (0.1 + 0.2) so sums of shares read cleanly.
+/// Never makes a number non-finite (JSON would print it as `null`): past
+/// 1e6 there is no dust worth rounding at nine decimals anyway.
 fn tidy(x: f64) -> f64 {
+    if !x.is_finite() {
+        return 0.0;
+    }
+    if x.abs() >= 1e6 {
+        return x;
+    }
     (x * 1e9).round() / 1e9
+}
+
+/// The worth of a credit row, or `None` for a row no report should sum: a
+/// value outside 0..=1e12 or a credit outside 0..=1 can only have been
+/// stored before tally checked them, and one such row must not turn a
+/// whole report into `null`.
+fn worth(r: &CreditRow) -> Option<f64> {
+    let sane = crate::domain::hit::valid_value(r.value) && (0.0..=1.0).contains(&r.credit);
+    sane.then_some(r.credit * r.value)
 }
 
 /// Groups rows that fall in the query's range (and goal) by its keys.
@@ -124,7 +141,9 @@ pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>)
         if r.day < query.from || r.day > query.to || query.goal.is_some_and(|g| g != r.goal) {
             continue;
         }
-        let worth = r.credit * r.value;
+        let Some(worth) = worth(&r) else {
+            continue;
+        };
         total.conversions += r.credit;
         total.value += worth;
         let key: Key = (
@@ -250,6 +269,26 @@ mod tests {
             }]
         );
         assert!(aggregate(&query(""), vec![]).rows.is_empty());
+    }
+
+    #[test]
+    fn hostile_values_never_make_a_report_null() {
+        let r = aggregate(
+            &query("day"),
+            vec![
+                row(20, "g", None, 1.0, 1e300),
+                row(20, "g", None, 1.0, -900.0),
+                row(20, "g", None, 1.0, f64::NAN),
+                row(20, "g", None, 1.0, 1e12),
+                row(20, "g", None, 1.0, 1e12),
+            ],
+        );
+        assert_eq!(r.total.value, 2e12);
+        assert_eq!(r.total.conversions, 2.0);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["rows"][0]["value"].is_number(), "{json}");
+        assert_eq!(tidy(f64::INFINITY), 0.0);
+        assert_eq!(tidy(0.1 + 0.2), 0.3);
     }
 
     #[test]

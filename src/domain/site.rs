@@ -32,6 +32,31 @@ impl Site {
     }
 }
 
+/// Whether a page on `host` may send hits for a site with these domains:
+/// any host when the site lists none, else one of them or a subdomain of
+/// one (`www.shop.example` for `shop.example`, never
+/// `shop.example.evil.example`). Case and a trailing dot do not matter;
+/// a port written into a domain is ignored.
+pub fn host_allowed(domains: &[String], host: &str) -> bool {
+    if domains.is_empty() {
+        return true;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    domains.iter().any(|d| {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        let d = match d.rsplit_once(':') {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name.to_owned()
+            }
+            _ => d,
+        };
+        let d = d.trim_start_matches("*.");
+        !d.is_empty() && (host == d || host.strip_suffix(d).is_some_and(|rest| rest.ends_with('.')))
+    })
+}
+
 /// A freshly minted API key. `secret` exists only in this value; the store
 /// keeps `hash` and `prefix` (for revocation by prefix).
 #[derive(Debug, Clone)]
@@ -73,6 +98,31 @@ mod tests {
         assert_eq!(ApiKey::hash(&key.secret), key.hash);
         assert!(key.secret.starts_with(&key.prefix));
         assert_ne!(ApiKey::mint("s_x").secret, key.secret);
+    }
+
+    #[test]
+    fn hosts_must_be_a_domain_or_a_subdomain_of_one() {
+        let d = vec!["shop.example".to_owned(), "Other.Example.".to_owned()];
+        for ok in [
+            "shop.example",
+            "www.shop.example",
+            "a.b.shop.example",
+            "SHOP.example.",
+            "other.example",
+        ] {
+            assert!(host_allowed(&d, ok), "{ok}");
+        }
+        for bad in [
+            "shop.example.evil.example",
+            "evilshop.example",
+            "example",
+            "localhost",
+            "",
+        ] {
+            assert!(!host_allowed(&d, bad), "{bad}");
+        }
+        assert!(host_allowed(&[], "anything.example"));
+        assert!(host_allowed(&["127.0.0.1:8080".to_owned()], "127.0.0.1"));
     }
 
     #[test]

@@ -27,16 +27,7 @@ impl FromRequest for Bearer {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|t| t.trim().to_owned());
-        ready(Ok(Bearer(token)))
+        ready(Ok(Bearer(super::edge::bearer_token(req.headers()))))
     }
 }
 
@@ -151,12 +142,18 @@ pub struct ReportParams {
     group_by: Option<String>,
 }
 
+/// A report day: `YYYY-MM-DD` in years 1970 to 9999. chrono parses years
+/// far outside that (`-262143-01-15`), where date arithmetic overflows.
 fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-        ApiError::BadRequest(format!(
-            "`{name}` must be a date like 2026-11-20, not `{raw}`"
-        ))
-    })
+    use chrono::Datelike;
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .filter(|d| (1970..=9999).contains(&d.year()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`{name}` must be a date from 1970-01-01 to 9999-12-31 like 2026-11-20, not `{raw}`"
+            ))
+        })
 }
 
 impl ReportParams {
@@ -204,10 +201,21 @@ pub async fn conversions(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let query = params.query()?;
-    let rows = state
+    let mut rows = state
         .store
         .credit_rows(&auth.site, query.from, query.to, query.goal)
         .await?;
+    // A deleted goal leaves every report. Its conversion rows are kept
+    // (the explain endpoint still shows them) and dropped here, at read
+    // time, so deleting stays one small write.
+    let live: std::collections::HashSet<Uuid> = state
+        .store
+        .goals(&auth.site)
+        .await?
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    rows.retain(|r| live.contains(&r.goal));
     Ok(HttpResponse::Ok().json(aggregate(&query, rows)))
 }
 

@@ -28,6 +28,12 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body made no progress for too long.
+    #[error("request body stalled: send it without pauses of 10 s or more")]
+    Timeout,
+    /// Past `RATE_LIMIT_PER_IP`; the client may retry after the duration.
+    #[error("too many hits from this address; retry after {} s", retry_secs(.0))]
+    TooManyRequests(std::time::Duration),
     /// A backend cannot take the request now; the client should retry.
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +51,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Timeout => "timeout",
+            ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -59,6 +67,8 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -75,10 +85,22 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
+            ApiError::TooManyRequests(wait) => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(retry_secs(wait))));
+            }
+            // The body is left unread: the connection cannot be reused.
+            ApiError::Timeout => {
+                res.force_close();
+            }
             _ => {}
         }
         res.json(serde_json::json!({ "error": self.to_string() }))
     }
+}
+
+/// Whole seconds to wait (`Retry-After` has no fractions), at least 1.
+fn retry_secs(wait: &std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl From<StoreError> for ApiError {

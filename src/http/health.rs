@@ -60,8 +60,16 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// Prometheus text; with `METRICS_TOKEN` set, only for that bearer token
+/// (the counters tell traffic and error rates to whoever reads them).
+pub async fn metrics(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, super::ApiError> {
+    if !state.edge.metrics_allowed(&req) {
+        return Err(super::ApiError::Unauthorized);
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }

@@ -17,6 +17,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod collect;
+pub mod edge;
 pub mod errors;
 pub mod health;
 pub mod sites;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub archive: Option<Arc<dyn Archive>>,
     pub metrics: Arc<Metrics>,
     pub sites: Arc<sites::SiteDirectory>,
+    /// What the edge trusts and limits (proxies, rate, bots, salt).
+    pub edge: Arc<edge::Edge>,
 }
 
 /// Registers every route.
@@ -43,10 +46,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .allowed_methods(["GET", "POST"])
         .allow_any_header()
         .max_age(86_400);
-    // Malformed query strings answer our JSON error, not actix's text.
+    // Malformed query strings and bodies answer our JSON error, not
+    // actix's text (`edge::json_errors` catches whatever else slips by).
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest(format!("invalid query string: {err}")).into()
     }))
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::NotFound(format!("invalid path: {err}")).into()),
+    )
     .service(
         web::resource("/collect")
             .wrap(collect_cors)
@@ -54,18 +62,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(collect::post)),
     )
     .service(snippet::resource())
-    .route("/health", web::get().to(health::health))
-    .route("/ready", web::get().to(health::ready))
-    .route("/metrics", web::get().to(health::metrics))
+    // Resources (not bare routes), so a wrong method is a 405 naming the
+    // path rather than a 404.
+    .service(web::resource("/health").get(health::health))
+    .service(web::resource("/ready").get(health::ready))
+    .service(web::resource("/metrics").get(health::metrics))
     .service(
         web::scope("/api/v1")
-            .route("/goals", web::get().to(api::list_goals))
-            .route("/goals", web::post().to(api::create_goal))
-            .route("/goals/{id}", web::get().to(api::get_goal))
-            .route("/goals/{id}", web::put().to(api::replace_goal))
-            .route("/goals/{id}", web::delete().to(api::delete_goal))
-            .route("/conversions", web::get().to(api::conversions))
-            .route("/conversions/{hit_id}", web::get().to(api::explain)),
+            .service(
+                web::resource("/goals")
+                    .get(api::list_goals)
+                    .post(api::create_goal),
+            )
+            .service(
+                web::resource("/goals/{id}")
+                    .get(api::get_goal)
+                    .put(api::replace_goal)
+                    .delete(api::delete_goal),
+            )
+            .service(web::resource("/conversions").get(api::conversions))
+            .service(web::resource("/conversions/{hit_id}").get(api::explain)),
     )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))

@@ -1,7 +1,8 @@
-//! Which site keys exist, answered from memory on the `/collect` hot path.
+//! Which site keys exist, and their domains, answered from memory on the
+//! `/collect` hot path.
 //!
 //! Known sites are cached for the life of the process (sites are never
-//! deleted); unknown keys are remembered briefly so a flood of hits with a
+//! deleted, and their domains are set when they are created); unknown keys are remembered briefly so a flood of hits with a
 //! bad key does not become a flood of store reads, yet a site created a
 //! moment ago by another process is accepted within seconds.
 
@@ -13,9 +14,17 @@ use crate::store::{Store, StoreError};
 
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// A site's allowed domains (empty: any host).
+pub type Domains = Arc<[String]>;
+
+enum Entry {
+    Known(Domains),
+    Missing(Instant),
+}
+
 pub struct SiteDirectory {
     store: Arc<dyn Store>,
-    known: RwLock<HashMap<String, Option<Instant>>>,
+    known: RwLock<HashMap<String, Entry>>,
 }
 
 impl SiteDirectory {
@@ -26,25 +35,32 @@ impl SiteDirectory {
         }
     }
 
-    /// Whether the site key exists. `Some(instant)` in the map marks a key
-    /// found missing at that time; `None` marks a known site.
+    /// Whether the site key exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.domains(key).await?.is_some())
+    }
+
+    /// The site's domains, or `None` when no such site exists.
+    pub async fn domains(&self, key: &str) -> Result<Option<Domains>, StoreError> {
         if let Ok(map) = self.known.read() {
             match map.get(key) {
-                Some(None) => return Ok(true),
-                Some(Some(at)) if at.elapsed() < NEGATIVE_TTL => return Ok(false),
+                Some(Entry::Known(d)) => return Ok(Some(d.clone())),
+                Some(Entry::Missing(at)) if at.elapsed() < NEGATIVE_TTL => return Ok(None),
                 _ => {}
             }
         }
-        let found = self.store.site(key).await?.is_some();
+        let found: Option<Domains> = self.store.site(key).await?.map(|s| s.domains.into());
         if let Ok(mut map) = self.known.write() {
             // Bound the negative cache against random-key floods.
             if map.len() > 100_000 {
-                map.retain(|_, v| v.is_none());
+                map.retain(|_, v| matches!(v, Entry::Known(_)));
             }
             map.insert(
                 key.to_owned(),
-                if found { None } else { Some(Instant::now()) },
+                match &found {
+                    Some(d) => Entry::Known(d.clone()),
+                    None => Entry::Missing(Instant::now()),
+                },
             );
         }
         Ok(found)

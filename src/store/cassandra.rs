@@ -51,7 +51,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -77,56 +77,72 @@ const TOUCHPOINT_WRITES_IN_FLIGHT: usize = 32;
 
 /// The versioned schema: `(version, statements)`, applied in order by
 /// [`CassandraStore::migrate`]. `{ks}` is the keyspace. Every statement is
-/// `IF NOT EXISTS`, so a migration interrupted half-way simply runs again.
-pub const MIGRATIONS: &[(i32, &[&str])] = &[(
-    1,
-    &[
-        // By site key: the collector resolves a site per request.
-        "CREATE TABLE IF NOT EXISTS {ks}.sites (\
+/// `IF NOT EXISTS`, or an `ALTER TABLE … ADD` (Cassandra 4.0 and ScyllaDB
+/// have no `ADD IF NOT EXISTS`) that the recorded version guards and that
+/// `migrate` treats as done when the column is already there, so a
+/// migration interrupted half-way simply runs again.
+pub const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
+        1,
+        &[
+            // By site key: the collector resolves a site per request.
+            "CREATE TABLE IF NOT EXISTS {ks}.sites (\
            site_key text PRIMARY KEY, name text, domains list<text>, \
            created_at timestamp, created_at_ns int)",
-        // By key hash: every API request resolves its bearer token here.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
+            // By key hash: every API request resolves its bearer token here.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
            hash text PRIMARY KEY, site text, prefix text, revoked boolean)",
-        // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
+            // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
            prefix text, hash text, site text, PRIMARY KEY ((prefix), hash))",
-        // By site: the attributor reads all of a site's goals per batch.
-        "CREATE TABLE IF NOT EXISTS {ks}.goals (\
+            // By site: the attributor reads all of a site's goals per batch.
+            "CREATE TABLE IF NOT EXISTS {ks}.goals (\
            site text, id uuid, name text, matcher text, default_value double, \
            model text, window_days int, count_mode text, \
            created_at timestamp, created_at_ns int, \
            PRIMARY KEY ((site), id))",
-        // By (site, visitor), newest first: attribution reads one
-        // visitor's clicks in a window; rows expire after the longest one.
-        "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
+            // By (site, visitor), newest first: attribution reads one
+            // visitor's clicks in a window; rows expire after the longest one.
+            "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
            site text, vid text, at timestamp, hit uuid, at_ns int, \
            source text, medium text, campaign text, ad text, \
            click_param text, click_value text, \
            PRIMARY KEY ((site, vid), at, hit)) \
          WITH CLUSTERING ORDER BY (at DESC, hit ASC) \
          AND default_time_to_live = {ttl}",
-        // By (site, hit): the per-hit claim and the explain endpoint.
-        "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
+            // By (site, hit): the per-hit claim and the explain endpoint.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
            site text, hit uuid, goal uuid, body text, complete boolean, \
            PRIMARY KEY ((site, hit), goal))",
-        // By (site, day, bucket): a report reads days x buckets partitions,
-        // none of them unbounded however busy a day is.
-        "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
+            // By (site, day, bucket): a report reads days x buckets partitions,
+            // none of them unbounded however busy a day is.
+            "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
            site text, day date, bucket int, goal uuid, hit uuid, idx int, \
            source text, medium text, campaign text, ad text, \
            credit double, conv_value double, \
            PRIMARY KEY ((site, day, bucket), goal, hit, idx))",
-        // By (site, goal, order_id): one conversion per order, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
+            // By (site, goal, order_id): one conversion per order, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
            site text, goal uuid, order_id text, hit uuid, \
            PRIMARY KEY ((site, goal, order_id)))",
-        // By (site, goal, visitor): `once_per_visitor`, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
+            // By (site, goal, visitor): `once_per_visitor`, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
            site text, goal uuid, vid text, hit uuid, \
            PRIMARY KEY ((site, goal, vid)))",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            // Goals that count only hits sent with an API key.
+            "ALTER TABLE {ks}.goals ADD verified_only boolean",
+            // By UTC day: the secret salt of derived visitor ids, one per day,
+            // shared by every web process; rows expire soon after their day.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_salts (\
+           day date PRIMARY KEY, salt text)",
+        ],
+    ),
+];
 
 /// Which row in `schema_version` this application owns.
 const SCHEMA_COMPONENT: &str = "tally";
@@ -167,6 +183,25 @@ fn schema_version_cql(ks: &str) -> String {
         "CREATE TABLE IF NOT EXISTS {ks}.schema_version (\
            component text PRIMARY KEY, version int, applied_at timestamp)"
     )
+}
+
+/// Whether a failed `ALTER TABLE … ADD` failed because the column is
+/// already there (Cassandra: "conflicts with an existing column";
+/// ScyllaDB: "already exists").
+fn column_exists(e: &StoreError) -> bool {
+    let m = e.to_string();
+    m.contains("conflicts with an existing column") || m.contains("already exist")
+}
+
+/// Seconds a day's visitor salt is kept: until the end of that UTC day,
+/// plus an hour for clocks that lag, then Cassandra deletes it.
+pub fn salt_ttl_seconds(day: NaiveDate, now: DateTime<Utc>) -> i32 {
+    let end = day
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(1, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    (end - now).num_seconds().clamp(60, 2 * 86_400) as i32
 }
 
 /// A migration statement with the keyspace and constants filled in.
@@ -390,6 +425,8 @@ pub struct Statements {
     insert_credit: PreparedStatement,
     select_credits: PreparedStatement,
     select_credits_for_goal: PreparedStatement,
+    claim_salt: PreparedStatement,
+    delete_salt: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -401,9 +438,9 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("select_api_key", "SELECT site, revoked FROM {ks}.api_keys WHERE hash = ?"),
     ("select_api_keys_by_prefix", "SELECT hash FROM {ks}.api_keys_by_prefix WHERE prefix = ?"),
     ("revoke_api_key", "UPDATE {ks}.api_keys SET revoked = true WHERE hash = ?"),
-    ("insert_goal", "INSERT INTO {ks}.goals (site, id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_goals", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns FROM {ks}.goals WHERE site = ?"),
-    ("select_goal", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns FROM {ks}.goals WHERE site = ? AND id = ?"),
+    ("insert_goal", "INSERT INTO {ks}.goals (site, id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_goals", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ?"),
+    ("select_goal", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ? AND id = ?"),
     ("delete_goal", "DELETE FROM {ks}.goals WHERE site = ? AND id = ? IF EXISTS"),
     ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
@@ -416,6 +453,8 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+    ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
+    ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
 ];
 
 impl Statements {
@@ -464,6 +503,8 @@ impl Statements {
             insert_credit: take("insert_credit")?,
             select_credits: take("select_credits")?,
             select_credits_for_goal: take("select_credits_for_goal")?,
+            claim_salt: take("claim_salt")?,
+            delete_salt: take("delete_salt")?,
         })
     }
 }
@@ -523,6 +564,7 @@ type GoalRow = (
     Option<String>,
     Option<DateTime<Utc>>,
     Option<i32>,
+    Option<bool>,
 );
 
 type TouchpointRow = (
@@ -731,7 +773,8 @@ impl CassandraStore {
     }
 
     fn goal_from_row(site: &str, row: GoalRow) -> Result<Goal, StoreError> {
-        let (id, name, matcher, value, model, window, count, created, created_ns) = row;
+        let (id, name, matcher, value, model, window, count, created, created_ns, verified_only) =
+            row;
         let matcher: GoalMatch = serde_json::from_str(matcher.as_deref().unwrap_or("{}"))
             .map_err(|e| corrupt("goal", e))?;
         let model = match model.as_deref() {
@@ -758,6 +801,7 @@ impl CassandraStore {
             "model": model,
             "window_days": window_days,
             "count": count,
+            "verified_only": verified_only.unwrap_or(false),
             "created_at": created_at,
         }))
         .map_err(|e| corrupt("goal", e))?;
@@ -818,7 +862,11 @@ impl Store for CassandraStore {
         let current = self.schema_version().await?.unwrap_or(0);
         for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
             for cql in *statements {
-                self.ddl(render(cql, ks)).await?;
+                match self.ddl(render(cql, ks)).await {
+                    // An `ADD` that an interrupted run already applied.
+                    Err(e) if cql.starts_with("ALTER TABLE") && column_exists(&e) => {}
+                    other => other?,
+                }
             }
             self.session
                 .query_unpaged(
@@ -973,6 +1021,7 @@ impl Store for CassandraStore {
                     count,
                     created,
                     created_ns,
+                    goal.verified_only,
                 ),
             )
             .await
@@ -1112,6 +1161,32 @@ impl Store for CassandraStore {
         debug!("Completing a conversion claimed by an earlier delivery.");
         self.write_credits(&stored).await?;
         Ok(Recorded::Inserted)
+    }
+
+    async fn daily_salt(&self, day: NaiveDate, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let st = self.st().await?;
+        let ttl = salt_ttl_seconds(day, Utc::now());
+        // First writer wins (an LWT), so every web process derives the same
+        // ids today; the losing write learns the winner's salt from it.
+        let claim = self
+            .lwt(&st.claim_salt, (day, hex::encode(candidate), ttl))
+            .await?;
+        let salt = if claim.applied {
+            candidate.to_vec()
+        } else {
+            let stored = claim
+                .text("salt")
+                .ok_or_else(|| corrupt("visitor salt", "no salt in the row"))?;
+            hex::decode(stored).map_err(|e| corrupt("visitor salt", e))?
+        };
+        // Yesterday's expires by TTL within the hour; delete it now anyway.
+        if let Some(yesterday) = day.pred_opt() {
+            self.session
+                .execute_unpaged(&st.delete_salt, (yesterday,))
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        Ok(salt)
     }
 
     async fn credit_rows(
@@ -1282,6 +1357,17 @@ mod tests {
         for (_, statements) in MIGRATIONS {
             for cql in *statements {
                 let cql = render(cql, "ks");
+                if let Some(add) = cql.strip_prefix("ALTER TABLE ks.") {
+                    let (name, col) = add.split_once(" ADD ").unwrap();
+                    let mut words = col.split_whitespace();
+                    let (cname, ty) = (words.next().unwrap(), words.next().unwrap());
+                    assert!(["text", "int", "double", "boolean"].contains(&ty), "{cql}");
+                    let table: &mut Table = out
+                        .get_mut(name)
+                        .unwrap_or_else(|| panic!("ALTER of an undeclared table: {cql}"));
+                    assert!(table.columns.insert(cname.to_owned()), "{cql}: added twice");
+                    continue;
+                }
                 let rest = cql
                     .strip_prefix("CREATE TABLE IF NOT EXISTS ks.")
                     .unwrap_or_else(|| {
@@ -1346,7 +1432,7 @@ mod tests {
     #[test]
     fn schema_is_plain_cql_that_cassandra_4_accepts() {
         let tables = tables();
-        assert_eq!(tables.len(), 9);
+        assert_eq!(tables.len(), 10);
         for (name, t) in &tables {
             for c in &t.columns {
                 assert!(
@@ -1369,7 +1455,10 @@ mod tests {
             for bad in FORBIDDEN {
                 assert!(!lower.contains(bad), "`{bad}` in {cql}");
             }
-            assert!(lower.contains("if not exists"), "not idempotent: {cql}");
+            assert!(
+                lower.contains("if not exists") || lower.starts_with("alter table ks."),
+                "not idempotent: {cql}"
+            );
             assert_eq!(cql.matches('(').count(), cql.matches(')').count(), "{cql}");
             assert!(
                 !cql.contains('{') || cql.contains("replication"),
@@ -1456,6 +1545,8 @@ mod tests {
                 }
             }
             if let Some(cond) = cql.split(" IF ").nth(1) {
+                // `IF NOT EXISTS USING TTL ?`: the TTL is no column.
+                let cond = cond.split(" USING ").next().unwrap();
                 if cond != "NOT EXISTS" && cond != "EXISTS" {
                     used.push(cond.split_whitespace().next().unwrap().to_owned());
                 }

@@ -45,6 +45,8 @@ macro_rules! store_conformance_tests {
             conversions_for_hit_round_trip_with_credits,
             concurrent_claims_of_one_order_insert_exactly_once,
             migrate_twice_is_fine,
+            verified_only_goal_round_trips,
+            daily_salt_is_shared_and_earlier_days_are_deleted,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -602,4 +604,48 @@ pub async fn migrate_twice_is_fine(store: Arc<dyn Store>) {
     store.migrate().await.unwrap();
     store.check().await.unwrap();
     assert_eq!(store.site(&site.key).await.unwrap(), Some(site));
+}
+
+pub async fn verified_only_goal_round_trips(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let mut g = goal(&site.key, "purchase", Model::LastClick);
+    g.verified_only = true;
+    store.put_goal(&g).await.unwrap();
+    assert_eq!(store.goal(&site.key, g.id).await.unwrap(), Some(g.clone()));
+    g.verified_only = false;
+    store.put_goal(&g).await.unwrap();
+    assert!(
+        !store
+            .goal(&site.key, g.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .verified_only
+    );
+}
+
+pub async fn daily_salt_is_shared_and_earlier_days_are_deleted(store: Arc<dyn Store>) {
+    let day = Utc::now().date_naive();
+    let tomorrow = day.succ_opt().unwrap();
+    // Concurrent first takers (several web processes) all get one salt.
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.daily_salt(day, &[i; 32]).await.unwrap() })
+        })
+        .collect();
+    let mut got = BTreeSet::new();
+    for t in tasks {
+        got.insert(t.await.unwrap());
+    }
+    assert_eq!(got.len(), 1, "one salt per day: {got:?}");
+    let today = got.into_iter().next().unwrap();
+    assert_eq!(store.daily_salt(day, &[99; 32]).await.unwrap(), today);
+    // A new day gets its own salt, and the old one is gone for good: asking
+    // for that day again cannot give back the salt it had.
+    assert_eq!(
+        store.daily_salt(tomorrow, &[7; 32]).await.unwrap(),
+        vec![7; 32]
+    );
+    assert_ne!(store.daily_salt(day, &[42; 32]).await.unwrap(), today);
 }

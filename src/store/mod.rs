@@ -118,6 +118,12 @@ pub trait Store: Send + Sync + 'static {
         conversion: &Conversion,
         once_per_visitor: bool,
     ) -> Result<Recorded, StoreError>;
+    /// The secret salt of derived visitor ids for UTC `day`: the stored one,
+    /// or `candidate` if none is stored yet (first writer wins, so every
+    /// web process gets the same). Salts of earlier days are deleted, so a
+    /// derived id cannot be recomputed once its day is over.
+    async fn daily_salt(&self, day: NaiveDate, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+
     /// Credit rows of conversions on UTC days `from..=to`.
     async fn credit_rows(
         &self,

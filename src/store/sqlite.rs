@@ -43,6 +43,9 @@
 //! order_claims(site, goal_id, order_id, hit_id)        PK (site, goal_id, order_id)
 //! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)
 //! ```
+//! Version 2 adds `visitor_salts(day PK, salt hex)`: one secret per UTC
+//! day for derived visitor ids; earlier days' rows are deleted when a new
+//! day's salt is taken. (Goals' `verified_only` lives in their JSON body.)
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -66,7 +69,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sites (
     key        TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -143,7 +147,14 @@ CREATE TABLE visitor_claims (
     hit_id  TEXT NOT NULL,
     PRIMARY KEY (site, goal_id, vid)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE visitor_salts (
+    day  TEXT PRIMARY KEY,
+    salt TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -698,6 +709,26 @@ impl Store for SqliteStore {
                 tx.commit()?;
             }
             Ok(recorded)
+        })
+        .await
+    }
+
+    async fn daily_salt(&self, day: NaiveDate, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (day, candidate) = (day_text(day), hex::encode(candidate));
+        self.write("daily_salt", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO visitor_salts (day, salt) VALUES (?1, ?2)",
+                params![day, candidate],
+            )?;
+            tx.execute("DELETE FROM visitor_salts WHERE day < ?1", params![day])?;
+            let salt: String = tx.query_row(
+                "SELECT salt FROM visitor_salts WHERE day = ?1",
+                params![day],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            hex::decode(salt).map_err(|e| StoreError::Rejected(format!("stored visitor salt: {e}")))
         })
         .await
     }

@@ -92,6 +92,9 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run",
             "--disable-dev-shm-usage",
+            // Headless Chromium says `HeadlessChrome`, which tally ignores
+            // as automation; these tests stand for a person's browser.
+            "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
             format!("--user-data-dir={}", profile.display()),
         ]}),
     );

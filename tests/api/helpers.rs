@@ -48,7 +48,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("app builds");
     let store = app.state().store.clone();
     let queue = app.state().queue.clone();
-    let site = Site::new("Test shop", vec!["shop.example".into()], chrono::Utc::now());
+    // 127.0.0.1: the browser tests' shop page is served there.
+    let site = Site::new(
+        "Test shop",
+        vec!["shop.example".into(), "127.0.0.1".into()],
+        chrono::Utc::now(),
+    );
     store.create_site(&site).await.expect("site");
     let key = ApiKey::mint(&site.key);
     store.add_api_key(&key).await.expect("key");

@@ -10,3 +10,4 @@ mod helpers;
 mod ops;
 mod replay;
 mod s3;
+mod security;
