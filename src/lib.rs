@@ -10,7 +10,9 @@
 //! - [`queue`], [`store`], [`archive`]: one port (trait) each, with an
 //!   embedded adapter and a production adapter beside it.
 //! - [`worker`]: the attributor and archiver consumers.
-//! - [`http`]: collect, snippet, REST API, health; one error-to-status map.
+//! - [`http`]: collect, snippet, REST API, health; one error-to-status map;
+//!   `http::edge`, what the edge trusts and refuses (proxies, API keys on
+//!   `/collect`, bots, rate limits, stalled bodies, the daily visitor salt).
 //! - [`config`]: the typed `Settings`; [`startup`]: picks adapters from
 //!   them once and runs the roles until shutdown.
 //! - [`telemetry`], [`metrics`]: logs with request ids, Prometheus text.

@@ -500,9 +500,7 @@ async fn stall(app: &TestApp, head: &str) -> (String, Duration) {
 #[tokio::test]
 async fn f8_a_stalled_body_gets_408_within_10_seconds() {
     let app = spawn_app().await;
-    let collect = format!(
-        "POST /collect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    );
+    let collect = "POST /collect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n".to_owned();
     let goals = format!(
         "POST /api/v1/goals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
         app.api_key
