@@ -39,10 +39,12 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{DuplicateReason, Recorded, Store, StoreError};
+use super::{BatchRecorded, Candidate, Store, StoreError};
+
+mod batch;
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{
@@ -51,7 +53,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -78,7 +80,8 @@ const TOUCHPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// The versioned schema: `(version, statements)`, applied in order by
 /// [`CassandraStore::migrate`]. `{ks}` is the keyspace. Every statement is
 /// `IF NOT EXISTS`, so a migration interrupted half-way simply runs again.
-pub const MIGRATIONS: &[(i32, &[&str])] = &[(
+pub const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
     1,
     &[
         // By site key: the collector resolves a site per request.
@@ -126,7 +129,20 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[(
            site text, goal uuid, vid text, hit uuid, \
            PRIMARY KEY ((site, goal, vid)))",
     ],
-)];
+    ),
+    (
+        2,
+        &[
+            // By (site, visitor), by time: a touchpoint processed late
+            // finds the conversions it precedes and re-credits them. Rows
+            // live as long as touchpoints do.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_visitor (\
+               site text, vid text, at timestamp, hit uuid, goal uuid, body text, \
+               PRIMARY KEY ((site, vid), at, hit, goal)) \
+             WITH default_time_to_live = {ttl}",
+        ],
+    ),
+];
 
 /// Which row in `schema_version` this application owns.
 const SCHEMA_COMPONENT: &str = "tally";
@@ -390,6 +406,10 @@ pub struct Statements {
     insert_credit: PreparedStatement,
     select_credits: PreparedStatement,
     select_credits_for_goal: PreparedStatement,
+    insert_conversion_by_visitor: PreparedStatement,
+    select_conversions_by_visitor: PreparedStatement,
+    update_conversion_body: PreparedStatement,
+    delete_credits_from: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -416,6 +436,12 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+    ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("select_conversions_by_visitor", "SELECT hit, goal, body FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at >= ?"),
+    ("update_conversion_body", "UPDATE {ks}.conversions_by_hit SET body = ? WHERE site = ? AND hit = ? AND goal = ?"),
+    // A range delete on the last clustering column: the credit rows past a
+    // re-credited split's new length.
+    ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
 ];
 
 impl Statements {
@@ -464,6 +490,10 @@ impl Statements {
             insert_credit: take("insert_credit")?,
             select_credits: take("select_credits")?,
             select_credits_for_goal: take("select_credits_for_goal")?,
+            insert_conversion_by_visitor: take("insert_conversion_by_visitor")?,
+            select_conversions_by_visitor: take("select_conversions_by_visitor")?,
+            update_conversion_body: take("update_conversion_body")?,
+            delete_credits_from: take("delete_credits_from")?,
         })
     }
 }
@@ -555,6 +585,11 @@ pub struct CassandraStore {
     statements: OnceCell<Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
+    /// Visitors of one batch written at once.
+    max_in_flight: usize,
+    /// Sum of the time every batch statement spent in flight, in
+    /// nanoseconds: divided by wall time it is the mean number in flight.
+    busy_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl CassandraStore {
@@ -623,6 +658,8 @@ impl CassandraStore {
             statements: OnceCell::new(),
             check_statement,
             metrics,
+            max_in_flight: settings.max_in_flight.max(1),
+            busy_nanos: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -633,6 +670,13 @@ impl CassandraStore {
 
     pub fn keyspace(&self) -> &str {
         &self.keyspace
+    }
+
+    /// Total time the attributor's statements have spent in flight, summed
+    /// over statements: the benchmark divides it by wall time to get the
+    /// mean number of statements in flight.
+    pub fn statement_busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_nanos.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A failed call to the cluster: counted here, once, for every caller.
@@ -1056,62 +1100,12 @@ impl Store for CassandraStore {
             .collect())
     }
 
-    #[tracing::instrument(skip_all, fields(site = %c.site, hit_id = %c.hit_id, goal_id = %c.goal_id))]
-    async fn record_conversion(
+    async fn record_batch(
         &self,
-        c: &Conversion,
-        once_per_visitor: bool,
-    ) -> Result<Recorded, StoreError> {
-        let st = self.st().await?;
-        // 1. Claims, each an LWT. A claim already held by this same hit is
-        //    ours from an earlier delivery that did not finish: go on.
-        let mut took_order = false;
-        if let Some(order_id) = &c.order_id {
-            let claim = self
-                .lwt(&st.claim_order, (&c.site, c.goal_id, order_id, c.hit_id))
-                .await?;
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
-            }
-            took_order = true;
-        }
-        if once_per_visitor {
-            let claim = self
-                .lwt(&st.claim_visitor, (&c.site, c.goal_id, &c.vid, c.hit_id))
-                .await?;
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                if let (true, Some(order_id)) = (took_order, &c.order_id) {
-                    // This hit does not count, so it must not keep the
-                    // order id from a later hit of another visitor.
-                    self.lwt(&st.release_order, (&c.site, c.goal_id, order_id, c.hit_id))
-                        .await?;
-                }
-                return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
-            }
-        }
-        // 2. The per-hit claim stores the conversion itself, so a later
-        //    delivery finishes exactly what the first one started.
-        let body = serde_json::to_string(c)
-            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        let claim = self
-            .lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
-            .await?;
-        if claim.applied {
-            self.write_credits(c).await?;
-            return Ok(Recorded::Inserted);
-        }
-        if claim.boolean("complete") == Some(true) {
-            return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
-        }
-        // 3. Claimed earlier but its rows may be missing (a crash between
-        //    claim and rows): complete them from the stored conversion.
-        let stored: Conversion = match claim.text("body") {
-            Some(b) => serde_json::from_str(b).map_err(|e| corrupt("conversion", e))?,
-            None => c.clone(),
-        };
-        debug!("Completing a conversion claimed by an earlier delivery.");
-        self.write_credits(&stored).await?;
-        Ok(Recorded::Inserted)
+        touchpoints: &[Touchpoint],
+        candidates: &[Candidate],
+    ) -> Result<BatchRecorded, StoreError> {
+        batch::record_batch(self, touchpoints, candidates).await
     }
 
     async fn credit_rows(
@@ -1597,6 +1591,7 @@ pub(crate) mod live {
     use super::*;
     use crate::config::Settings;
     use crate::domain::Credit;
+    use crate::store::{DuplicateReason, Recorded};
 
     /// Drops the test keyspace when the test ends. A fresh session on its
     /// own thread and runtime, so it works whatever runtime the test used.
@@ -1667,27 +1662,26 @@ pub(crate) mod live {
             order_id: order.map(Into::into),
             model: Model::Linear,
             window_days: 30,
-            credits: vec![
-                Credit {
-                    touchpoint: Some(Uuid::now_v7()),
-                    source: "google".into(),
-                    medium: Some("cpc".into()),
-                    campaign: Some("bf".into()),
-                    ad: None,
-                    at: Some(Utc::now()),
-                    credit: 0.5,
-                },
-                Credit {
-                    touchpoint: None,
-                    source: "(direct)".into(),
-                    medium: None,
-                    campaign: None,
-                    ad: None,
-                    at: None,
-                    credit: 0.5,
-                },
-            ],
+            // What the store computes for a visitor without touchpoints.
+            credits: vec![Credit {
+                touchpoint: None,
+                source: "(direct)".into(),
+                medium: None,
+                campaign: None,
+                ad: None,
+                at: None,
+                credit: 1.0,
+            }],
         }
+    }
+
+    /// One candidate on its own, as the attributor writes it.
+    async fn rec(store: &Arc<dyn Store>, c: &Conversion, once_per_visitor: bool) -> Recorded {
+        let cand = Candidate {
+            conversion: c.clone(),
+            once_per_visitor,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap().recorded[0].clone()
     }
 
     #[tokio::test]
@@ -1768,38 +1762,38 @@ pub(crate) mod live {
         let (site, goal) = ("s_t", Uuid::now_v7());
         let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
         assert_eq!(
-            store.record_conversion(&first, false).await.unwrap(),
+            rec(&store, &first, false).await,
             Recorded::Inserted
         );
         assert_eq!(
-            store.record_conversion(&first, false).await.unwrap(),
+            rec(&store, &first, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
         );
         let same_order = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
         assert_eq!(
-            store.record_conversion(&same_order, false).await.unwrap(),
+            rec(&store, &same_order, false).await,
             Recorded::Duplicate(DuplicateReason::OrderId)
         );
         let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
         let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
         assert_eq!(
-            store.record_conversion(&a, true).await.unwrap(),
+            rec(&store, &a, true).await,
             Recorded::Inserted
         );
         assert_eq!(
-            store.record_conversion(&b, true).await.unwrap(),
+            rec(&store, &b, true).await,
             Recorded::Duplicate(DuplicateReason::Visitor)
         );
         // b did not count, so its order id is free for another hit.
         let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
         assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
+            rec(&store, &c, false).await,
             Recorded::Inserted
         );
 
         let day = first.at.date_naive();
         let rows = store.credit_rows(site, day, day, None).await.unwrap();
-        assert_eq!(rows.len(), 6, "three conversions, two credits each");
+        assert_eq!(rows.len(), 3, "three conversions, one credit each");
         let total: f64 = rows.iter().map(|r| r.credit).sum();
         assert!((total - 3.0).abs() < 1e-9);
         assert!(store
@@ -1844,7 +1838,7 @@ pub(crate) mod live {
             .is_empty());
 
         assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
+            rec(&store, &c, false).await,
             Recorded::Inserted
         );
         let day = c.at.date_naive();
@@ -1854,10 +1848,10 @@ pub(crate) mod live {
                 .await
                 .unwrap()
                 .len(),
-            2
+            1
         );
         assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
+            rec(&store, &c, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
         );
     }

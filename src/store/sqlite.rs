@@ -56,7 +56,9 @@ use rusqlite::{
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{DuplicateReason, Recorded, Store, StoreError};
+use super::{BatchRecorded, Candidate, Store, StoreError};
+
+mod batch;
 use crate::domain::{ApiKey, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint};
 use crate::metrics::Metrics;
 
@@ -143,7 +145,40 @@ CREATE TABLE visitor_claims (
     hit_id  TEXT NOT NULL,
     PRIMARY KEY (site, goal_id, vid)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // 2: every hit that matched a goal is kept as a candidate, so what
+    // counts can be settled from all of them whatever order they came in
+    // (earliest wins an order id or a once-per-visitor goal). Conversions
+    // counted before this version become candidates; `order_claims` and
+    // `visitor_claims` are no longer written.
+    r#"
+CREATE TABLE candidates (
+    hit_id           TEXT NOT NULL,
+    goal_id          TEXT NOT NULL,
+    site             TEXT NOT NULL,
+    vid              TEXT NOT NULL,
+    at_ns            INTEGER NOT NULL,
+    value            REAL NOT NULL,
+    currency         TEXT,
+    order_id         TEXT,
+    model            TEXT NOT NULL,
+    window_days      INTEGER NOT NULL,
+    once_per_visitor INTEGER NOT NULL,
+    PRIMARY KEY (hit_id, goal_id)
+) WITHOUT ROWID;
+CREATE INDEX candidates_visitor ON candidates (site, goal_id, vid, at_ns, hit_id);
+CREATE INDEX candidates_order ON candidates (site, goal_id, order_id, at_ns, hit_id)
+    WHERE order_id IS NOT NULL;
+CREATE INDEX conversions_visitor ON conversions (site, vid, at_ns);
+CREATE INDEX conversions_goal_visitor ON conversions (site, goal_id, vid);
+INSERT OR IGNORE INTO candidates
+    SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
+           c.model, c.window_days,
+           EXISTS (SELECT 1 FROM visitor_claims v
+                   WHERE v.site = c.site AND v.goal_id = c.goal_id AND v.hit_id = c.hit_id)
+    FROM conversions c;
+"#,
+];
 
 fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -298,65 +333,10 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
     })
 }
 
-/// The dedup decision and the inserts, inside the caller's transaction.
-fn record_in(
-    tx: &Transaction<'_>,
-    c: &Conversion,
-    once_per_visitor: bool,
-) -> Result<Recorded, StoreError> {
-    let hit = c.hit_id.to_string();
-    let goal = c.goal_id.to_string();
-    let same: Option<i64> = tx
-        .query_row(
-            "SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
-            params![hit, goal],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if same.is_some() {
-        return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
-    }
-    if let Some(order) = &c.order_id {
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT hit_id FROM order_claims WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
-                params![c.site, goal, order],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if holder.is_some_and(|h| h != hit) {
-            return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
-        }
-    }
-    if once_per_visitor {
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT hit_id FROM visitor_claims WHERE site = ?1 AND goal_id = ?2 AND vid = ?3",
-                params![c.site, goal, c.vid],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if holder.is_some_and(|h| h != hit) {
-            return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
-        }
-    }
-    let at_ns = nanos(c.at)?;
-    tx.execute(
-        "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            hit,
-            goal,
-            c.site,
-            c.vid,
-            at_ns,
-            c.value,
-            c.currency,
-            c.order_id,
-            c.model.as_str(),
-            c.window_days
-        ],
-    )?;
+/// Writes a counted conversion's credit rows (keyed by hit, goal and
+/// position), inside the caller's transaction.
+fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError> {
+    let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
     let day = day_text(c.at.date_naive());
     let mut insert_credit = tx.prepare_cached(
         "INSERT INTO conversion_credits
@@ -381,19 +361,7 @@ fn record_in(
             c.value
         ])?;
     }
-    if let Some(order) = &c.order_id {
-        tx.execute(
-            "INSERT OR IGNORE INTO order_claims (site, goal_id, order_id, hit_id) VALUES (?1, ?2, ?3, ?4)",
-            params![c.site, goal, order, hit],
-        )?;
-    }
-    if once_per_visitor {
-        tx.execute(
-            "INSERT OR IGNORE INTO visitor_claims (site, goal_id, vid, hit_id) VALUES (?1, ?2, ?3, ?4)",
-            params![c.site, goal, c.vid, hit],
-        )?;
-    }
-    Ok(Recorded::Inserted)
+    Ok(())
 }
 
 impl SqliteStore {
@@ -683,21 +651,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_conversion(
+    async fn record_batch(
         &self,
-        conversion: &Conversion,
-        once_per_visitor: bool,
-    ) -> Result<Recorded, StoreError> {
-        let c = conversion.clone();
-        self.write("record_conversion", move |conn| {
+        touchpoints: &[Touchpoint],
+        candidates: &[Candidate],
+    ) -> Result<BatchRecorded, StoreError> {
+        if touchpoints.is_empty() && candidates.is_empty() {
+            return Ok(BatchRecorded::default());
+        }
+        let (tps, cands) = (touchpoints.to_vec(), candidates.to_vec());
+        self.write("record_batch", move |conn| {
             // IMMEDIATE takes the write lock before the dedup reads, so no
-            // other writer can claim the order or visitor in between.
+            // other writer can change a group in between; one commit (one
+            // fsync) for the whole batch.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let recorded = record_in(&tx, &c, once_per_visitor)?;
-            if recorded == Recorded::Inserted {
-                tx.commit()?;
-            }
-            Ok(recorded)
+            let out = batch::record_batch_in(&tx, &tps, &cands)?;
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }
@@ -818,6 +788,10 @@ mod tests {
     }
 
     store_conformance_tests!(sqlite);
+    mod earliest_wins {
+        use super::sqlite;
+        store_conformance_tests!(earliest_wins sqlite);
+    }
 
     #[tokio::test]
     async fn reopened_file_keeps_data_and_exact_instants() {
@@ -918,7 +892,11 @@ mod tests {
             window_days: 30,
             credits: vec![],
         };
-        store.record_conversion(&c, false).await.unwrap();
+        let cand = crate::store::Candidate {
+            conversion: c.clone(),
+            once_per_visitor: false,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap();
         let c = Conversion {
             hit_id: Uuid::now_v7(),
             credits: vec![Credit {
@@ -932,12 +910,16 @@ mod tests {
             }],
             ..c
         };
-        store.record_conversion(&c, false).await.unwrap();
+        let cand = crate::store::Candidate {
+            conversion: c.clone(),
+            once_per_visitor: false,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap();
         let rows = store
             .credit_rows("s_x", NaiveDate::MIN, NaiveDate::MAX, None)
             .await
             .unwrap();
-        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.len(), 2);
     }
 
     #[tokio::test]
