@@ -526,11 +526,15 @@ mod tests {
     }
 
     fn spec(orders: bool) -> impl Strategy<Value = Spec> {
-        let order = if orders { 0u8..4 } else { 0u8..1 };
+        let order = if orders {
+            prop::option::weighted(0.4, 0u8..4).boxed()
+        } else {
+            Just(None).boxed()
+        };
         (
             0u8..4,
             prop::option::weighted(0.5, 0u8..3),
-            prop::option::weighted(if orders { 0.4 } else { 0.0 }, order),
+            order,
             0u32..(14 * 24 * 60),
         )
     }

@@ -219,6 +219,33 @@ fn recredit_visitor(
     Ok(changed)
 }
 
+/// What a candidate the store already holds amounts to: a redelivery of a
+/// counted one, or the reason it does not count.
+fn redelivered(tx: &Transaction<'_>, c: &Conversion) -> Result<Recorded, StoreError> {
+    let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
+    let counted: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
+            params![hit, goal],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if counted.is_some() {
+        return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
+    }
+    let stored_order: Option<String> = tx.query_row(
+        "SELECT order_id FROM candidates WHERE hit_id = ?1 AND goal_id = ?2",
+        params![hit, goal],
+        |r| r.get(0),
+    )?;
+    if let Some(order) = stored_order {
+        if order_holder(tx, &c.site, &goal, &order)?.as_deref() != Some(hit.as_str()) {
+            return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
+        }
+    }
+    Ok(Recorded::Duplicate(DuplicateReason::Visitor))
+}
+
 /// The whole batch, inside `tx`.
 pub(super) fn record_batch_in(
     tx: &Transaction<'_>,
@@ -316,14 +343,13 @@ pub(super) fn record_batch_in(
                 cand.conversion.goal_id.to_string(),
             );
             if same_hit.contains(&i) {
-                Recorded::Duplicate(DuplicateReason::SameHit)
-            } else {
-                verdicts
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or(Recorded::Duplicate(DuplicateReason::SameHit))
+                return redelivered(tx, &cand.conversion);
             }
+            Ok(verdicts
+                .get(&key)
+                .cloned()
+                .unwrap_or(Recorded::Duplicate(DuplicateReason::SameHit)))
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     Ok(out)
 }
