@@ -58,7 +58,9 @@ fn goals(site: &str) -> Vec<Goal> {
     }
     for i in 0..5 {
         drafts.push(serde_json::json!({"match": {"url": format!("^/checkout/{i}/(step|done)-[0-9]+$"), "op": "regex"}}));
-        drafts.push(serde_json::json!({"match": {"url": format!("/thanks/{i}/**"), "op": "wildcard"}}));
+        drafts.push(
+            serde_json::json!({"match": {"url": format!("/thanks/{i}/**"), "op": "wildcard"}}),
+        );
     }
     drafts
         .into_iter()
@@ -145,7 +147,10 @@ async fn run(name: &str, store: Arc<dyn Store>, cassandra: Option<&CassandraStor
     );
     if let (Some(c), Some(b0)) = (cassandra, busy0) {
         let busy = c.statement_busy() - b0;
-        print!(", mean statements in flight {:.1}", busy.as_secs_f64() / secs);
+        print!(
+            ", mean statements in flight {:.1}",
+            busy.as_secs_f64() / secs
+        );
     }
     println!();
     assert_eq!(conversions, n / 2, "every purchase counts once");

@@ -169,12 +169,20 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
 
     // Arrange: schema, topology, a site; web and worker A; a goal.
     let out = tally(dir.path(), &env).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = tally(dir.path(), &env)
         .args(["sites", "create", "--name", "stall"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "sites: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sites: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let site = created["site"].as_str().unwrap().to_owned();
     let key = created["api_key"].as_str().unwrap().to_owned();
@@ -219,14 +227,20 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
         .map(|v| json!({"site": site, "url": format!("https://shop.example/?gclid=g{v}&utm_campaign=bf"), "vid": format!("v{v}")}))
         .collect();
     post_all(&client, &base, landings).await;
-    until("worker A to hold the landings", Duration::from_secs(30), || {
-        let (_, ready, unacked) = attributor_queue(&env.prefix);
-        ready == 0 && unacked == 1
-    })
+    until(
+        "worker A to hold the landings",
+        Duration::from_secs(30),
+        || {
+            let (_, ready, unacked) = attributor_queue(&env.prefix);
+            ready == 0 && unacked == 1
+        },
+    )
     .await;
 
     // Act 2: worker B counts the same visitors' conversions meanwhile.
-    procs.0.push(tally(dir.path(), &env).arg("worker").spawn().unwrap());
+    procs
+        .0
+        .push(tally(dir.path(), &env).arg("worker").spawn().unwrap());
     until("worker B to consume", Duration::from_secs(30), || {
         attributor_queue(&env.prefix).0 == 2
     })
@@ -241,7 +255,10 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
         if (total(&rows) - VISITORS as f64).abs() < 1e-6 {
             break rows;
         }
-        assert!(Instant::now() < deadline, "worker B never counted: {rows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "worker B never counted: {rows:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // The race did happen: without the landings, B credited `(direct)`.
@@ -283,7 +300,11 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
         let _ = q.delete_topology().await;
     }
     let cassandra = tally::config::CassandraSettings {
-        contact_points: env.contact_points.split(',').map(|p| p.trim().to_owned()).collect(),
+        contact_points: env
+            .contact_points
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect(),
         keyspace: env.keyspace.clone(),
         username: None,
         password: None,

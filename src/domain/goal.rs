@@ -184,7 +184,10 @@ impl Goal {
         if m.event.is_some() && m.op.is_some() {
             return Err(GoalError::OpWithoutUrl);
         }
-        let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.chars().count() > MAX_NAME_CHARS);
+        let too_long = |s: &Option<String>| {
+            s.as_ref()
+                .is_some_and(|s| s.chars().count() > MAX_NAME_CHARS)
+        };
         if too_long(&m.event) {
             return Err(GoalError::TooLong("match.event"));
         }
@@ -380,8 +383,9 @@ mod tests {
             GoalError::TooLong("match.event")
         );
         // Short to write, huge once compiled: refused with the bound named.
-        let err = goal(serde_json::json!({"match": {"url": "/\\w{40}\\w{40}\\w{40}", "op": "regex"}}))
-            .unwrap_err();
+        let err =
+            goal(serde_json::json!({"match": {"url": "/\\w{40}\\w{40}\\w{40}", "op": "regex"}}))
+                .unwrap_err();
         assert!(
             matches!(&err, GoalError::Pattern(m) if m.contains("256 KiB")),
             "{err}"

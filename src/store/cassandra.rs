@@ -82,53 +82,53 @@ const TOUCHPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// `IF NOT EXISTS`, so a migration interrupted half-way simply runs again.
 pub const MIGRATIONS: &[(i32, &[&str])] = &[
     (
-    1,
-    &[
-        // By site key: the collector resolves a site per request.
-        "CREATE TABLE IF NOT EXISTS {ks}.sites (\
+        1,
+        &[
+            // By site key: the collector resolves a site per request.
+            "CREATE TABLE IF NOT EXISTS {ks}.sites (\
            site_key text PRIMARY KEY, name text, domains list<text>, \
            created_at timestamp, created_at_ns int)",
-        // By key hash: every API request resolves its bearer token here.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
+            // By key hash: every API request resolves its bearer token here.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
            hash text PRIMARY KEY, site text, prefix text, revoked boolean)",
-        // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
+            // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
            prefix text, hash text, site text, PRIMARY KEY ((prefix), hash))",
-        // By site: the attributor reads all of a site's goals per batch.
-        "CREATE TABLE IF NOT EXISTS {ks}.goals (\
+            // By site: the attributor reads all of a site's goals per batch.
+            "CREATE TABLE IF NOT EXISTS {ks}.goals (\
            site text, id uuid, name text, matcher text, default_value double, \
            model text, window_days int, count_mode text, \
            created_at timestamp, created_at_ns int, \
            PRIMARY KEY ((site), id))",
-        // By (site, visitor), newest first: attribution reads one
-        // visitor's clicks in a window; rows expire after the longest one.
-        "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
+            // By (site, visitor), newest first: attribution reads one
+            // visitor's clicks in a window; rows expire after the longest one.
+            "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
            site text, vid text, at timestamp, hit uuid, at_ns int, \
            source text, medium text, campaign text, ad text, \
            click_param text, click_value text, \
            PRIMARY KEY ((site, vid), at, hit)) \
          WITH CLUSTERING ORDER BY (at DESC, hit ASC) \
          AND default_time_to_live = {ttl}",
-        // By (site, hit): the per-hit claim and the explain endpoint.
-        "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
+            // By (site, hit): the per-hit claim and the explain endpoint.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
            site text, hit uuid, goal uuid, body text, complete boolean, \
            PRIMARY KEY ((site, hit), goal))",
-        // By (site, day, bucket): a report reads days x buckets partitions,
-        // none of them unbounded however busy a day is.
-        "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
+            // By (site, day, bucket): a report reads days x buckets partitions,
+            // none of them unbounded however busy a day is.
+            "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
            site text, day date, bucket int, goal uuid, hit uuid, idx int, \
            source text, medium text, campaign text, ad text, \
            credit double, conv_value double, \
            PRIMARY KEY ((site, day, bucket), goal, hit, idx))",
-        // By (site, goal, order_id): one conversion per order, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
+            // By (site, goal, order_id): one conversion per order, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
            site text, goal uuid, order_id text, hit uuid, \
            PRIMARY KEY ((site, goal, order_id)))",
-        // By (site, goal, visitor): `once_per_visitor`, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
+            // By (site, goal, visitor): `once_per_visitor`, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
            site text, goal uuid, vid text, hit uuid, \
            PRIMARY KEY ((site, goal, vid)))",
-    ],
+        ],
     ),
     (
         2,
@@ -1771,10 +1771,7 @@ pub(crate) mod live {
         };
         let (site, goal) = ("s_t", Uuid::now_v7());
         let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
-        assert_eq!(
-            rec(&store, &first, false).await,
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &first, false).await, Recorded::Inserted);
         assert_eq!(
             rec(&store, &first, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
@@ -1786,20 +1783,14 @@ pub(crate) mod live {
         );
         let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
         let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
-        assert_eq!(
-            rec(&store, &a, true).await,
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &a, true).await, Recorded::Inserted);
         assert_eq!(
             rec(&store, &b, true).await,
             Recorded::Duplicate(DuplicateReason::Visitor)
         );
         // b did not count, so its order id is free for another hit.
         let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
-        assert_eq!(
-            rec(&store, &c, false).await,
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
 
         let day = first.at.date_naive();
         let rows = store.credit_rows(site, day, day, None).await.unwrap();
@@ -1847,10 +1838,7 @@ pub(crate) mod live {
             .unwrap()
             .is_empty());
 
-        assert_eq!(
-            rec(&store, &c, false).await,
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
         let day = c.at.date_naive();
         assert_eq!(
             store

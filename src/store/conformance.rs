@@ -346,33 +346,18 @@ pub async fn order_id_is_counted_once_across_hits(store: Arc<dyn Store>) {
     let g = Uuid::now_v7();
     let first = with_order(conversion(&site.key, g, "v1", t0()), "o-1");
     let second = with_order(conversion(&site.key, g, "v2", t0()), "o-1");
-    assert_eq!(
-        record(&store, &first, false).await,
-        INSERTED
-    );
-    assert_eq!(
-        record(&store, &second, false).await,
-        ORDER_ID
-    );
+    assert_eq!(record(&store, &first, false).await, INSERTED);
+    assert_eq!(record(&store, &second, false).await, ORDER_ID);
     // The winner redelivered is a redelivery, not an order clash.
-    assert_eq!(
-        record(&store, &first, false).await,
-        SAME_HIT
-    );
-    assert_eq!(
-        record(&store, &second, false).await,
-        ORDER_ID
-    );
+    assert_eq!(record(&store, &first, false).await, SAME_HIT);
+    assert_eq!(record(&store, &second, false).await, ORDER_ID);
     assert!(store
         .conversions_for_hit(&site.key, second.hit_id)
         .await
         .unwrap()
         .is_empty());
     let other_order = with_order(conversion(&site.key, g, "v2", t0()), "o-2");
-    assert_eq!(
-        record(&store, &other_order, false).await,
-        INSERTED
-    );
+    assert_eq!(record(&store, &other_order, false).await, INSERTED);
 }
 
 pub async fn order_id_of_another_goal_or_site_is_not_a_duplicate(store: Arc<dyn Store>) {
@@ -405,31 +390,16 @@ pub async fn once_per_visitor_counts_a_visitor_once(store: Arc<dyn Store>) {
     let first = conversion(&site.key, g, "v1", t0());
     let again = conversion(&site.key, g, "v1", t0() + Duration::hours(1));
     let other_visitor = conversion(&site.key, g, "v2", t0());
-    assert_eq!(
-        record(&store, &first, true).await,
-        INSERTED
-    );
-    assert_eq!(
-        record(&store, &again, true).await,
-        VISITOR
-    );
-    assert_eq!(
-        record(&store, &first, true).await,
-        SAME_HIT
-    );
-    assert_eq!(
-        record(&store, &other_visitor, true).await,
-        INSERTED
-    );
+    assert_eq!(record(&store, &first, true).await, INSERTED);
+    assert_eq!(record(&store, &again, true).await, VISITOR);
+    assert_eq!(record(&store, &first, true).await, SAME_HIT);
+    assert_eq!(record(&store, &other_visitor, true).await, INSERTED);
     // The claim is per goal: the same visitor may convert on another goal.
     let other_goal = Conversion {
         goal_id: Uuid::now_v7(),
         ..again.clone()
     };
-    assert_eq!(
-        record(&store, &other_goal, true).await,
-        INSERTED
-    );
+    assert_eq!(record(&store, &other_goal, true).await, INSERTED);
     let day = t0().date_naive();
     let rows = store
         .credit_rows(&site.key, day, day, Some(g))
@@ -553,14 +523,8 @@ pub async fn conversions_for_hit_round_trip_with_credits(store: Arc<dyn Store>) 
         }],
         ..first.clone()
     };
-    assert_eq!(
-        record(&store, &first, false).await,
-        INSERTED
-    );
-    assert_eq!(
-        record(&store, &second, true).await,
-        INSERTED
-    );
+    assert_eq!(record(&store, &first, false).await, INSERTED);
+    assert_eq!(record(&store, &second, true).await, INSERTED);
 
     let mut got = store
         .conversions_for_hit(&site.key, first.hit_id)
@@ -635,12 +599,21 @@ pub async fn late_touchpoint_recredits_the_conversions_it_precedes(store: Arc<dy
     let g = Uuid::now_v7();
     let c = conversion(&site.key, g, "v1", t0());
     assert_eq!(record(&store, &c, false).await, INSERTED);
-    assert_eq!(sources(&store, &site.key).await, vec![("(direct)".into(), 1000)]);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
+    );
     // Processed after the conversion, but earlier in time and in its window.
     let landing = touchpoint(&site.key, "v1", t0() - Duration::hours(1), "google");
-    let out = store.record_batch(&[landing.clone()], &[]).await.unwrap();
+    let out = store
+        .record_batch(std::slice::from_ref(&landing), &[])
+        .await
+        .unwrap();
     assert_eq!(out.recredited, 1);
-    assert_eq!(sources(&store, &site.key).await, vec![("google".into(), 1000)]);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("google".into(), 1000)]
+    );
     // Again (a redelivery), after the conversion or before its window:
     // nothing changes.
     let after = touchpoint(&site.key, "v1", t0() + Duration::hours(1), "bing");
@@ -650,8 +623,14 @@ pub async fn late_touchpoint_recredits_the_conversions_it_precedes(store: Arc<dy
         .await
         .unwrap();
     assert_eq!(out.recredited, 0);
-    assert_eq!(sources(&store, &site.key).await, vec![("google".into(), 1000)]);
-    let explained = store.conversions_for_hit(&site.key, c.hit_id).await.unwrap();
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("google".into(), 1000)]
+    );
+    let explained = store
+        .conversions_for_hit(&site.key, c.hit_id)
+        .await
+        .unwrap();
     assert_eq!(explained.len(), 1);
     assert_eq!(explained[0].credits[0].source, "google");
 }
@@ -660,7 +639,10 @@ pub async fn earlier_order_candidate_takes_the_order_over(store: Arc<dyn Store>)
     let site = new_site(&store).await;
     let g = Uuid::now_v7();
     let early = with_order(conversion(&site.key, g, "v1", t0()), "o-1");
-    let late = with_order(conversion(&site.key, g, "v2", t0() + Duration::minutes(5)), "o-1");
+    let late = with_order(
+        conversion(&site.key, g, "v2", t0() + Duration::minutes(5)),
+        "o-1",
+    );
     // The later hit is processed first and counts for now...
     assert_eq!(record(&store, &late, false).await, INSERTED);
     // ...until the earlier one arrives: it owns the order.
@@ -677,10 +659,17 @@ pub async fn earlier_order_candidate_takes_the_order_over(store: Arc<dyn Store>)
         .unwrap()
         .is_empty());
     assert_eq!(
-        store.conversions_for_hit(&site.key, early.hit_id).await.unwrap().len(),
+        store
+            .conversions_for_hit(&site.key, early.hit_id)
+            .await
+            .unwrap()
+            .len(),
         1
     );
-    assert_eq!(sources(&store, &site.key).await, vec![("(direct)".into(), 1000)]);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
+    );
 }
 
 pub async fn earliest_candidate_is_the_one_per_visitor(store: Arc<dyn Store>) {
@@ -700,7 +689,10 @@ pub async fn earliest_candidate_is_the_one_per_visitor(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!((out.recorded[0].clone(), out.displaced), (INSERTED, 1));
-    assert_eq!(sources(&store, &site.key).await, vec![("(direct)".into(), 1000)]);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
+    );
 }
 
 pub async fn migrate_twice_is_fine(store: Arc<dyn Store>) {

@@ -68,7 +68,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sites (
     key        TEXT PRIMARY KEY,
     name       TEXT NOT NULL,

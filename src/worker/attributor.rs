@@ -131,8 +131,18 @@ impl Attributor {
             Err(_) => {
                 for (i, hit) in hits.iter().enumerate() {
                     let one = Writes {
-                        touchpoints: writes.touchpoints.iter().filter(|(j, _)| *j == i).cloned().collect(),
-                        candidates: writes.candidates.iter().filter(|(j, _)| *j == i).cloned().collect(),
+                        touchpoints: writes
+                            .touchpoints
+                            .iter()
+                            .filter(|(j, _)| *j == i)
+                            .cloned()
+                            .collect(),
+                        candidates: writes
+                            .candidates
+                            .iter()
+                            .filter(|(j, _)| *j == i)
+                            .cloned()
+                            .collect(),
                     };
                     if one.touchpoints.is_empty() && one.candidates.is_empty() {
                         continue;
@@ -272,8 +282,8 @@ mod tests {
     use super::*;
     use crate::domain::report::{aggregate, ReportQuery};
     use crate::domain::{Conversion, Goal, GoalDraft, GroupKey, RawHit, Site, Stamp};
-    use chrono::Duration;
     use crate::store::sqlite::SqliteStore;
+    use chrono::Duration;
     use chrono::{TimeZone, Utc};
     use proptest::prelude::*;
 
@@ -448,8 +458,14 @@ mod tests {
         store: &Arc<dyn Store>,
         site: &str,
         hits: &[Hit],
-    ) -> (Vec<(Option<String>, Option<String>, i64, i64)>, Vec<Vec<Conversion>>) {
-        let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap().date_naive();
+    ) -> (
+        Vec<(Option<String>, Option<String>, i64, i64)>,
+        Vec<Vec<Conversion>>,
+    ) {
+        let from = Utc
+            .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+            .unwrap()
+            .date_naive();
         let q = ReportQuery {
             from,
             to: from + Duration::days(60),
@@ -502,7 +518,9 @@ mod tests {
         let mut shuffled = hits.clone();
         let mut s = seed;
         for i in (1..shuffled.len()).rev() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             shuffled.swap(i, (s >> 33) as usize % (i + 1));
         }
         let mut at = 0;

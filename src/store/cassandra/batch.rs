@@ -307,8 +307,7 @@ impl CassandraStore {
                         let r = self.finish(&h.conversion).await?;
                         if let Some(slot) = recorded.iter_mut().find(|(i, _)| {
                             v.candidates.iter().any(|(j, c)| {
-                                j == i
-                                    && (c.conversion.hit_id, c.conversion.goal_id) == *key
+                                j == i && (c.conversion.hit_id, c.conversion.goal_id) == *key
                             })
                         }) {
                             slot.1 = r;

@@ -33,7 +33,8 @@ fn visitor_touchpoints(
 }
 
 fn model_of(text: &str) -> Result<Model, StoreError> {
-    Model::parse(text).ok_or_else(|| StoreError::Rejected(format!("stored model `{text}` is unknown")))
+    Model::parse(text)
+        .ok_or_else(|| StoreError::Rejected(format!("stored model `{text}` is unknown")))
 }
 
 /// A stored candidate (or conversion) row as a conversion without credits.
@@ -61,7 +62,12 @@ fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Conversion, S
 /// Inserts a counted conversion with credits computed from the visitor's
 /// touchpoints as the store holds them now.
 fn count(tx: &Transaction<'_>, mut c: Conversion) -> Result<(), StoreError> {
-    let tps = visitor_touchpoints(tx, &c.site, &c.vid, nanos(c.window_start()).unwrap_or(i64::MIN))?;
+    let tps = visitor_touchpoints(
+        tx,
+        &c.site,
+        &c.vid,
+        nanos(c.window_start()).unwrap_or(i64::MIN),
+    )?;
     c.credits = credit_split(&c, &tps);
     tx.execute(
         "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
@@ -143,12 +149,18 @@ fn settle(
         let hit = c.hit_id.to_string();
         if let Some(order) = &c.order_id {
             if order_holder(tx, site, goal, order)?.as_deref() != Some(hit.as_str()) {
-                verdicts.insert((hit, goal.clone()), Recorded::Duplicate(DuplicateReason::OrderId));
+                verdicts.insert(
+                    (hit, goal.clone()),
+                    Recorded::Duplicate(DuplicateReason::OrderId),
+                );
                 continue;
             }
         }
         if once && visitor_counted {
-            verdicts.insert((hit, goal.clone()), Recorded::Duplicate(DuplicateReason::Visitor));
+            verdicts.insert(
+                (hit, goal.clone()),
+                Recorded::Duplicate(DuplicateReason::Visitor),
+            );
             continue;
         }
         visitor_counted = true;
