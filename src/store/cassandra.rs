@@ -10,7 +10,13 @@
 //! The schema (see [`MIGRATIONS`] and `docs/production.md`) is designed so
 //! that every write is idempotent, keyed by hit id, and a report reads a
 //! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
-//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims.
+//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims
+//! (first processed wins; the SQLite store's earliest-wins is not done here
+//! yet). An attributor batch (`cassandra/batch.rs`) is written as
+//! concurrent statements across visitors, at most `CASSANDRA_MAX_IN_FLIGHT`
+//! visitors at once, each visitor's hits in order; a touchpoint written
+//! after a conversion it precedes re-credits it through
+//! `conversions_by_visitor` (schema version 2).
 //!
 //! This module must never use ScyllaDB-only CQL, counters (not idempotent
 //! under redelivery), `ALLOW FILTERING`, or a read-then-write where a claim

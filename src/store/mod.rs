@@ -5,7 +5,10 @@
 //! twice (a redelivered hit) changes nothing. Dedup rules (one conversion
 //! per hit and goal, per goal and `order_id`, per goal and visitor for
 //! `once_per_visitor`) are enforced by the store atomically, never by a
-//! read-then-write in the caller. Adapters: [`sqlite::SqliteStore`]
+//! read-then-write in the caller. The attributor writes a whole batch with
+//! one [`Store::record_batch`]; the store computes credits from every
+//! touchpoint it holds and re-credits conversions a late touchpoint
+//! precedes, so reports do not depend on processing order. Adapters: [`sqlite::SqliteStore`]
 //! (embedded) and `cassandra::CassandraStore` (production). Each adapter
 //! counts its own failed backend calls in `tally_adapter_errors_total`
 //! (callers must not count them again).

@@ -14,10 +14,17 @@
 //!   `tokio::task::spawn_blocking`. One writer connection (SQLite allows one
 //!   writer at a time anyway) and one reader connection, each behind a
 //!   `Mutex`; under WAL a report read never waits for a conversion write.
-//! - **Atomic dedup**: `record_conversion` is one `BEGIN IMMEDIATE`
-//!   transaction, so the checks and the inserts of the claim rows happen
-//!   under the write lock and two deliveries can never both win. The claim
-//!   tables' primary keys enforce the same rules a second time.
+//! - **One transaction per attributor batch**: `record_batch` is one
+//!   `BEGIN IMMEDIATE` transaction (one fsync) holding the batch's
+//!   touchpoints, its conversion candidates, the dedup decisions and the
+//!   re-credits (`sqlite/batch.rs`), so dedup happens under the write lock
+//!   and two deliveries can never both win.
+//! - **Order-independent dedup**: every hit that matched a goal is kept in
+//!   `candidates`; what counts is settled per (site, goal, visitor) from all
+//!   of them: the earliest candidate by (`at`, hit id) owns an order id, and
+//!   on a once-per-visitor goal the earliest candidate that is not an order
+//!   duplicate counts. A candidate processed late that is earlier than the
+//!   holder takes over (the holder's conversion and credit rows go).
 //! - **Encoding**: ids are hyphenated UUID text; instants are integer
 //!   nanoseconds since the Unix epoch (`*_ns`, exact round trip of chrono's
 //!   precision, cheap range scans); report days are `YYYY-MM-DD` text, the
@@ -28,7 +35,7 @@
 //!   migrations; `migrate()` applies the missing ones, each in its own
 //!   transaction, and refuses a file written by a newer tally.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //! ```text
 //! sites(key PK, name, domains JSON, created_ns)
 //! api_keys(hash PK, prefix, site, revoked)             index (prefix)
@@ -41,8 +48,15 @@
 //!             medium, campaign, ad, at_ns, credit, value)
 //!                                                      PK (hit_id, goal_id, ord); index (site, day)
 //! order_claims(site, goal_id, order_id, hit_id)        PK (site, goal_id, order_id)
-//! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)
+//! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)   (v1 only)
+//! candidates(hit_id, goal_id, site, vid, at_ns, value, currency, order_id,
+//!             model, window_days, once_per_visitor)  PK (hit_id, goal_id);
+//!                                      index (site, goal_id, vid, at_ns, hit_id),
+//!                                      (site, goal_id, order_id, at_ns, hit_id)
+//! conversions: + index (site, vid, at_ns), (site, goal_id, vid)     (v2)
 //! ```
+//! `order_claims` and `visitor_claims` are kept from version 1 but no
+//! longer written: `candidates` decides.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
