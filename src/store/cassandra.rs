@@ -406,7 +406,8 @@ pub struct Statements {
     claim_order: PreparedStatement,
     release_order: PreparedStatement,
     claim_visitor: PreparedStatement,
-    claim_hit: PreparedStatement,
+    insert_conversion: PreparedStatement,
+    select_conversion: PreparedStatement,
     complete_hit: PreparedStatement,
     select_conversions: PreparedStatement,
     insert_credit: PreparedStatement,
@@ -436,7 +437,10 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("claim_order", "INSERT INTO {ks}.order_claims (site, goal, order_id, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
     ("release_order", "DELETE FROM {ks}.order_claims WHERE site = ? AND goal = ? AND order_id = ? IF hit = ?"),
     ("claim_visitor", "INSERT INTO {ks}.visitor_claims (site, goal, vid, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
-    ("claim_hit", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    // Plain writes, no LWT: the row is keyed by hit and goal, so a
+    // redelivery writes the same row again.
+    ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?)"),
+    ("select_conversion", "SELECT body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("complete_hit", "UPDATE {ks}.conversions_by_hit SET complete = true WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
@@ -490,7 +494,8 @@ impl Statements {
             claim_order: take("claim_order")?,
             release_order: take("release_order")?,
             claim_visitor: take("claim_visitor")?,
-            claim_hit: take("claim_hit")?,
+            insert_conversion: take("insert_conversion")?,
+            select_conversion: take("select_conversion")?,
             complete_hit: take("complete_hit")?,
             select_conversions: take("select_conversions")?,
             insert_credit: take("insert_credit")?,
@@ -532,18 +537,6 @@ impl Lwt {
 
     fn uuid(&self, column: &str) -> Option<Uuid> {
         self.existing.get(column)?.as_ref()?.as_uuid()
-    }
-
-    fn text(&self, column: &str) -> Option<&str> {
-        self.existing
-            .get(column)?
-            .as_ref()?
-            .as_text()
-            .map(String::as_str)
-    }
-
-    fn boolean(&self, column: &str) -> Option<bool> {
-        self.existing.get(column)?.as_ref()?.as_boolean()
     }
 }
 
@@ -1835,7 +1828,8 @@ pub(crate) mod live {
         cass.lwt(&st.claim_order, (&c.site, c.goal_id, "o-9", c.hit_id))
             .await
             .unwrap();
-        cass.lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
+        cass.session
+            .execute_unpaged(&st.insert_conversion, (&c.site, c.hit_id, c.goal_id, &body))
             .await
             .unwrap();
         assert!(store

@@ -120,30 +120,47 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// Step 3 for a conversion this call counts: the per-hit row (an LWT,
-    /// so a redelivery is told apart), then its credit rows.
+    /// Step 3 for a conversion this call counts: the per-hit row, then its
+    /// credit rows, then the row marked complete. No LWT: idempotency by
+    /// hit id needs none. A complete row means a redelivery; an incomplete
+    /// one an earlier delivery that crashed before its credit rows, which
+    /// this one completes (with credits as they stand now).
     async fn finish(&self, c: &Conversion) -> Result<Recorded, StoreError> {
         let st = self.st().await?;
+        let stored: Option<(Option<String>, Option<bool>)> = self
+            .timed(
+                self.session
+                    .execute_unpaged(&st.select_conversion, (&c.site, c.hit_id, c.goal_id)),
+            )
+            .await
+            .map_err(|e| self.failed(e))?
+            .into_rows_result()
+            .map_err(super::shape)?
+            .maybe_first_row()
+            .map_err(super::shape)?;
+        let had = match &stored {
+            Some((_, Some(true))) => return Ok(Recorded::Duplicate(DuplicateReason::SameHit)),
+            Some((body, _)) => {
+                debug!(hit_id = %c.hit_id, "Completing a conversion written by an earlier delivery.");
+                body.as_deref()
+                    .and_then(|b| serde_json::from_str::<Conversion>(b).ok())
+                    .map_or(0, |s| s.credits.len())
+            }
+            None => 0,
+        };
         let body = serde_json::to_string(c)
             .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        let claim = self
-            .timed(self.lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body)))
-            .await?;
-        if claim.applied {
-            self.timed(self.write_credits(c)).await?;
-            return Ok(Recorded::Inserted);
+        self.timed(
+            self.session
+                .execute_unpaged(&st.insert_conversion, (&c.site, c.hit_id, c.goal_id, &body)),
+        )
+        .await
+        .map_err(|e| self.failed(e))?;
+        if had > c.credits.len() {
+            self.rewrite(c, had).await?;
         }
-        if claim.boolean("complete") == Some(true) {
-            return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
-        }
-        // Claimed by an earlier delivery that crashed before its rows:
-        // complete them, with credits as they stand now.
-        debug!(hit_id = %c.hit_id, "Completing a conversion claimed by an earlier delivery.");
-        let stored_len = claim
-            .text("body")
-            .and_then(|b| serde_json::from_str::<Conversion>(b).ok())
-            .map_or(0, |s| s.credits.len());
-        self.rewrite(c, stored_len.max(c.credits.len())).await?;
+        // Credit rows, then `complete`: a report never reads a conversion
+        // as complete before its rows are there.
         self.timed(self.write_credits(c)).await?;
         Ok(Recorded::Inserted)
     }
