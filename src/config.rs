@@ -53,6 +53,9 @@ pub struct CassandraSettings {
     pub local_dc: Option<String>,
     /// `LOCAL_QUORUM` unless `CASSANDRA_CONSISTENCY` says otherwise.
     pub consistency: String,
+    /// Visitors of one attributor batch written at once
+    /// (`CASSANDRA_MAX_IN_FLIGHT`, default 64).
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,10 @@ impl Settings {
                 },
                 local_dc: get("CASSANDRA_LOCAL_DC"),
                 consistency: get("CASSANDRA_CONSISTENCY").unwrap_or_else(|| "LOCAL_QUORUM".into()),
+                max_in_flight: match get("CASSANDRA_MAX_IN_FLIGHT") {
+                    Some(v) => parse("CASSANDRA_MAX_IN_FLIGHT", &v)?,
+                    None => 64,
+                },
             });
         }
         if let Some(bucket) = get("S3_BUCKET") {

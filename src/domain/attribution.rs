@@ -165,19 +165,54 @@ pub fn weights(model: Model, ages_days: &[f64]) -> Vec<f64> {
 /// window, or after the conversion, are ignored. The conversion hit itself
 /// may be one of them (a landing page that is also the goal).
 pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversion {
-    let at = hit.received_at;
-    let since = at - Duration::days(i64::from(goal.window_days));
-    let mut window: Vec<&Touchpoint> = candidates
-        .iter()
-        .filter(|t| t.vid == hit.vid && t.site == hit.site)
-        .filter(|t| t.at >= since && (t.at, t.hit_id) <= (at, hit.id))
-        .collect();
+    let mut conversion = Conversion {
+        hit_id: hit.id,
+        goal_id: goal.id,
+        site: hit.site.clone(),
+        vid: hit.vid.clone(),
+        at: hit.received_at,
+        value: goal.value_for(hit),
+        currency: hit.currency.clone(),
+        order_id: hit.order_id.clone(),
+        model: goal.model,
+        window_days: goal.window_days,
+        credits: Vec::new(),
+    };
+    conversion.credits = credit_split(&conversion, candidates);
+    conversion
+}
+
+impl Conversion {
+    /// The first instant of this conversion's lookback window: a
+    /// touchpoint at or after it (and not after the conversion) earns credit.
+    pub fn window_start(&self) -> DateTime<Utc> {
+        self.at - Duration::days(i64::from(self.window_days))
+    }
+
+    /// Whether a touchpoint falls inside this conversion's window, so that
+    /// learning of it (late) changes this conversion's credits.
+    pub fn is_credited_by(&self, t: &Touchpoint) -> bool {
+        t.vid == self.vid
+            && t.site == self.site
+            && t.at >= self.window_start()
+            && (t.at, t.hit_id) <= (self.at, self.hit_id)
+    }
+}
+
+/// The credit split of a conversion (its model, window, time, visitor)
+/// over `candidates`, the visitor's touchpoints in any order and with
+/// repeats. A pure function of the set of candidates in the window: the
+/// store calls it again whenever a touchpoint arrives after a conversion
+/// it precedes, and gets the answer processing in time order would have.
+pub fn credit_split(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
+    let at = c.at;
+    let mut window: Vec<&Touchpoint> = candidates.iter().filter(|t| c.is_credited_by(t)).collect();
     // Order by time, then id, so ties resolve the same way on every run.
     window.sort_by_key(|t| (t.at, t.hit_id));
     window.dedup_by_key(|t| t.hit_id);
 
-    let credits = if window.is_empty() {
-        vec![Credit {
+    if window.is_empty() {
+        return vec![Credit {
             touchpoint: None,
             source: DIRECT.to_owned(),
             medium: None,
@@ -185,40 +220,26 @@ pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversio
             ad: None,
             at: None,
             credit: 1.0,
-        }]
-    } else {
-        let ages: Vec<f64> = window
-            .iter()
-            .map(|t| (at - t.at).num_milliseconds() as f64 / 86_400_000.0)
-            .collect();
-        window
-            .iter()
-            .zip(weights(goal.model, &ages))
-            .filter(|(_, w)| *w > 0.0)
-            .map(|(t, w)| Credit {
-                touchpoint: Some(t.hit_id),
-                source: t.source.clone(),
-                medium: t.medium.clone(),
-                campaign: t.campaign.clone(),
-                ad: t.ad.clone(),
-                at: Some(t.at),
-                credit: w,
-            })
-            .collect()
-    };
-    Conversion {
-        hit_id: hit.id,
-        goal_id: goal.id,
-        site: hit.site.clone(),
-        vid: hit.vid.clone(),
-        at,
-        value: goal.value_for(hit),
-        currency: hit.currency.clone(),
-        order_id: hit.order_id.clone(),
-        model: goal.model,
-        window_days: goal.window_days,
-        credits,
+        }];
     }
+    let ages: Vec<f64> = window
+        .iter()
+        .map(|t| (at - t.at).num_milliseconds() as f64 / 86_400_000.0)
+        .collect();
+    window
+        .iter()
+        .zip(weights(c.model, &ages))
+        .filter(|(_, w)| *w > 0.0)
+        .map(|(t, w)| Credit {
+            touchpoint: Some(t.hit_id),
+            source: t.source.clone(),
+            medium: t.medium.clone(),
+            campaign: t.campaign.clone(),
+            ad: t.ad.clone(),
+            at: Some(t.at),
+            credit: w,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,6 +16,14 @@ use super::hit::{valid_value, Hit, HitKind, PropValue, MAX_VALUE};
 
 pub const DEFAULT_WINDOW_DAYS: u16 = 30;
 pub const MAX_WINDOW_DAYS: u16 = 365;
+/// Goals one site may have: every hit is matched against all of them.
+pub const MAX_GOALS_PER_SITE: usize = 100;
+/// Longest goal name, event name or URL pattern, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Bound on a compiled URL pattern (regex or wildcard), in bytes: a site's
+/// goals are compiled once and kept in every worker's memory.
+pub const MAX_PATTERN_BYTES: usize = 256 * 1024;
+const STORED_PATTERN_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +86,8 @@ pub enum GoalError {
     Value,
     #[error("`{0}` must not be empty")]
     Empty(&'static str),
+    #[error("`{0}` must be at most {MAX_NAME_CHARS} characters")]
+    TooLong(&'static str),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,7 +148,9 @@ fn wildcard_regex(pattern: &str) -> String {
     out
 }
 
-fn compile(m: &GoalMatch) -> Result<Option<Regex>, GoalError> {
+/// Compiles a URL goal's pattern, refusing one that compiles to more than
+/// `limit` bytes.
+fn compile(m: &GoalMatch, limit: usize) -> Result<Option<Regex>, GoalError> {
     let Some(url) = &m.url else {
         return Ok(None);
     };
@@ -148,10 +160,16 @@ fn compile(m: &GoalMatch) -> Result<Option<Regex>, GoalError> {
         UrlOp::Regex => url.clone(),
     };
     regex::RegexBuilder::new(&source)
-        .size_limit(1 << 20)
+        .size_limit(limit)
         .build()
         .map(Some)
-        .map_err(|e| GoalError::Pattern(e.to_string()))
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => GoalError::Pattern(format!(
+                "compiles to more than {} KiB; simplify it",
+                limit / 1024
+            )),
+            e => GoalError::Pattern(e.to_string()),
+        })
 }
 
 impl Goal {
@@ -171,6 +189,19 @@ impl Goal {
         }
         if m.event.is_some() && m.op.is_some() {
             return Err(GoalError::OpWithoutUrl);
+        }
+        let too_long = |s: &Option<String>| {
+            s.as_ref()
+                .is_some_and(|s| s.chars().count() > MAX_NAME_CHARS)
+        };
+        if too_long(&m.event) {
+            return Err(GoalError::TooLong("match.event"));
+        }
+        if too_long(&m.url) {
+            return Err(GoalError::TooLong("match.url"));
+        }
+        if too_long(&draft.name) {
+            return Err(GoalError::TooLong("name"));
         }
         let window_days = draft.window_days.unwrap_or(DEFAULT_WINDOW_DAYS);
         if !(1..=MAX_WINDOW_DAYS).contains(&window_days) {
@@ -193,7 +224,7 @@ impl Goal {
                 .unwrap_or_default(),
         };
         Ok(Goal {
-            compiled: compile(&matcher)?,
+            compiled: compile(&matcher, MAX_PATTERN_BYTES)?,
             id,
             site: site.to_owned(),
             name,
@@ -209,7 +240,9 @@ impl Goal {
 
     /// Rebuilds the compiled pattern after deserialising a stored goal.
     pub fn prepared(mut self) -> Result<Goal, GoalError> {
-        self.compiled = compile(&self.matcher)?;
+        // The bound of earlier builds (1 MiB): a goal stored then must
+        // still load, or none of its site's goals would.
+        self.compiled = compile(&self.matcher, STORED_PATTERN_BYTES)?;
         Ok(self)
     }
 
@@ -344,6 +377,29 @@ mod tests {
         )));
         assert!(!g.matches(&buy(serde_json::json!({"plan": "pro"}))));
         assert!(!g.matches(&buy(serde_json::json!({"plan": "free", "seats": 3}))));
+    }
+
+    #[test]
+    fn names_and_patterns_are_bounded() {
+        let long = "a".repeat(MAX_NAME_CHARS + 1);
+        let ok = "é".repeat(MAX_NAME_CHARS);
+        assert!(goal(serde_json::json!({"name": ok, "match": {"event": ok}})).is_ok());
+        assert_eq!(
+            goal(serde_json::json!({"name": long, "match": {"event": "a"}})).unwrap_err(),
+            GoalError::TooLong("name")
+        );
+        assert_eq!(
+            goal(serde_json::json!({"match": {"event": long}})).unwrap_err(),
+            GoalError::TooLong("match.event")
+        );
+        // Short to write, huge once compiled: refused with the bound named.
+        let err =
+            goal(serde_json::json!({"match": {"url": "/\\w{40}\\w{40}\\w{40}", "op": "regex"}}))
+                .unwrap_err();
+        assert!(
+            matches!(&err, GoalError::Pattern(m) if m.contains("256 KiB")),
+            "{err}"
+        );
     }
 
     #[test]

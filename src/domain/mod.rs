@@ -10,7 +10,7 @@ pub mod hit;
 pub mod report;
 pub mod site;
 
-pub use attribution::{attribute, Conversion, Credit, Model, Touchpoint};
+pub use attribution::{attribute, credit_split, Conversion, Credit, Model, Touchpoint};
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, UrlOp};
 pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp, VisitorSalt};
 pub use report::{CreditRow, GroupKey, Report, ReportQuery, ReportRow};

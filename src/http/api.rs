@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
+use crate::domain::goal::MAX_GOALS_PER_SITE;
 use crate::domain::report::{aggregate, MAX_REPORT_DAYS};
 use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
 
@@ -80,6 +81,14 @@ pub async fn create_goal(
     let auth = auth.site(&state).await?;
     let goal = Goal::from_draft(draft(&body)?, Uuid::now_v7(), &auth.site, Utc::now())
         .map_err(|e| ApiError::BadRequest(format!("invalid goal: {e}")))?;
+    // Every hit of the site is matched against all its goals. Two creations
+    // racing past this check can overshoot by one each; the bound is about
+    // cost, not an invariant anything depends on.
+    if state.store.goals(&auth.site).await?.len() >= MAX_GOALS_PER_SITE {
+        return Err(ApiError::BadRequest(format!(
+            "invalid goal: a site has at most {MAX_GOALS_PER_SITE} goals; delete one first"
+        )));
+    }
     state.store.put_goal(&goal).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/goals/{}", goal.id)))

@@ -10,7 +10,13 @@
 //! The schema (see [`MIGRATIONS`] and `docs/production.md`) is designed so
 //! that every write is idempotent, keyed by hit id, and a report reads a
 //! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
-//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims.
+//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims
+//! (first processed wins; the SQLite store's earliest-wins is not done here
+//! yet). An attributor batch (`cassandra/batch.rs`) is written as
+//! concurrent statements across visitors, at most `CASSANDRA_MAX_IN_FLIGHT`
+//! visitors at once, each visitor's hits in order; a touchpoint written
+//! after a conversion it precedes re-credits it through
+//! `conversions_by_visitor` (schema version 2).
 //!
 //! This module must never use ScyllaDB-only CQL, counters (not idempotent
 //! under redelivery), `ALLOW FILTERING`, or a read-then-write where a claim
@@ -39,10 +45,12 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{DuplicateReason, Recorded, Store, StoreError};
+use super::{BatchRecorded, Candidate, Store, StoreError};
+
+mod batch;
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{
@@ -140,6 +148,18 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             // shared by every web process; rows expire soon after their day.
             "CREATE TABLE IF NOT EXISTS {ks}.visitor_salts (\
            day date PRIMARY KEY, salt text)",
+        ],
+    ),
+    (
+        3,
+        &[
+            // By (site, visitor), by time: a touchpoint processed late
+            // finds the conversions it precedes and re-credits them. Rows
+            // live as long as touchpoints do.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_visitor (\
+               site text, vid text, at timestamp, hit uuid, goal uuid, body text, \
+               PRIMARY KEY ((site, vid), at, hit, goal)) \
+             WITH default_time_to_live = {ttl}",
         ],
     ),
 ];
@@ -419,7 +439,8 @@ pub struct Statements {
     claim_order: PreparedStatement,
     release_order: PreparedStatement,
     claim_visitor: PreparedStatement,
-    claim_hit: PreparedStatement,
+    insert_conversion: PreparedStatement,
+    select_conversion: PreparedStatement,
     complete_hit: PreparedStatement,
     select_conversions: PreparedStatement,
     insert_credit: PreparedStatement,
@@ -427,6 +448,10 @@ pub struct Statements {
     select_credits_for_goal: PreparedStatement,
     claim_salt: PreparedStatement,
     delete_salt: PreparedStatement,
+    insert_conversion_by_visitor: PreparedStatement,
+    select_conversions_by_visitor: PreparedStatement,
+    update_conversion_body: PreparedStatement,
+    delete_credits_from: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -447,7 +472,10 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("claim_order", "INSERT INTO {ks}.order_claims (site, goal, order_id, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
     ("release_order", "DELETE FROM {ks}.order_claims WHERE site = ? AND goal = ? AND order_id = ? IF hit = ?"),
     ("claim_visitor", "INSERT INTO {ks}.visitor_claims (site, goal, vid, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
-    ("claim_hit", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    // Plain writes, no LWT: the row is keyed by hit and goal, so a
+    // redelivery writes the same row again.
+    ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?)"),
+    ("select_conversion", "SELECT body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("complete_hit", "UPDATE {ks}.conversions_by_hit SET complete = true WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
@@ -455,6 +483,12 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
     ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
     ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
+    ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("select_conversions_by_visitor", "SELECT hit, goal, body FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at >= ?"),
+    ("update_conversion_body", "UPDATE {ks}.conversions_by_hit SET body = ? WHERE site = ? AND hit = ? AND goal = ?"),
+    // A range delete on the last clustering column: the credit rows past a
+    // re-credited split's new length.
+    ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
 ];
 
 impl Statements {
@@ -497,7 +531,8 @@ impl Statements {
             claim_order: take("claim_order")?,
             release_order: take("release_order")?,
             claim_visitor: take("claim_visitor")?,
-            claim_hit: take("claim_hit")?,
+            insert_conversion: take("insert_conversion")?,
+            select_conversion: take("select_conversion")?,
             complete_hit: take("complete_hit")?,
             select_conversions: take("select_conversions")?,
             insert_credit: take("insert_credit")?,
@@ -505,6 +540,10 @@ impl Statements {
             select_credits_for_goal: take("select_credits_for_goal")?,
             claim_salt: take("claim_salt")?,
             delete_salt: take("delete_salt")?,
+            insert_conversion_by_visitor: take("insert_conversion_by_visitor")?,
+            select_conversions_by_visitor: take("select_conversions_by_visitor")?,
+            update_conversion_body: take("update_conversion_body")?,
+            delete_credits_from: take("delete_credits_from")?,
         })
     }
 }
@@ -545,10 +584,6 @@ impl Lwt {
             .as_ref()?
             .as_text()
             .map(String::as_str)
-    }
-
-    fn boolean(&self, column: &str) -> Option<bool> {
-        self.existing.get(column)?.as_ref()?.as_boolean()
     }
 }
 
@@ -597,6 +632,11 @@ pub struct CassandraStore {
     statements: OnceCell<Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
+    /// Visitors of one batch written at once.
+    max_in_flight: usize,
+    /// Sum of the time every batch statement spent in flight, in
+    /// nanoseconds: divided by wall time it is the mean number in flight.
+    busy_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl CassandraStore {
@@ -665,6 +705,8 @@ impl CassandraStore {
             statements: OnceCell::new(),
             check_statement,
             metrics,
+            max_in_flight: settings.max_in_flight.max(1),
+            busy_nanos: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -675,6 +717,13 @@ impl CassandraStore {
 
     pub fn keyspace(&self) -> &str {
         &self.keyspace
+    }
+
+    /// Total time the attributor's statements have spent in flight, summed
+    /// over statements: the benchmark divides it by wall time to get the
+    /// mean number of statements in flight.
+    pub fn statement_busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_nanos.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A failed call to the cluster: counted here, once, for every caller.
@@ -1105,62 +1154,12 @@ impl Store for CassandraStore {
             .collect())
     }
 
-    #[tracing::instrument(skip_all, fields(site = %c.site, hit_id = %c.hit_id, goal_id = %c.goal_id))]
-    async fn record_conversion(
+    async fn record_batch(
         &self,
-        c: &Conversion,
-        once_per_visitor: bool,
-    ) -> Result<Recorded, StoreError> {
-        let st = self.st().await?;
-        // 1. Claims, each an LWT. A claim already held by this same hit is
-        //    ours from an earlier delivery that did not finish: go on.
-        let mut took_order = false;
-        if let Some(order_id) = &c.order_id {
-            let claim = self
-                .lwt(&st.claim_order, (&c.site, c.goal_id, order_id, c.hit_id))
-                .await?;
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
-            }
-            took_order = true;
-        }
-        if once_per_visitor {
-            let claim = self
-                .lwt(&st.claim_visitor, (&c.site, c.goal_id, &c.vid, c.hit_id))
-                .await?;
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                if let (true, Some(order_id)) = (took_order, &c.order_id) {
-                    // This hit does not count, so it must not keep the
-                    // order id from a later hit of another visitor.
-                    self.lwt(&st.release_order, (&c.site, c.goal_id, order_id, c.hit_id))
-                        .await?;
-                }
-                return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
-            }
-        }
-        // 2. The per-hit claim stores the conversion itself, so a later
-        //    delivery finishes exactly what the first one started.
-        let body = serde_json::to_string(c)
-            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        let claim = self
-            .lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
-            .await?;
-        if claim.applied {
-            self.write_credits(c).await?;
-            return Ok(Recorded::Inserted);
-        }
-        if claim.boolean("complete") == Some(true) {
-            return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
-        }
-        // 3. Claimed earlier but its rows may be missing (a crash between
-        //    claim and rows): complete them from the stored conversion.
-        let stored: Conversion = match claim.text("body") {
-            Some(b) => serde_json::from_str(b).map_err(|e| corrupt("conversion", e))?,
-            None => c.clone(),
-        };
-        debug!("Completing a conversion claimed by an earlier delivery.");
-        self.write_credits(&stored).await?;
-        Ok(Recorded::Inserted)
+        touchpoints: &[Touchpoint],
+        candidates: &[Candidate],
+    ) -> Result<BatchRecorded, StoreError> {
+        batch::record_batch(self, touchpoints, candidates).await
     }
 
     async fn daily_salt(&self, day: NaiveDate, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -1482,6 +1481,9 @@ mod tests {
         );
         assert_eq!(tables["visitor_claims"].partition, ["site", "goal", "vid"]);
         assert_eq!(tables["conversions_by_hit"].partition, ["site", "hit"]);
+        let by_visitor = &tables["conversions_by_visitor"];
+        assert_eq!(by_visitor.partition, ["site", "vid"]);
+        assert_eq!(by_visitor.clustering, ["at", "hit", "goal"]);
         assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
     }
 
@@ -1561,7 +1563,14 @@ mod tests {
                 );
             }
             if cql.starts_with("INSERT") || cql.starts_with("UPDATE") || cql.starts_with("DELETE") {
-                for k in &t.clustering {
+                // A `*_from` delete is a range over the last clustering
+                // column (`>=`), inside one fully bound prefix.
+                let whole = if name.ends_with("_from") {
+                    &t.clustering[..t.clustering.len() - 1]
+                } else {
+                    &t.clustering[..]
+                };
+                for k in whole {
                     assert!(bound.contains(k), "{name}: clustering key {k} not bound");
                 }
             }
@@ -1688,6 +1697,7 @@ pub(crate) mod live {
     use super::*;
     use crate::config::Settings;
     use crate::domain::Credit;
+    use crate::store::{DuplicateReason, Recorded};
 
     /// Drops the test keyspace when the test ends. A fresh session on its
     /// own thread and runtime, so it works whatever runtime the test used.
@@ -1758,27 +1768,26 @@ pub(crate) mod live {
             order_id: order.map(Into::into),
             model: Model::Linear,
             window_days: 30,
-            credits: vec![
-                Credit {
-                    touchpoint: Some(Uuid::now_v7()),
-                    source: "google".into(),
-                    medium: Some("cpc".into()),
-                    campaign: Some("bf".into()),
-                    ad: None,
-                    at: Some(Utc::now()),
-                    credit: 0.5,
-                },
-                Credit {
-                    touchpoint: None,
-                    source: "(direct)".into(),
-                    medium: None,
-                    campaign: None,
-                    ad: None,
-                    at: None,
-                    credit: 0.5,
-                },
-            ],
+            // What the store computes for a visitor without touchpoints.
+            credits: vec![Credit {
+                touchpoint: None,
+                source: "(direct)".into(),
+                medium: None,
+                campaign: None,
+                ad: None,
+                at: None,
+                credit: 1.0,
+            }],
         }
+    }
+
+    /// One candidate on its own, as the attributor writes it.
+    async fn rec(store: &Arc<dyn Store>, c: &Conversion, once_per_visitor: bool) -> Recorded {
+        let cand = Candidate {
+            conversion: c.clone(),
+            once_per_visitor,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap().recorded[0].clone()
     }
 
     #[tokio::test]
@@ -1858,39 +1867,30 @@ pub(crate) mod live {
         };
         let (site, goal) = ("s_t", Uuid::now_v7());
         let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+        assert_eq!(rec(&store, &first, false).await, Recorded::Inserted);
         assert_eq!(
-            store.record_conversion(&first, false).await.unwrap(),
-            Recorded::Inserted
-        );
-        assert_eq!(
-            store.record_conversion(&first, false).await.unwrap(),
+            rec(&store, &first, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
         );
         let same_order = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
         assert_eq!(
-            store.record_conversion(&same_order, false).await.unwrap(),
+            rec(&store, &same_order, false).await,
             Recorded::Duplicate(DuplicateReason::OrderId)
         );
         let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
         let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
+        assert_eq!(rec(&store, &a, true).await, Recorded::Inserted);
         assert_eq!(
-            store.record_conversion(&a, true).await.unwrap(),
-            Recorded::Inserted
-        );
-        assert_eq!(
-            store.record_conversion(&b, true).await.unwrap(),
+            rec(&store, &b, true).await,
             Recorded::Duplicate(DuplicateReason::Visitor)
         );
         // b did not count, so its order id is free for another hit.
         let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
-        assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
 
         let day = first.at.date_naive();
         let rows = store.credit_rows(site, day, day, None).await.unwrap();
-        assert_eq!(rows.len(), 6, "three conversions, two credits each");
+        assert_eq!(rows.len(), 3, "three conversions, one credit each");
         let total: f64 = rows.iter().map(|r| r.credit).sum();
         assert!((total - 3.0).abs() < 1e-9);
         assert!(store
@@ -1925,7 +1925,8 @@ pub(crate) mod live {
         cass.lwt(&st.claim_order, (&c.site, c.goal_id, "o-9", c.hit_id))
             .await
             .unwrap();
-        cass.lwt(&st.claim_hit, (&c.site, c.hit_id, c.goal_id, &body))
+        cass.session
+            .execute_unpaged(&st.insert_conversion, (&c.site, c.hit_id, c.goal_id, &body))
             .await
             .unwrap();
         assert!(store
@@ -1934,10 +1935,7 @@ pub(crate) mod live {
             .unwrap()
             .is_empty());
 
-        assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
-            Recorded::Inserted
-        );
+        assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
         let day = c.at.date_naive();
         assert_eq!(
             store
@@ -1945,10 +1943,10 @@ pub(crate) mod live {
                 .await
                 .unwrap()
                 .len(),
-            2
+            1
         );
         assert_eq!(
-            store.record_conversion(&c, false).await.unwrap(),
+            rec(&store, &c, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
         );
     }

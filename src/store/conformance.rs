@@ -20,8 +20,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use uuid::Uuid;
 
-use super::{DuplicateReason, Recorded, Store};
-use crate::domain::{ApiKey, Conversion, Credit, Goal, GoalDraft, Model, Site, Touchpoint};
+use super::{Candidate, DuplicateReason, Recorded, Store};
+use crate::domain::{
+    credit_split, ApiKey, Conversion, Credit, Goal, GoalDraft, Model, Site, Touchpoint,
+};
 
 /// Keeps whatever backs a store (a temporary directory...) alive.
 pub type Guard = Box<dyn Any + Send>;
@@ -44,9 +46,19 @@ macro_rules! store_conformance_tests {
             credit_rows_cover_inclusive_days_and_filter_by_goal,
             conversions_for_hit_round_trip_with_credits,
             concurrent_claims_of_one_order_insert_exactly_once,
+            late_touchpoint_recredits_the_conversions_it_precedes,
             migrate_twice_is_fine,
             verified_only_goal_round_trips,
             daily_salt_is_shared_and_earlier_days_are_deleted,
+        );
+    };
+    // Earliest-wins dedup (a later-processed, earlier hit takes the order
+    // id or the visitor over). Only adapters that implement it run these:
+    // the Cassandra store still keeps first-processed-wins claims.
+    (earliest_wins $factory:path) => {
+        $crate::store::conformance::store_conformance_tests!(@cases $factory;
+            earlier_order_candidate_takes_the_order_over,
+            earliest_candidate_is_the_one_per_visitor,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -130,6 +142,23 @@ fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -> Conversio
 fn with_order(mut c: Conversion, order: &str) -> Conversion {
     c.order_id = Some(order.into());
     c
+}
+
+fn candidate(c: &Conversion, once_per_visitor: bool) -> Candidate {
+    Candidate {
+        conversion: c.clone(),
+        once_per_visitor,
+    }
+}
+
+/// One candidate on its own, as the attributor would write it.
+async fn record(store: &Arc<dyn Store>, c: &Conversion, once_per_visitor: bool) -> Recorded {
+    let out = store
+        .record_batch(&[], &[candidate(c, once_per_visitor)])
+        .await
+        .unwrap();
+    assert_eq!(out.recorded.len(), 1);
+    out.recorded[0].clone()
 }
 
 const INSERTED: Recorded = Recorded::Inserted;
@@ -291,9 +320,9 @@ pub async fn same_hit_again_is_a_same_hit_duplicate(store: Arc<dyn Store>) {
     let site = new_site(&store).await;
     let g = Uuid::now_v7();
     let c = conversion(&site.key, g, "v1", t0());
-    assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
-    assert_eq!(store.record_conversion(&c, false).await.unwrap(), SAME_HIT);
-    assert_eq!(store.record_conversion(&c, true).await.unwrap(), SAME_HIT);
+    assert_eq!(record(&store, &c, false).await, INSERTED);
+    assert_eq!(record(&store, &c, false).await, SAME_HIT);
+    assert_eq!(record(&store, &c, true).await, SAME_HIT);
     assert_eq!(
         store
             .conversions_for_hit(&site.key, c.hit_id)
@@ -318,33 +347,18 @@ pub async fn order_id_is_counted_once_across_hits(store: Arc<dyn Store>) {
     let g = Uuid::now_v7();
     let first = with_order(conversion(&site.key, g, "v1", t0()), "o-1");
     let second = with_order(conversion(&site.key, g, "v2", t0()), "o-1");
-    assert_eq!(
-        store.record_conversion(&first, false).await.unwrap(),
-        INSERTED
-    );
-    assert_eq!(
-        store.record_conversion(&second, false).await.unwrap(),
-        ORDER_ID
-    );
+    assert_eq!(record(&store, &first, false).await, INSERTED);
+    assert_eq!(record(&store, &second, false).await, ORDER_ID);
     // The winner redelivered is a redelivery, not an order clash.
-    assert_eq!(
-        store.record_conversion(&first, false).await.unwrap(),
-        SAME_HIT
-    );
-    assert_eq!(
-        store.record_conversion(&second, false).await.unwrap(),
-        ORDER_ID
-    );
+    assert_eq!(record(&store, &first, false).await, SAME_HIT);
+    assert_eq!(record(&store, &second, false).await, ORDER_ID);
     assert!(store
         .conversions_for_hit(&site.key, second.hit_id)
         .await
         .unwrap()
         .is_empty());
     let other_order = with_order(conversion(&site.key, g, "v2", t0()), "o-2");
-    assert_eq!(
-        store.record_conversion(&other_order, false).await.unwrap(),
-        INSERTED
-    );
+    assert_eq!(record(&store, &other_order, false).await, INSERTED);
 }
 
 pub async fn order_id_of_another_goal_or_site_is_not_a_duplicate(store: Arc<dyn Store>) {
@@ -358,9 +372,9 @@ pub async fn order_id_of_another_goal_or_site_is_not_a_duplicate(store: Arc<dyn 
         ..a.clone()
     };
     let c = with_order(conversion(&other_site.key, g1, "v1", t0()), "o-1");
-    assert_eq!(store.record_conversion(&a, false).await.unwrap(), INSERTED);
-    assert_eq!(store.record_conversion(&b, false).await.unwrap(), INSERTED);
-    assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
+    assert_eq!(record(&store, &a, false).await, INSERTED);
+    assert_eq!(record(&store, &b, false).await, INSERTED);
+    assert_eq!(record(&store, &c, false).await, INSERTED);
     assert_eq!(
         store
             .conversions_for_hit(&site.key, a.hit_id)
@@ -377,31 +391,16 @@ pub async fn once_per_visitor_counts_a_visitor_once(store: Arc<dyn Store>) {
     let first = conversion(&site.key, g, "v1", t0());
     let again = conversion(&site.key, g, "v1", t0() + Duration::hours(1));
     let other_visitor = conversion(&site.key, g, "v2", t0());
-    assert_eq!(
-        store.record_conversion(&first, true).await.unwrap(),
-        INSERTED
-    );
-    assert_eq!(
-        store.record_conversion(&again, true).await.unwrap(),
-        VISITOR
-    );
-    assert_eq!(
-        store.record_conversion(&first, true).await.unwrap(),
-        SAME_HIT
-    );
-    assert_eq!(
-        store.record_conversion(&other_visitor, true).await.unwrap(),
-        INSERTED
-    );
+    assert_eq!(record(&store, &first, true).await, INSERTED);
+    assert_eq!(record(&store, &again, true).await, VISITOR);
+    assert_eq!(record(&store, &first, true).await, SAME_HIT);
+    assert_eq!(record(&store, &other_visitor, true).await, INSERTED);
     // The claim is per goal: the same visitor may convert on another goal.
     let other_goal = Conversion {
         goal_id: Uuid::now_v7(),
         ..again.clone()
     };
-    assert_eq!(
-        store.record_conversion(&other_goal, true).await.unwrap(),
-        INSERTED
-    );
+    assert_eq!(record(&store, &other_goal, true).await, INSERTED);
     let day = t0().date_naive();
     let rows = store
         .credit_rows(&site.key, day, day, Some(g))
@@ -415,7 +414,7 @@ pub async fn every_mode_counts_each_hit(store: Arc<dyn Store>) {
     let g = Uuid::now_v7();
     for i in 0..3 {
         let c = conversion(&site.key, g, "v1", t0() + Duration::minutes(i));
-        assert_eq!(store.record_conversion(&c, false).await.unwrap(), INSERTED);
+        assert_eq!(record(&store, &c, false).await, INSERTED);
     }
     let day = t0().date_naive();
     let rows = store
@@ -434,28 +433,22 @@ pub async fn credit_rows_cover_inclusive_days_and_filter_by_goal(store: Arc<dyn 
     // First and last instants of UTC days, so an off-by-one shows.
     let start = |d: u32| Utc.from_utc_datetime(&day(d).and_hms_opt(0, 0, 0).unwrap());
     let end = |d: u32| start(d) + Duration::days(1) - Duration::milliseconds(1);
-    let mut split = conversion(&site.key, g1, "v1", end(21));
+    // A conversion split over two touchpoints the store holds (linear).
+    let mut split = conversion(&site.key, g1, "v2", end(21));
     split.value = 100.0;
-    split.credits = vec![
-        Credit {
-            touchpoint: Some(Uuid::now_v7()),
-            source: "google".into(),
-            medium: Some("cpc".into()),
-            campaign: Some("bf".into()),
-            ad: Some("ad-1".into()),
-            at: Some(start(19)),
-            credit: 0.75,
-        },
-        Credit {
-            touchpoint: Some(Uuid::now_v7()),
-            source: "facebook".into(),
-            medium: None,
-            campaign: None,
-            ad: None,
-            at: Some(start(20)),
-            credit: 0.25,
-        },
-    ];
+    split.model = Model::Linear;
+    let google = Touchpoint {
+        medium: Some("cpc".into()),
+        campaign: Some("bf".into()),
+        ad: Some("ad-1".into()),
+        ..touchpoint(&site.key, "v2", start(19), "google")
+    };
+    let facebook = Touchpoint {
+        medium: None,
+        campaign: None,
+        ..touchpoint(&site.key, "v2", start(20), "facebook")
+    };
+    store.put_touchpoints(&[google, facebook]).await.unwrap();
     let writes = [
         conversion(&site.key, g1, "v1", end(19)),
         conversion(&site.key, g1, "v1", start(20)),
@@ -465,7 +458,7 @@ pub async fn credit_rows_cover_inclusive_days_and_filter_by_goal(store: Arc<dyn 
         conversion(&other_site.key, g1, "v1", start(21)),
     ];
     for c in &writes {
-        assert_eq!(store.record_conversion(c, false).await.unwrap(), INSERTED);
+        assert_eq!(record(&store, c, false).await, INSERTED);
     }
     let rows = store
         .credit_rows(&site.key, day(20), day(21), None)
@@ -483,7 +476,7 @@ pub async fn credit_rows_cover_inclusive_days_and_filter_by_goal(store: Arc<dyn 
     assert!(rows.iter().all(|r| r.goal == g1));
     let google = rows.iter().find(|r| r.source == "google").unwrap();
     assert_eq!(google.day, day(21));
-    assert_eq!(google.credit, 0.75);
+    assert_eq!(google.credit, 0.5);
     assert_eq!(google.value, 100.0);
     assert_eq!(google.medium.as_deref(), Some("cpc"));
     assert_eq!(google.campaign.as_deref(), Some("bf"));
@@ -513,39 +506,26 @@ pub async fn conversions_for_hit_round_trip_with_credits(store: Arc<dyn Store>) 
         touchpoint(&site.key, "v1", t0() - Duration::days(2), "facebook"),
         touchpoint(&site.key, "v1", t0() - Duration::days(1), "bing"),
     ];
-    let credits: Vec<Credit> = tps
-        .iter()
-        .zip([0.4, 0.2, 0.4])
-        .map(|(t, w)| Credit {
-            touchpoint: Some(t.hit_id),
-            source: t.source.clone(),
-            medium: t.medium.clone(),
-            campaign: t.campaign.clone(),
-            ad: t.ad.clone(),
-            at: Some(t.at),
-            credit: w,
-        })
-        .collect();
     let mut first = with_order(conversion(&site.key, Uuid::now_v7(), "v1", t0()), "o-9");
     first.model = Model::PositionBased;
     first.window_days = 14;
     first.currency = Some("EUR".into());
     first.value = 120.25;
-    first.credits = credits;
+    store.put_touchpoints(&tps).await.unwrap();
+    // The store computes the split from the touchpoints it holds.
+    first.credits = credit_split(&first, &tps);
+    assert_eq!(first.credits.len(), 3);
     let second = Conversion {
         goal_id: Uuid::now_v7(),
         model: Model::LastClick,
-        credits: vec![first.credits[2].clone()],
+        credits: vec![Credit {
+            credit: 1.0,
+            ..first.credits[2].clone()
+        }],
         ..first.clone()
     };
-    assert_eq!(
-        store.record_conversion(&first, false).await.unwrap(),
-        INSERTED
-    );
-    assert_eq!(
-        store.record_conversion(&second, true).await.unwrap(),
-        INSERTED
-    );
+    assert_eq!(record(&store, &first, false).await, INSERTED);
+    assert_eq!(record(&store, &second, true).await, INSERTED);
 
     let mut got = store
         .conversions_for_hit(&site.key, first.hit_id)
@@ -576,7 +556,12 @@ pub async fn concurrent_claims_of_one_order_insert_exactly_once(store: Arc<dyn S
         .map(|i| {
             let store = store.clone();
             let c = with_order(conversion(&site.key, g, &format!("v{i}"), t0()), "o-race");
-            tokio::spawn(async move { store.record_conversion(&c, i % 2 == 0).await })
+            tokio::spawn(async move {
+                store
+                    .record_batch(&[], &[candidate(&c, i % 2 == 0)])
+                    .await
+                    .map(|b| b.recorded[0].clone())
+            })
         })
         .collect();
     let mut inserted = 0;
@@ -595,6 +580,119 @@ pub async fn concurrent_claims_of_one_order_insert_exactly_once(store: Arc<dyn S
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// Sources and summed credit of a site's credit rows on `t0`'s day.
+async fn sources(store: &Arc<dyn Store>, site: &str) -> Vec<(String, i64)> {
+    let day = t0().date_naive();
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for r in store.credit_rows(site, day, day, None).await.unwrap() {
+        *by.entry(r.source).or_default() += r.credit;
+    }
+    by.into_iter()
+        .map(|(s, c)| (s, (c * 1000.0).round() as i64))
+        .collect()
+}
+
+pub async fn late_touchpoint_recredits_the_conversions_it_precedes(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let c = conversion(&site.key, g, "v1", t0());
+    assert_eq!(record(&store, &c, false).await, INSERTED);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
+    );
+    // Processed after the conversion, but earlier in time and in its window.
+    let landing = touchpoint(&site.key, "v1", t0() - Duration::hours(1), "google");
+    let out = store
+        .record_batch(std::slice::from_ref(&landing), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.recredited, 1);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("google".into(), 1000)]
+    );
+    // Again (a redelivery), after the conversion or before its window:
+    // nothing changes.
+    let after = touchpoint(&site.key, "v1", t0() + Duration::hours(1), "bing");
+    let before = touchpoint(&site.key, "v1", t0() - Duration::days(31), "yahoo");
+    let out = store
+        .record_batch(&[landing, after, before], &[])
+        .await
+        .unwrap();
+    assert_eq!(out.recredited, 0);
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("google".into(), 1000)]
+    );
+    let explained = store
+        .conversions_for_hit(&site.key, c.hit_id)
+        .await
+        .unwrap();
+    assert_eq!(explained.len(), 1);
+    assert_eq!(explained[0].credits[0].source, "google");
+}
+
+pub async fn earlier_order_candidate_takes_the_order_over(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let early = with_order(conversion(&site.key, g, "v1", t0()), "o-1");
+    let late = with_order(
+        conversion(&site.key, g, "v2", t0() + Duration::minutes(5)),
+        "o-1",
+    );
+    // The later hit is processed first and counts for now...
+    assert_eq!(record(&store, &late, false).await, INSERTED);
+    // ...until the earlier one arrives: it owns the order.
+    let out = store
+        .record_batch(&[], &[candidate(&early, false)])
+        .await
+        .unwrap();
+    assert_eq!((out.recorded[0].clone(), out.displaced), (INSERTED, 1));
+    // Redelivered, it says why it does not count.
+    assert_eq!(record(&store, &late, false).await, ORDER_ID);
+    assert!(store
+        .conversions_for_hit(&site.key, late.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .conversions_for_hit(&site.key, early.hit_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
+    );
+}
+
+pub async fn earliest_candidate_is_the_one_per_visitor(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let g = Uuid::now_v7();
+    let early = conversion(&site.key, g, "v1", t0());
+    let late = conversion(&site.key, g, "v1", t0() + Duration::hours(2));
+    let out = store
+        .record_batch(&[], &[candidate(&late, true), candidate(&early, true)])
+        .await
+        .unwrap();
+    // In one batch or in two, the earlier visit is the one counted.
+    assert_eq!(out.recorded, vec![VISITOR, INSERTED]);
+    let again = conversion(&site.key, g, "v1", t0() - Duration::hours(1));
+    let out = store
+        .record_batch(&[], &[candidate(&again, true)])
+        .await
+        .unwrap();
+    assert_eq!((out.recorded[0].clone(), out.displaced), (INSERTED, 1));
+    assert_eq!(
+        sources(&store, &site.key).await,
+        vec![("(direct)".into(), 1000)]
     );
 }
 

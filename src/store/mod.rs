@@ -5,7 +5,10 @@
 //! twice (a redelivered hit) changes nothing. Dedup rules (one conversion
 //! per hit and goal, per goal and `order_id`, per goal and visitor for
 //! `once_per_visitor`) are enforced by the store atomically, never by a
-//! read-then-write in the caller. Adapters: [`sqlite::SqliteStore`]
+//! read-then-write in the caller. The attributor writes a whole batch with
+//! one [`Store::record_batch`]; the store computes credits from every
+//! touchpoint it holds and re-credits conversions a late touchpoint
+//! precedes, so reports do not depend on processing order. Adapters: [`sqlite::SqliteStore`]
 //! (embedded) and `cassandra::CassandraStore` (production). Each adapter
 //! counts its own failed backend calls in `tally_adapter_errors_total`
 //! (callers must not count them again).
@@ -69,6 +72,26 @@ impl DuplicateReason {
     }
 }
 
+/// A hit that matched a goal: it counts unless a dedup rule says no.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The conversion it would be; its `credits` are recomputed by the store.
+    pub conversion: Conversion,
+    /// From the goal's counting mode.
+    pub once_per_visitor: bool,
+}
+
+/// What [`Store::record_batch`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchRecorded {
+    /// One per candidate, in the order given.
+    pub recorded: Vec<Recorded>,
+    /// Conversions recorded earlier whose credits a new touchpoint changed.
+    pub recredited: u64,
+    /// Conversions recorded earlier that an earlier candidate displaced.
+    pub displaced: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates or upgrades the schema. Idempotent.
@@ -111,13 +134,29 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> Result<Vec<Touchpoint>, StoreError>;
 
-    /// Records a conversion with its credit split, applying the dedup
-    /// rules atomically. `once_per_visitor` comes from the goal.
-    async fn record_conversion(
+    /// Writes one attributor batch: its touchpoints, then its conversion
+    /// candidates (a hit that matched a goal; `credits` are ignored and
+    /// computed by the store from every touchpoint it holds), and
+    /// re-credits the conversions already recorded that a new touchpoint
+    /// precedes inside their window. Applies the dedup rules so that what
+    /// counts is a function of the hits, never of processing order:
+    ///
+    /// - one conversion per (goal, hit): a redelivered candidate is a
+    ///   [`DuplicateReason::SameHit`];
+    /// - per (goal, `order_id`), the earliest candidate by (`at`, hit id)
+    ///   owns the order, whether or not it counts;
+    /// - per (goal, visitor) for `once_per_visitor`, the earliest candidate
+    ///   that is not an order duplicate counts.
+    ///
+    /// A candidate that arrives earlier than the current holder takes over:
+    /// the holder stops counting (its credit rows go) and the earlier one
+    /// counts. Returns one [`Recorded`] per candidate, in order, as things
+    /// stand once the batch is written.
+    async fn record_batch(
         &self,
-        conversion: &Conversion,
-        once_per_visitor: bool,
-    ) -> Result<Recorded, StoreError>;
+        touchpoints: &[Touchpoint],
+        candidates: &[Candidate],
+    ) -> Result<BatchRecorded, StoreError>;
     /// The secret salt of derived visitor ids for UTC `day`: the stored one,
     /// or `candidate` if none is stored yet (first writer wins, so every
     /// web process gets the same). Salts of earlier days are deleted, so a

@@ -14,10 +14,17 @@
 //!   `tokio::task::spawn_blocking`. One writer connection (SQLite allows one
 //!   writer at a time anyway) and one reader connection, each behind a
 //!   `Mutex`; under WAL a report read never waits for a conversion write.
-//! - **Atomic dedup**: `record_conversion` is one `BEGIN IMMEDIATE`
-//!   transaction, so the checks and the inserts of the claim rows happen
-//!   under the write lock and two deliveries can never both win. The claim
-//!   tables' primary keys enforce the same rules a second time.
+//! - **One transaction per attributor batch**: `record_batch` is one
+//!   `BEGIN IMMEDIATE` transaction (one fsync) holding the batch's
+//!   touchpoints, its conversion candidates, the dedup decisions and the
+//!   re-credits (`sqlite/batch.rs`), so dedup happens under the write lock
+//!   and two deliveries can never both win.
+//! - **Order-independent dedup**: every hit that matched a goal is kept in
+//!   `candidates`; what counts is settled per (site, goal, visitor) from all
+//!   of them: the earliest candidate by (`at`, hit id) owns an order id, and
+//!   on a once-per-visitor goal the earliest candidate that is not an order
+//!   duplicate counts. A candidate processed late that is earlier than the
+//!   holder takes over (the holder's conversion and credit rows go).
 //! - **Encoding**: ids are hyphenated UUID text; instants are integer
 //!   nanoseconds since the Unix epoch (`*_ns`, exact round trip of chrono's
 //!   precision, cheap range scans); report days are `YYYY-MM-DD` text, the
@@ -28,7 +35,7 @@
 //!   migrations; `migrate()` applies the missing ones, each in its own
 //!   transaction, and refuses a file written by a newer tally.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //! ```text
 //! sites(key PK, name, domains JSON, created_ns)
 //! api_keys(hash PK, prefix, site, revoked)             index (prefix)
@@ -41,11 +48,18 @@
 //!             medium, campaign, ad, at_ns, credit, value)
 //!                                                      PK (hit_id, goal_id, ord); index (site, day)
 //! order_claims(site, goal_id, order_id, hit_id)        PK (site, goal_id, order_id)
-//! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)
+//! visitor_claims(site, goal_id, vid, hit_id)           PK (site, goal_id, vid)   (v1 only)
+//! candidates(hit_id, goal_id, site, vid, at_ns, value, currency, order_id,
+//!             model, window_days, once_per_visitor)  PK (hit_id, goal_id);
+//!                                      index (site, goal_id, vid, at_ns, hit_id),
+//!                                      (site, goal_id, order_id, at_ns, hit_id)
+//! conversions: + index (site, vid, at_ns), (site, goal_id, vid)     (v2)
 //! ```
 //! Version 2 adds `visitor_salts(day PK, salt hex)`: one secret per UTC
 //! day for derived visitor ids; earlier days' rows are deleted when a new
 //! day's salt is taken. (Goals' `verified_only` lives in their JSON body.)
+//! `order_claims` and `visitor_claims` are kept from version 1 but no
+//! longer written: `candidates` decides.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,7 +73,9 @@ use rusqlite::{
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{DuplicateReason, Recorded, Store, StoreError};
+use super::{BatchRecorded, Candidate, Store, StoreError};
+
+mod batch;
 use crate::domain::{ApiKey, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint};
 use crate::metrics::Metrics;
 
@@ -153,6 +169,38 @@ CREATE TABLE visitor_salts (
     day  TEXT PRIMARY KEY,
     salt TEXT NOT NULL
 ) WITHOUT ROWID;
+"#,
+    // 3: every hit that matched a goal is kept as a candidate, so what
+    // counts can be settled from all of them whatever order they came in
+    // (earliest wins an order id or a once-per-visitor goal). Conversions
+    // counted before this version become candidates; `order_claims` and
+    // `visitor_claims` are no longer written.
+    r#"
+CREATE TABLE candidates (
+    hit_id           TEXT NOT NULL,
+    goal_id          TEXT NOT NULL,
+    site             TEXT NOT NULL,
+    vid              TEXT NOT NULL,
+    at_ns            INTEGER NOT NULL,
+    value            REAL NOT NULL,
+    currency         TEXT,
+    order_id         TEXT,
+    model            TEXT NOT NULL,
+    window_days      INTEGER NOT NULL,
+    once_per_visitor INTEGER NOT NULL,
+    PRIMARY KEY (hit_id, goal_id)
+) WITHOUT ROWID;
+CREATE INDEX candidates_visitor ON candidates (site, goal_id, vid, at_ns, hit_id);
+CREATE INDEX candidates_order ON candidates (site, goal_id, order_id, at_ns, hit_id)
+    WHERE order_id IS NOT NULL;
+CREATE INDEX conversions_visitor ON conversions (site, vid, at_ns);
+CREATE INDEX conversions_goal_visitor ON conversions (site, goal_id, vid);
+INSERT OR IGNORE INTO candidates
+    SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
+           c.model, c.window_days,
+           EXISTS (SELECT 1 FROM visitor_claims v
+                   WHERE v.site = c.site AND v.goal_id = c.goal_id AND v.hit_id = c.hit_id)
+    FROM conversions c;
 "#,
 ];
 
@@ -309,65 +357,10 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
     })
 }
 
-/// The dedup decision and the inserts, inside the caller's transaction.
-fn record_in(
-    tx: &Transaction<'_>,
-    c: &Conversion,
-    once_per_visitor: bool,
-) -> Result<Recorded, StoreError> {
-    let hit = c.hit_id.to_string();
-    let goal = c.goal_id.to_string();
-    let same: Option<i64> = tx
-        .query_row(
-            "SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
-            params![hit, goal],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if same.is_some() {
-        return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
-    }
-    if let Some(order) = &c.order_id {
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT hit_id FROM order_claims WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
-                params![c.site, goal, order],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if holder.is_some_and(|h| h != hit) {
-            return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
-        }
-    }
-    if once_per_visitor {
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT hit_id FROM visitor_claims WHERE site = ?1 AND goal_id = ?2 AND vid = ?3",
-                params![c.site, goal, c.vid],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if holder.is_some_and(|h| h != hit) {
-            return Ok(Recorded::Duplicate(DuplicateReason::Visitor));
-        }
-    }
-    let at_ns = nanos(c.at)?;
-    tx.execute(
-        "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            hit,
-            goal,
-            c.site,
-            c.vid,
-            at_ns,
-            c.value,
-            c.currency,
-            c.order_id,
-            c.model.as_str(),
-            c.window_days
-        ],
-    )?;
+/// Writes a counted conversion's credit rows (keyed by hit, goal and
+/// position), inside the caller's transaction.
+fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError> {
+    let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
     let day = day_text(c.at.date_naive());
     let mut insert_credit = tx.prepare_cached(
         "INSERT INTO conversion_credits
@@ -392,19 +385,7 @@ fn record_in(
             c.value
         ])?;
     }
-    if let Some(order) = &c.order_id {
-        tx.execute(
-            "INSERT OR IGNORE INTO order_claims (site, goal_id, order_id, hit_id) VALUES (?1, ?2, ?3, ?4)",
-            params![c.site, goal, order, hit],
-        )?;
-    }
-    if once_per_visitor {
-        tx.execute(
-            "INSERT OR IGNORE INTO visitor_claims (site, goal_id, vid, hit_id) VALUES (?1, ?2, ?3, ?4)",
-            params![c.site, goal, c.vid, hit],
-        )?;
-    }
-    Ok(Recorded::Inserted)
+    Ok(())
 }
 
 impl SqliteStore {
@@ -694,21 +675,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_conversion(
+    async fn record_batch(
         &self,
-        conversion: &Conversion,
-        once_per_visitor: bool,
-    ) -> Result<Recorded, StoreError> {
-        let c = conversion.clone();
-        self.write("record_conversion", move |conn| {
+        touchpoints: &[Touchpoint],
+        candidates: &[Candidate],
+    ) -> Result<BatchRecorded, StoreError> {
+        if touchpoints.is_empty() && candidates.is_empty() {
+            return Ok(BatchRecorded::default());
+        }
+        let (tps, cands) = (touchpoints.to_vec(), candidates.to_vec());
+        self.write("record_batch", move |conn| {
             // IMMEDIATE takes the write lock before the dedup reads, so no
-            // other writer can claim the order or visitor in between.
+            // other writer can change a group in between; one commit (one
+            // fsync) for the whole batch.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let recorded = record_in(&tx, &c, once_per_visitor)?;
-            if recorded == Recorded::Inserted {
-                tx.commit()?;
-            }
-            Ok(recorded)
+            let out = batch::record_batch_in(&tx, &tps, &cands)?;
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }
@@ -849,6 +832,10 @@ mod tests {
     }
 
     store_conformance_tests!(sqlite);
+    mod earliest_wins {
+        use super::sqlite;
+        store_conformance_tests!(earliest_wins sqlite);
+    }
 
     #[tokio::test]
     async fn reopened_file_keeps_data_and_exact_instants() {
@@ -949,7 +936,11 @@ mod tests {
             window_days: 30,
             credits: vec![],
         };
-        store.record_conversion(&c, false).await.unwrap();
+        let cand = crate::store::Candidate {
+            conversion: c.clone(),
+            once_per_visitor: false,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap();
         let c = Conversion {
             hit_id: Uuid::now_v7(),
             credits: vec![Credit {
@@ -963,12 +954,16 @@ mod tests {
             }],
             ..c
         };
-        store.record_conversion(&c, false).await.unwrap();
+        let cand = crate::store::Candidate {
+            conversion: c.clone(),
+            once_per_visitor: false,
+        };
+        store.record_batch(&[], &[cand]).await.unwrap();
         let rows = store
             .credit_rows("s_x", NaiveDate::MIN, NaiveDate::MAX, None)
             .await
             .unwrap();
-        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.len(), 2);
     }
 
     #[tokio::test]

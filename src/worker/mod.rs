@@ -16,6 +16,7 @@ use crate::queue::{Batch, QueueError, Subscription};
 
 pub mod archiver;
 pub mod attributor;
+pub mod goals;
 
 pub use archiver::Archiver;
 pub use attributor::Attributor;

@@ -133,3 +133,75 @@ async fn api_needs_a_valid_key_and_sees_only_its_site() {
         .unwrap();
     assert_eq!(list, json!([]));
 }
+
+#[tokio::test]
+async fn goal_names_patterns_and_count_are_bounded_with_a_clear_400() {
+    let app = spawn_app().await;
+    let refused = |body: serde_json::Value, words: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .api(Method::POST, "/api/v1/goals")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 400, "{body}");
+            let err: serde_json::Value = res.json().await.unwrap();
+            assert!(
+                err["error"].as_str().unwrap().contains(words),
+                "{err} should mention {words}"
+            );
+        }
+    };
+    let long = "n".repeat(201);
+    refused(
+        json!({"name": long, "match": {"event": "x"}}),
+        "at most 200",
+    )
+    .await;
+    refused(json!({"match": {"event": long}}), "at most 200").await;
+    refused(
+        json!({"match": {"url": "/\\w{50}\\w{50}\\w{50}\\w{50}", "op": "regex"}}),
+        "256 KiB",
+    )
+    .await;
+    for i in 0..100 {
+        app.create_goal(json!({"match": {"event": format!("e{i}")}}))
+            .await;
+    }
+    refused(json!({"match": {"event": "one-more"}}), "at most 100 goals").await;
+}
+
+#[tokio::test]
+async fn a_goal_created_while_the_worker_runs_counts_within_about_a_second() {
+    let app = spawn_app().await;
+    // The worker has read this site's goals already (its cache is warm).
+    app.create_goal(json!({"match": {"event": "warm"}})).await;
+    app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "warm", "vid": "w"}))
+        .await;
+    let r = app.wait_for_conversions("goal", 1.0).await;
+    assert_eq!(r["total"]["conversions"], 1.0);
+
+    app.create_goal(json!({"match": {"event": "signup"}})).await;
+    let created = std::time::Instant::now();
+    // A signup every 100 ms until one counts: how long the new goal takes
+    // to reach the worker.
+    let q = format!("from={d}&to={d}", d = crate::helpers::today());
+    let mut n = 0;
+    let counted_after = loop {
+        app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "signup", "vid": format!("v{n}")}))
+            .await;
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if app.report(&q).await["total"]["conversions"].as_f64() > Some(1.0) {
+            break created.elapsed();
+        }
+        assert!(
+            created.elapsed() < std::time::Duration::from_secs(5),
+            "the new goal never counted"
+        );
+    };
+    eprintln!("new goal counted {counted_after:?} after it was created");
+    assert!(counted_after < std::time::Duration::from_secs(3));
+}
