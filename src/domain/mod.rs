@@ -13,5 +13,5 @@ pub mod site;
 pub use attribution::{attribute, Conversion, Credit, Model, Touchpoint};
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, UrlOp};
 pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp};
-pub use report::{CreditRow, GroupKey, Report, ReportQuery, ReportRow};
+pub use report::{ClickRow, CreditRow, GroupKey, Report, ReportQuery, ReportRow};
 pub use site::{ApiKey, Site};

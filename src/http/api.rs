@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::domain::report::{aggregate, MAX_REPORT_DAYS};
+use crate::domain::report::{aggregate_with_clicks, MAX_REPORT_DAYS};
 use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
 
 /// The site an authenticated request acts for.
@@ -21,7 +21,8 @@ pub struct SiteAuth {
 }
 
 /// The bearer token, read synchronously; resolving it needs the store.
-pub struct Bearer(Option<String>);
+/// Without one, the dashboard's session cookie stands in for it.
+pub struct Bearer(Option<String>, super::session::CookieAuth);
 
 impl FromRequest for Bearer {
     type Error = ApiError;
@@ -36,16 +37,16 @@ impl FromRequest for Bearer {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(|t| t.trim().to_owned());
-        ready(Ok(Bearer(token)))
+        ready(Ok(Bearer(token, super::session::CookieAuth::read(req))))
     }
 }
 
 impl Bearer {
-    async fn site(self, state: &AppState) -> Result<SiteAuth, ApiError> {
-        let token = self
-            .0
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+    pub async fn site(self, state: &AppState) -> Result<SiteAuth, ApiError> {
+        let Some(token) = self.0.filter(|t| !t.is_empty()) else {
+            let site = self.1.site(state).await?;
+            return Ok(SiteAuth { site });
+        };
         let site = state
             .store
             .site_for_key_hash(&ApiKey::hash(&token))
@@ -161,7 +162,7 @@ fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
 
 impl ReportParams {
     /// Defaults: the last 30 UTC days up to today, no grouping.
-    fn query(&self) -> Result<ReportQuery, ApiError> {
+    pub fn query(&self) -> Result<ReportQuery, ApiError> {
         let to = match &self.to {
             Some(t) => day("to", t)?,
             None => Utc::now().date_naive(),
@@ -208,14 +209,18 @@ pub async fn conversions(
         .store
         .credit_rows(&auth.site, query.from, query.to, query.goal)
         .await?;
-    Ok(HttpResponse::Ok().json(aggregate(&query, rows)))
+    let clicks = state
+        .store
+        .click_rows(&auth.site, query.from, query.to)
+        .await?;
+    Ok(HttpResponse::Ok().json(aggregate_with_clicks(&query, rows, clicks)))
 }
 
 #[derive(Serialize)]
-struct Explained {
+pub struct Explained {
     hit_id: Uuid,
     goal: Uuid,
-    goal_name: Option<String>,
+    pub goal_name: Option<String>,
     at: chrono::DateTime<Utc>,
     value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,7 +232,7 @@ struct Explained {
     touchpoints: Vec<crate::domain::Credit>,
 }
 
-async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
+pub async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
     let goal_name = state.store.goal(site, c.goal_id).await?.map(|g| g.name);
     Ok(Explained {
         hit_id: c.hit_id,

@@ -46,12 +46,12 @@ use super::{DuplicateReason, Recorded, Store, StoreError};
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{
-    ApiKey, Conversion, CountMode, CreditRow, Goal, GoalMatch, Model, Site, Touchpoint,
+    ApiKey, ClickRow, Conversion, CountMode, CreditRow, Goal, GoalMatch, Model, Site, Touchpoint,
 };
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -78,55 +78,69 @@ const TOUCHPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// The versioned schema: `(version, statements)`, applied in order by
 /// [`CassandraStore::migrate`]. `{ks}` is the keyspace. Every statement is
 /// `IF NOT EXISTS`, so a migration interrupted half-way simply runs again.
-pub const MIGRATIONS: &[(i32, &[&str])] = &[(
-    1,
-    &[
-        // By site key: the collector resolves a site per request.
-        "CREATE TABLE IF NOT EXISTS {ks}.sites (\
+pub const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
+        1,
+        &[
+            // By site key: the collector resolves a site per request.
+            "CREATE TABLE IF NOT EXISTS {ks}.sites (\
            site_key text PRIMARY KEY, name text, domains list<text>, \
            created_at timestamp, created_at_ns int)",
-        // By key hash: every API request resolves its bearer token here.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
+            // By key hash: every API request resolves its bearer token here.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys (\
            hash text PRIMARY KEY, site text, prefix text, revoked boolean)",
-        // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
+            // By prefix: `tally keys revoke --key PREFIX` finds the hashes.
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_prefix (\
            prefix text, hash text, site text, PRIMARY KEY ((prefix), hash))",
-        // By site: the attributor reads all of a site's goals per batch.
-        "CREATE TABLE IF NOT EXISTS {ks}.goals (\
+            // By site: the attributor reads all of a site's goals per batch.
+            "CREATE TABLE IF NOT EXISTS {ks}.goals (\
            site text, id uuid, name text, matcher text, default_value double, \
            model text, window_days int, count_mode text, \
            created_at timestamp, created_at_ns int, \
            PRIMARY KEY ((site), id))",
-        // By (site, visitor), newest first: attribution reads one
-        // visitor's clicks in a window; rows expire after the longest one.
-        "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
+            // By (site, visitor), newest first: attribution reads one
+            // visitor's clicks in a window; rows expire after the longest one.
+            "CREATE TABLE IF NOT EXISTS {ks}.touchpoints (\
            site text, vid text, at timestamp, hit uuid, at_ns int, \
            source text, medium text, campaign text, ad text, \
            click_param text, click_value text, \
            PRIMARY KEY ((site, vid), at, hit)) \
          WITH CLUSTERING ORDER BY (at DESC, hit ASC) \
          AND default_time_to_live = {ttl}",
-        // By (site, hit): the per-hit claim and the explain endpoint.
-        "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
+            // By (site, hit): the per-hit claim and the explain endpoint.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversions_by_hit (\
            site text, hit uuid, goal uuid, body text, complete boolean, \
            PRIMARY KEY ((site, hit), goal))",
-        // By (site, day, bucket): a report reads days x buckets partitions,
-        // none of them unbounded however busy a day is.
-        "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
+            // By (site, day, bucket): a report reads days x buckets partitions,
+            // none of them unbounded however busy a day is.
+            "CREATE TABLE IF NOT EXISTS {ks}.credits_by_day (\
            site text, day date, bucket int, goal uuid, hit uuid, idx int, \
            source text, medium text, campaign text, ad text, \
            credit double, conv_value double, \
            PRIMARY KEY ((site, day, bucket), goal, hit, idx))",
-        // By (site, goal, order_id): one conversion per order, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
+            // By (site, goal, order_id): one conversion per order, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
            site text, goal uuid, order_id text, hit uuid, \
            PRIMARY KEY ((site, goal, order_id)))",
-        // By (site, goal, visitor): `once_per_visitor`, by LWT.
-        "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
+            // By (site, goal, visitor): `once_per_visitor`, by LWT.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
            site text, goal uuid, vid text, hit uuid, \
            PRIMARY KEY ((site, goal, vid)))",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            // By (site, day, bucket), like credits_by_day: a report's click
+            // counts read days x buckets partitions; one row per touchpoint,
+            // keyed by its hit, so a redelivered touchpoint counts once.
+            "CREATE TABLE IF NOT EXISTS {ks}.clicks_by_day (\
+           site text, day date, bucket int, hit uuid, \
+           source text, medium text, campaign text, ad text, \
+           PRIMARY KEY ((site, day, bucket), hit))",
+        ],
+    ),
+];
 
 /// Which row in `schema_version` this application owns.
 const SCHEMA_COMPONENT: &str = "tally";
@@ -390,6 +404,9 @@ pub struct Statements {
     insert_credit: PreparedStatement,
     select_credits: PreparedStatement,
     select_credits_for_goal: PreparedStatement,
+    insert_click: PreparedStatement,
+    select_clicks: PreparedStatement,
+    select_credit_hits: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -416,6 +433,9 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+    ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credit_hits", "SELECT hit FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
 ];
 
 impl Statements {
@@ -464,6 +484,9 @@ impl Statements {
             insert_credit: take("insert_credit")?,
             select_credits: take("select_credits")?,
             select_credits_for_goal: take("select_credits_for_goal")?,
+            insert_click: take("insert_click")?,
+            select_clicks: take("select_clicks")?,
+            select_credit_hits: take("select_credit_hits")?,
         })
     }
 }
@@ -1011,6 +1034,23 @@ impl Store for CassandraStore {
             )
             .await
             .map_err(|e| self.failed(e))?;
+        // The click count of its day; keyed by hit, so a retry is a no-op.
+        self.session
+            .execute_unpaged(
+                &st.insert_click,
+                (
+                    &tp.site,
+                    tp.at.date_naive(),
+                    credit_bucket(tp.hit_id),
+                    tp.hit_id,
+                    &tp.source,
+                    &tp.medium,
+                    &tp.campaign,
+                    &tp.ad,
+                ),
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -1155,6 +1195,66 @@ impl Store for CassandraStore {
             .try_collect::<Vec<Vec<CreditRow>>>()
             .await?;
         Ok(parts.into_iter().flatten().collect())
+    }
+
+    async fn click_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickRow>, StoreError> {
+        let st = self.st().await?;
+        type ClickDbRow = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let parts = stream::iter(report_partitions(from, to))
+            .map(|(day, bucket)| async move {
+                let rows: Vec<ClickDbRow> = self
+                    .all_rows(&st.select_clicks, (site, day, bucket))
+                    .await?;
+                Ok::<_, StoreError>(
+                    rows.into_iter()
+                        .map(move |(source, medium, campaign, ad)| ClickRow {
+                            day,
+                            source: source.unwrap_or_default(),
+                            medium,
+                            campaign,
+                            ad,
+                            clicks: 1,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .try_collect::<Vec<Vec<ClickRow>>>()
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    async fn converted_hits(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let st = self.st().await?;
+        let parts = stream::iter(report_partitions(from, to))
+            .map(|(day, bucket)| async move {
+                let rows: Vec<(Uuid,)> = self
+                    .all_rows(&st.select_credit_hits, (site, day, bucket))
+                    .await?;
+                Ok::<_, StoreError>(rows.into_iter().map(|(h,)| h).collect::<Vec<_>>())
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .try_collect::<Vec<Vec<Uuid>>>()
+            .await?;
+        // UUID v7 order is time order: newest first, each hit once.
+        let hits: std::collections::BTreeSet<Uuid> = parts.into_iter().flatten().collect();
+        Ok(hits.into_iter().rev().take(limit).collect())
     }
 
     async fn conversions_for_hit(

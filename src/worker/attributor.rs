@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::domain::{attribute, CountMode, Goal, Hit, Touchpoint};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue, QueueError};
 use crate::store::{Recorded, Store, StoreError};
@@ -31,16 +32,29 @@ pub struct Outcome {
     pub duplicates: usize,
     /// Hits that can never be processed, with the reason.
     pub rejected: Vec<(Hit, String)>,
+    /// The conversions this call recorded (for live events only).
+    pub converted: Vec<crate::domain::Conversion>,
 }
 
 pub struct Attributor {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    live: Option<Arc<dyn Live>>,
 }
 
 impl Attributor {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Attributor {
-        Attributor { store, metrics }
+        Attributor {
+            store,
+            metrics,
+            live: None,
+        }
+    }
+
+    /// Publishes each written batch's hits and conversions as live events.
+    pub fn with_live(mut self, live: Arc<dyn Live>) -> Attributor {
+        self.live = Some(live);
+        self
     }
 
     /// Processes hits in order. Idempotent: processing the same hits again
@@ -107,6 +121,7 @@ impl Attributor {
                 match self.store.record_conversion(&conversion, once).await {
                     Ok(Recorded::Inserted) => {
                         out.conversions += 1;
+                        out.converted.push(conversion);
                         self.metrics.conversions_written.inc();
                         debug!(hit_id = %hit.id, goal_id = %goal.id, request_id = ?hit.request_id, "Conversion recorded.");
                     }
@@ -178,6 +193,11 @@ impl Attributor {
                 }
             };
             let Some(outcome) = outcome else { break };
+            // The batch is written: show it live. Never awaited, never
+            // counted on (see `crate::live`).
+            if let Some(live) = &self.live {
+                live.publish(crate::live::batch_events(&batch.hits, &outcome.converted));
+            }
             if !outcome.rejected.is_empty() {
                 for (hit, reason) in &outcome.rejected {
                     warn!(hit_id = %hit.id, reason, "Hit cannot be attributed; dead-lettering it.");
