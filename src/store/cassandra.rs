@@ -1446,7 +1446,7 @@ mod tests {
     #[test]
     fn schema_is_plain_cql_that_cassandra_4_accepts() {
         let tables = tables();
-        assert_eq!(tables.len(), 9);
+        assert_eq!(tables.len(), 10);
         for (name, t) in &tables {
             for c in &t.columns {
                 assert!(

@@ -104,7 +104,7 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
 
 /// Runs `scenario` with a browser and closes the session even when an
 /// assertion fails, so no Chromium is left behind.
-async fn with_browser<F, Fut>(name: &str, scenario: F)
+pub(crate) async fn with_browser<F, Fut>(name: &str, scenario: F)
 where
     F: FnOnce(Client, TestApp, String) -> Fut,
     Fut: Future<Output = ()>,
