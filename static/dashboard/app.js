@@ -318,8 +318,8 @@
           return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: num(t.credit * c.value) })]);
         });
         list.appendChild(el('details', { 'class': 'conv' }, [
-          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + num(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') }),
-          el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data' }, [
+          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + num(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
+          el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
             el('thead', {}, [el('tr', {}, ['Clicked', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
             el('tbody', {}, rows)
           ])])
