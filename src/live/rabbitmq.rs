@@ -243,3 +243,68 @@ async fn next(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a real broker (`TALLY_TEST_AMQP_URL`), skipped without it.
+    use super::*;
+    use chrono::Utc;
+    use secrecy::SecretString;
+    use uuid::Uuid;
+
+    fn event(site: &str) -> LiveEvent {
+        LiveEvent::Conversion {
+            site: site.into(),
+            hit_id: Uuid::now_v7(),
+            goal: Uuid::nil(),
+            at: Utc::now(),
+            value: 2.5,
+            source: "google".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_publishes_and_every_web_process_receives() {
+        let Ok(url) = std::env::var("TALLY_TEST_AMQP_URL") else {
+            eprintln!("skipped: TALLY_TEST_AMQP_URL not set");
+            return;
+        };
+        let settings = RabbitMqSettings {
+            url: SecretString::from(url),
+            prefix: format!("test-{}", Uuid::now_v7().simple()),
+            prefetch: 10,
+        };
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let worker = RabbitMqLive::start(&settings, false, metrics.clone(), stop.clone());
+        let web_a = RabbitMqLive::start(&settings, true, metrics.clone(), stop.clone());
+        let web_b = RabbitMqLive::start(&settings, true, metrics.clone(), stop.clone());
+        let (mut rx_a, mut rx_b) = (web_a.subscribe(), web_b.subscribe());
+        // The web processes bind their queues asynchronously: publish until
+        // both have seen an event, with a deadline.
+        let sent = event("s_live");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut got_a, mut got_b) = (None, None);
+        while got_a.is_none() || got_b.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not received within 10 s"
+            );
+            worker.publish(vec![sent.clone()]);
+            let wait = tokio::time::sleep(std::time::Duration::from_millis(200));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    Ok(e) = rx_a.recv(), if got_a.is_none() => got_a = Some(e),
+                    Ok(e) = rx_b.recv(), if got_b.is_none() => got_b = Some(e),
+                }
+            }
+        }
+        assert_eq!(*got_a.unwrap(), sent);
+        assert_eq!(*got_b.unwrap(), sent);
+        // The worker itself subscribes to nothing remote.
+        assert!(worker.subscribe().try_recv().is_err());
+        stop.cancel();
+    }
+}
