@@ -388,3 +388,89 @@ async fn the_live_stream_sends_a_collected_hit_and_its_conversion_within_two_sec
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+/// `tally web` + `tally worker` on RabbitMQ (both in this process, one
+/// SQLite file): a hit posted to the web process comes back to its live
+/// stream through the worker and the `{prefix}.live` fanout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_web_and_worker_pair_live_events_cross_rabbitmq() {
+    use tally::config::{QueueSettings, RabbitMqSettings, Role};
+    use tally::startup::Application;
+    let Ok(url) = std::env::var("TALLY_TEST_AMQP_URL") else {
+        eprintln!("skipped: TALLY_TEST_AMQP_URL not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rabbit = RabbitMqSettings {
+        url: url.into(),
+        prefix: format!("test-{}", uuid::Uuid::now_v7().simple()),
+        prefetch: 100,
+    };
+    let mut settings = crate::helpers::test_settings(dir.path());
+    settings.queue = QueueSettings::RabbitMq(rabbit.clone());
+    let web = Application::build(settings.clone(), Role::Web)
+        .await
+        .unwrap();
+    let worker = Application::build(settings, Role::Worker).await.unwrap();
+    let store = web.state().store.clone();
+    let site = tally::domain::Site::new("pair", vec![], chrono::Utc::now());
+    store.create_site(&site).await.unwrap();
+    let key = tally::domain::ApiKey::mint(&site.key);
+    store.add_api_key(&key).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", web.port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let web_task = tokio::spawn(web.run_until_stopped(stop.clone()));
+    let worker_task = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let client = reqwest::Client::new();
+
+    let mut res = client
+        .get(format!("{address}/api/v1/live"))
+        .bearer_auth(&key.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.chunk().await.unwrap();
+    // The web process binds its live queue asynchronously after start-up:
+    // post a hit until one comes back, within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = String::new();
+    let mut latency = None;
+    while latency.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no live event within 15 s: {seen}"
+        );
+        let sent = Instant::now();
+        let accepted = client
+            .post(format!("{address}/collect"))
+            .json(&json!({"site": site.key, "url": "https://pair.example/?gclid=x", "vid": "v1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(accepted.status(), 202);
+        if let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(2), res.chunk()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: hit") {
+                latency = Some(sent.elapsed());
+            }
+        }
+    }
+    eprintln!(
+        "live over RabbitMQ: hit streamed {:?} after the POST",
+        latency.unwrap()
+    );
+    assert!(latency.unwrap() < Duration::from_secs(2));
+    drop(res);
+    stop.cancel();
+    web_task.await.unwrap().unwrap();
+    worker_task.await.unwrap().unwrap();
+    let q = tally::queue::rabbitmq::RabbitMqQueue::connect(
+        &rabbit,
+        std::sync::Arc::new(tally::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    q.delete_topology().await.unwrap();
+}
