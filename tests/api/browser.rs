@@ -215,7 +215,7 @@ async fn ad_click_spa_reload_and_signup_convert_to_the_campaign() {
         assert_eq!(
             report["rows"],
             json!([{"source": "google", "campaign": "black-friday",
-                    "conversions": 1.0, "value": 49.0}]),
+                    "clicks": 1, "conversions": 1.0, "value": 49.0}]),
             "{report}"
         );
         let hits = wait_for_hits(&app, |h| event(h, "signup").is_some()).await;

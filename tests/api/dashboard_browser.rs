@@ -7,9 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeZone, Utc};
 use fantoccini::elements::Element;
 use fantoccini::{Client, Locator};
 use serde_json::json;
+use tally::domain::{Conversion, Credit, Model, Touchpoint};
+use uuid::Uuid;
 
 use crate::browser::with_browser;
 use crate::helpers::TestApp;
@@ -77,12 +80,137 @@ async fn screenshot(client: &Client, name: &str) {
         .expect("write screenshot");
 }
 
-/// Ad landings from three networks and conversions on two goals.
-async fn seed(app: &TestApp) {
-    app.create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 49.0}))
+/// What the overview should show for the last 30 days after [`seed`].
+struct Seeded {
+    clicks: u64,
+    conversions: u64,
+    value: u64,
+}
+
+/// A number as the page prints it (`toLocaleString('en')`).
+fn en(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Four weeks of history written straight to the store (the collector
+/// stamps hits with the server's clock, so it cannot make past days), so
+/// the chart has a shape; then today's hits through `/collect`.
+async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
+    let mut seeded = Seeded {
+        clicks: 0,
+        conversions: 0,
+        value: 0,
+    };
+    let today = Utc::now().date_naive();
+    for d in 1..=29u32 {
+        let day = today - chrono::Duration::days(i64::from(d));
+        let at = Utc.from_utc_datetime(&day.and_hms_opt(10, 0, 0).unwrap());
+        let mut tps = Vec::new();
+        for i in 0..(2 + d % 3) {
+            tps.push(touchpoint(
+                app,
+                &format!("g{d}-{i}"),
+                at,
+                "google",
+                "cpc",
+                "search",
+            ));
+        }
+        for i in 0..(1 + d % 2) {
+            tps.push(touchpoint(
+                app,
+                &format!("f{d}-{i}"),
+                at,
+                "facebook",
+                "cpc",
+                "retargeting",
+            ));
+        }
+        app.store.put_touchpoints(&tps).await.unwrap();
+        seeded.clicks += tps.len() as u64;
+        let mut converting: Vec<(&Touchpoint, Uuid, f64, Model)> = tps
+            .iter()
+            .filter(|t| t.source == "google")
+            .take((d % 3) as usize)
+            .map(|t| (t, signup, 49.0, Model::LastClick))
+            .collect();
+        if d % 4 == 0 {
+            let t = tps.iter().find(|t| t.source == "facebook").unwrap();
+            converting.push((t, purchase, 120.0, Model::Linear));
+        }
+        for (t, goal, value, model) in converting {
+            let c = Conversion {
+                hit_id: Uuid::now_v7(),
+                goal_id: goal,
+                site: app.site_key.clone(),
+                vid: t.vid.clone(),
+                at: at + chrono::Duration::hours(1),
+                value,
+                currency: None,
+                order_id: None,
+                model,
+                window_days: 30,
+                credits: vec![Credit {
+                    touchpoint: Some(t.hit_id),
+                    source: t.source.clone(),
+                    medium: t.medium.clone(),
+                    campaign: t.campaign.clone(),
+                    ad: None,
+                    at: Some(t.at),
+                    credit: 1.0,
+                }],
+            };
+            app.store.record_conversion(&c, false).await.unwrap();
+            seeded.conversions += 1;
+            seeded.value += value as u64;
+        }
+    }
+    seeded
+}
+
+fn touchpoint(
+    app: &TestApp,
+    vid: &str,
+    at: DateTime<Utc>,
+    source: &str,
+    medium: &str,
+    campaign: &str,
+) -> Touchpoint {
+    Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: app.site_key.clone(),
+        vid: vid.into(),
+        at,
+        source: source.into(),
+        medium: Some(medium.into()),
+        campaign: Some(campaign.into()),
+        ad: None,
+        click_id: None,
+    }
+}
+
+/// History, then today: ad landings from four sources and conversions on
+/// two goals. Returns the last 30 days' totals.
+async fn seed(app: &TestApp) -> Seeded {
+    let signup = app
+        .create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 49.0}))
         .await;
-    app.create_goal(json!({"name": "Purchase", "match": {"url": "/thank-you", "op": "exact"}, "value": 120.0, "model": "linear"}))
+    let purchase = app.create_goal(json!({"name": "Purchase", "match": {"url": "/thank-you", "op": "exact"}, "value": 120.0, "model": "linear"}))
         .await;
+    let id = |g: &serde_json::Value| Uuid::parse_str(g["id"].as_str().unwrap()).unwrap();
+    let mut seeded = history(app, id(&signup), id(&purchase)).await;
+    // Today, below: 9 clicks, 4 signups and 2 purchases.
+    seeded.clicks += 9;
+    seeded.conversions += 6;
+    seeded.value += 4 * 49 + 2 * 120;
     // v1 and v2 clicked twice before converting, so the models differ.
     let landings = [
         (
@@ -116,13 +244,14 @@ async fn seed(app: &TestApp) {
             .await;
     }
     app.wait_for_conversions("source", 6.0).await;
+    seeded
 }
 
 #[tokio::test]
 async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
     with_browser("dashboard", |client, app, _shop| async move {
         // Arrange
-        seed(&app).await;
+        let seeded = seed(&app).await;
         client.set_window_size(1280, 1000).await.expect("window size");
 
         // Act + assert: sign in with the key typed into "API key".
@@ -138,9 +267,9 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
 
         // Seeded totals and a drawn chart.
         find(&client, &button("Sign out"), Duration::from_secs(5)).await;
-        text_becomes(&client, &card("Conversions"), "6").await;
-        text_becomes(&client, &card("Ad clicks"), "9").await;
-        text_becomes(&client, &card("Value"), "436").await;
+        text_becomes(&client, &card("Conversions"), &en(seeded.conversions)).await;
+        text_becomes(&client, &card("Ad clicks"), &en(seeded.clicks)).await;
+        text_becomes(&client, &card("Value"), &en(seeded.value)).await;
         find(
             &client,
             "//figure[figcaption='Conversions per day']//canvas",
@@ -223,7 +352,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         // Readable at 375 px.
         client.set_window_size(375, 900).await.expect("window size");
         find(&client, &button("Overview"), Duration::from_secs(1)).await.click().await.unwrap();
-        text_becomes(&client, &card("Conversions"), "7").await;
+        text_becomes(&client, &card("Conversions"), &en(seeded.conversions + 1)).await;
         client.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
         let overflow = client
             .execute("return document.documentElement.scrollWidth - window.innerWidth", vec![])
