@@ -92,7 +92,7 @@ fn en(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -142,7 +142,7 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
             .take((d % 3) as usize)
             .map(|t| (t, signup, 49.0, Model::LastClick))
             .collect();
-        if d % 4 == 0 {
+        if d.is_multiple_of(4) {
             let t = tps.iter().find(|t| t.source == "facebook").unwrap();
             converting.push((t, purchase, 120.0, Model::Linear));
         }
