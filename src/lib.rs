@@ -10,9 +10,12 @@
 //! - [`queue`], [`store`], [`archive`]: one port (trait) each, with an
 //!   embedded adapter and a production adapter beside it.
 //! - [`worker`]: the attributor and archiver consumers.
-//! - [`http`]: collect, snippet, REST API, health; one error-to-status map;
-//!   `http::edge`, what the edge trusts and refuses (proxies, API keys on
-//!   `/collect`, bots, rate limits, stalled bodies, the daily visitor salt).
+//! - [`http`]: collect, snippet, REST API, dashboard (page, sessions, live
+//!   stream), health; one error-to-status map; `http::edge`, what the edge
+//!   trusts and refuses (proxies, API keys on `/collect`, bots, rate
+//!   limits, stalled bodies, the daily visitor salt).
+//! - [`live`]: live events (in-process broadcast or a RabbitMQ fanout) for
+//!   the dashboard; never counted on.
 //! - [`config`]: the typed `Settings`; [`startup`]: picks adapters from
 //!   them once and runs the roles until shutdown.
 //! - [`telemetry`], [`metrics`]: logs with request ids, Prometheus text.
@@ -24,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod queue;
 pub mod replay;

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub archive_objects: IntCounter,
     pub archive_bytes: IntCounter,
     pub adapter_errors: IntCounterVec,
+    pub live_dropped: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -128,6 +129,11 @@ impl Metrics {
                 "adapter_errors_total",
                 "Failed calls to a backend, by adapter; each counted once, by the adapter that made the call.",
                 &["adapter"],
+            ),
+            live_dropped: counter(
+                &r,
+                "live_dropped_total",
+                "Live events dropped on the way out (full buffer or broker down); counts never depend on them.",
             ),
             registry: r,
         }

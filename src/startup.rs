@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
-use crate::http::{self, edge::Edge, sites::SiteDirectory, AppState};
+use crate::http::{self, edge::Edge, session::Sessions, sites::SiteDirectory, AppState};
+use crate::live::{local::LocalLive, rabbitmq::RabbitMqLive, recent::RecentHits, Live};
 use crate::metrics::Metrics;
 use crate::queue::local::{LocalQueue, LocalQueueOptions};
 use crate::queue::rabbitmq::RabbitMqQueue;
@@ -83,6 +84,23 @@ pub async fn build_archive(
     }
 }
 
+/// Live events: in-process for `all` (one process has both ends); a
+/// RabbitMQ fanout for the `web` + `worker` pair, where web processes
+/// subscribe and workers only publish.
+pub fn build_live(
+    settings: &Settings,
+    role: Role,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Arc<dyn Live> {
+    match (&settings.queue, role) {
+        (QueueSettings::RabbitMq(r), Role::Web | Role::Worker) => {
+            Arc::new(RabbitMqLive::start(r, role.serves_http(), metrics, stop))
+        }
+        _ => Arc::new(LocalLive::new()),
+    }
+}
+
 /// A built, bound, not yet running instance of tally for one role.
 pub struct Application {
     settings: Settings,
@@ -112,6 +130,12 @@ impl Application {
         } else {
             (None, 0)
         };
+        let stopping = CancellationToken::new();
+        let live = build_live(&settings, role, metrics.clone(), stopping.clone());
+        let recent = Arc::new(RecentHits::new());
+        if role.serves_http() {
+            recent.clone().follow(live.as_ref(), stopping.clone());
+        }
         let state = AppState {
             sites: Arc::new(SiteDirectory::new(store.clone())),
             edge: Arc::new(Edge::new(settings.edge.clone(), store.clone())),
@@ -119,6 +143,10 @@ impl Application {
             store,
             archive,
             metrics,
+            live,
+            recent,
+            sessions: Arc::new(Sessions::new()),
+            stopping,
         };
         Ok(Application {
             settings,
@@ -152,7 +180,10 @@ impl Application {
         let workers_stop = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
         if role.consumes() {
-            let attributor = Arc::new(Attributor::new(state.store.clone(), state.metrics.clone()));
+            let attributor = Arc::new(
+                Attributor::new(state.store.clone(), state.metrics.clone())
+                    .with_live(state.live.clone()),
+            );
             consumers.spawn(attributor.run(state.queue.clone(), workers_stop.clone()));
             if let Some(archive) = &state.archive {
                 let archiver = Archiver::new(
@@ -206,6 +237,8 @@ impl Application {
         shutdown.cancelled().await;
         info!("Shutting down.");
         let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+        // Live streams never end on their own; end them so the server can.
+        state.stopping.cancel();
         if let Some(handle) = handle {
             handle.stop(true).await;
         }

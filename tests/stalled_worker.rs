@@ -148,7 +148,7 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
         std::env::var("TALLY_TEST_AMQP_URL"),
         std::env::var("CASSANDRA_CONTACT_POINTS"),
     ) else {
-        eprintln!("skipped: needs TALLY_TEST_AMQP_URL and CASSANDRA_CONTACT_POINTS");
+        tally::test_support::skip("TALLY_TEST_AMQP_URL and CASSANDRA_CONTACT_POINTS");
         return;
     };
     let started = Instant::now();

@@ -62,6 +62,19 @@ pub struct CreditRow {
     pub value: f64,
 }
 
+/// Ad clicks (touchpoints) on one day with one set of marketing keys, as a
+/// store returns them. Clicks belong to no goal: a report grouped by goal
+/// shows none per row, only in its total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickRow {
+    pub day: NaiveDate,
+    pub source: String,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub ad: Option<String>,
+    pub clicks: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReportQuery {
     pub from: NaiveDate,
@@ -84,12 +97,17 @@ pub struct ReportRow {
     pub campaign: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ad: Option<Option<String>>,
+    /// Ad landings in this group; absent when grouped by goal (a click
+    /// belongs to no goal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clicks: Option<u64>,
     pub conversions: f64,
     pub value: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
+    pub clicks: u64,
     pub conversions: f64,
     pub value: f64,
 }
@@ -134,8 +152,20 @@ fn worth(r: &CreditRow) -> Option<f64> {
 /// Groups rows that fall in the query's range (and goal) by its keys.
 /// Rows come out sorted by their key, so reports are stable.
 pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>) -> Report {
+    aggregate_with_clicks(query, rows, std::iter::empty())
+}
+
+/// [`aggregate`] with ad clicks beside the credits: a group that had clicks
+/// but no conversion still gets a row (conversion rate 0), and the total
+/// counts every click in range. Clicks ignore the `goal` filter.
+pub fn aggregate_with_clicks(
+    query: &ReportQuery,
+    rows: impl IntoIterator<Item = CreditRow>,
+    clicks: impl IntoIterator<Item = ClickRow>,
+) -> Report {
     let has = |k| query.group_by.contains(&k);
-    let mut groups: BTreeMap<Key, (f64, f64)> = BTreeMap::new();
+    let by_goal = has(GroupKey::Goal);
+    let mut groups: BTreeMap<Key, (f64, f64, u64)> = BTreeMap::new();
     let mut total = Totals::default();
     for r in rows {
         if r.day < query.from || r.day > query.to || query.goal.is_some_and(|g| g != r.goal) {
@@ -158,19 +188,38 @@ pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>)
         slot.0 += r.credit;
         slot.1 += worth;
     }
-    let rows = if total.conversions == 0.0 && query.group_by.is_empty() {
+    for c in clicks {
+        if c.day < query.from || c.day > query.to {
+            continue;
+        }
+        total.clicks += c.clicks;
+        if by_goal {
+            continue;
+        }
+        let key: Key = (
+            has(GroupKey::Day).then_some(c.day),
+            None,
+            has(GroupKey::Source).then(|| c.source.clone()),
+            has(GroupKey::Medium).then(|| c.medium.clone()),
+            has(GroupKey::Campaign).then(|| c.campaign.clone()),
+            has(GroupKey::Ad).then(|| c.ad.clone()),
+        );
+        groups.entry(key).or_default().2 += c.clicks;
+    }
+    let rows = if total.conversions == 0.0 && total.clicks == 0 && query.group_by.is_empty() {
         Vec::new()
     } else {
         groups
             .into_iter()
             .map(
-                |((day, goal, source, medium, campaign, ad), (c, v))| ReportRow {
+                |((day, goal, source, medium, campaign, ad), (c, v, k))| ReportRow {
                     day: day.map(|d| d.to_string()),
                     goal: goal.map(|g| g.to_string()),
                     source,
                     medium,
                     campaign,
                     ad,
+                    clicks: (!by_goal).then_some(k),
                     conversions: tidy(c),
                     value: tidy(v),
                 },
@@ -180,6 +229,7 @@ pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>)
     Report {
         rows,
         total: Totals {
+            clicks: total.clicks,
             conversions: tidy(total.conversions),
             value: tidy(total.value),
         },
@@ -223,6 +273,7 @@ mod tests {
         assert_eq!(
             r.total,
             Totals {
+                clicks: 0,
                 conversions: 2.0,
                 value: 149.0
             }
@@ -263,12 +314,61 @@ mod tests {
         assert_eq!(
             r.rows,
             vec![ReportRow {
+                clicks: Some(0),
                 conversions: 1.0,
                 value: 3.0,
                 ..Default::default()
             }]
         );
         assert!(aggregate(&query(""), vec![]).rows.is_empty());
+    }
+
+    fn click(day: u32, source: &str, clicks: u64) -> ClickRow {
+        ClickRow {
+            day: NaiveDate::from_ymd_opt(2026, 11, day).unwrap(),
+            source: source.into(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            clicks,
+        }
+    }
+
+    #[test]
+    fn clicks_join_their_group_and_a_clicked_source_without_conversions_has_a_row() {
+        let r = aggregate_with_clicks(
+            &query("source"),
+            vec![row(20, "google", None, 1.0, 10.0)],
+            vec![
+                click(20, "google", 4),
+                click(21, "bing", 2),
+                click(30, "google", 1),
+            ],
+        );
+        assert_eq!(r.total.clicks, 7);
+        let by: BTreeMap<_, _> = r
+            .rows
+            .iter()
+            .map(|x| (x.source.clone().unwrap(), (x.clicks, x.conversions)))
+            .collect();
+        assert_eq!(by["google"], (Some(5), 1.0));
+        assert_eq!(by["bing"], (Some(2), 0.0));
+    }
+
+    #[test]
+    fn rows_grouped_by_goal_carry_no_clicks_but_the_total_does() {
+        let r = aggregate_with_clicks(
+            &query("goal"),
+            vec![row(20, "google", None, 1.0, 10.0)],
+            vec![click(20, "google", 4)],
+        );
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].clicks, None);
+        assert_eq!(r.total.clicks, 4);
+        assert!(serde_json::to_value(&r.rows[0])
+            .unwrap()
+            .get("clicks")
+            .is_none());
     }
 
     #[test]

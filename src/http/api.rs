@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::domain::goal::MAX_GOALS_PER_SITE;
-use crate::domain::report::{aggregate, MAX_REPORT_DAYS};
+use crate::domain::report::{aggregate_with_clicks, MAX_REPORT_DAYS};
 use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
 
 /// The site an authenticated request acts for.
@@ -22,22 +22,26 @@ pub struct SiteAuth {
 }
 
 /// The bearer token, read synchronously; resolving it needs the store.
-pub struct Bearer(Option<String>);
+/// Without one, the dashboard's session cookie stands in for it.
+pub struct Bearer(Option<String>, super::session::CookieAuth);
 
 impl FromRequest for Bearer {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Ok(Bearer(super::edge::bearer_token(req.headers()))))
+        ready(Ok(Bearer(
+            super::edge::bearer_token(req.headers()),
+            super::session::CookieAuth::read(req),
+        )))
     }
 }
 
 impl Bearer {
-    async fn site(self, state: &AppState) -> Result<SiteAuth, ApiError> {
-        let token = self
-            .0
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+    pub async fn site(self, state: &AppState) -> Result<SiteAuth, ApiError> {
+        let Some(token) = self.0.filter(|t| !t.is_empty()) else {
+            let site = self.1.site(state).await?;
+            return Ok(SiteAuth { site });
+        };
         let site = state
             .store
             .site_for_key_hash(&ApiKey::hash(&token))
@@ -167,7 +171,7 @@ fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
 
 impl ReportParams {
     /// Defaults: the last 30 UTC days up to today, no grouping.
-    fn query(&self) -> Result<ReportQuery, ApiError> {
+    pub fn query(&self) -> Result<ReportQuery, ApiError> {
         let to = match &self.to {
             Some(t) => day("to", t)?,
             None => Utc::now().date_naive(),
@@ -225,14 +229,18 @@ pub async fn conversions(
         .map(|g| g.id)
         .collect();
     rows.retain(|r| live.contains(&r.goal));
-    Ok(HttpResponse::Ok().json(aggregate(&query, rows)))
+    let clicks = state
+        .store
+        .click_rows(&auth.site, query.from, query.to)
+        .await?;
+    Ok(HttpResponse::Ok().json(aggregate_with_clicks(&query, rows, clicks)))
 }
 
 #[derive(Serialize)]
-struct Explained {
+pub struct Explained {
     hit_id: Uuid,
     goal: Uuid,
-    goal_name: Option<String>,
+    pub goal_name: Option<String>,
     at: chrono::DateTime<Utc>,
     value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,7 +252,7 @@ struct Explained {
     touchpoints: Vec<crate::domain::Credit>,
 }
 
-async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
+pub async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
     let goal_name = state.store.goal(site, c.goal_id).await?.map(|g| g.name);
     Ok(Explained {
         hit_id: c.hit_id,

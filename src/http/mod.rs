@@ -1,5 +1,5 @@
-//! The HTTP edge: `/collect`, the snippet, the REST API and operations
-//! endpoints, on actix-web.
+//! The HTTP edge: `/collect`, the snippet, the REST API, the dashboard
+//! (page, session, live stream) and operations endpoints, on actix-web.
 //!
 //! Handlers only parse, call a port and answer; they never hold business
 //! rules (those live in `domain`) and never pick an adapter (startup does).
@@ -10,16 +10,22 @@ use std::sync::Arc;
 use actix_cors::Cors;
 use actix_web::web;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::archive::Archive;
+use crate::live::{recent::RecentHits, Live};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::Store;
 
 pub mod api;
 pub mod collect;
+pub mod dashboard;
+pub mod dashboard_api;
 pub mod edge;
 pub mod errors;
 pub mod health;
+pub mod session;
 pub mod sites;
 pub mod snippet;
 
@@ -36,6 +42,14 @@ pub struct AppState {
     pub sites: Arc<sites::SiteDirectory>,
     /// What the edge trusts and limits (proxies, rate, bots, salt).
     pub edge: Arc<edge::Edge>,
+    /// Live events (the dashboard's live view); never counted on.
+    pub live: Arc<dyn Live>,
+    /// The last hits per site, for previewing a draft goal.
+    pub recent: Arc<RecentHits>,
+    pub sessions: Arc<session::Sessions>,
+    /// Cancelled when shutdown starts, so live streams end and let the
+    /// server stop.
+    pub stopping: CancellationToken,
 }
 
 /// Registers every route.
@@ -67,6 +81,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/health").get(health::health))
     .service(web::resource("/ready").get(health::ready))
     .service(web::resource("/metrics").get(health::metrics))
+    .configure(dashboard::routes)
+    .service(
+        web::resource("/session")
+            .get(session::whoami)
+            .post(session::sign_in)
+            .delete(session::sign_out),
+    )
     .service(
         web::scope("/api/v1")
             .service(
@@ -74,6 +95,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .get(api::list_goals)
                     .post(api::create_goal),
             )
+            // Before `/goals/{id}`, which would take `preview` as an id.
+            .service(web::resource("/goals/preview").post(dashboard_api::preview))
             .service(
                 web::resource("/goals/{id}")
                     .get(api::get_goal)
@@ -81,6 +104,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .delete(api::delete_goal),
             )
             .service(web::resource("/conversions").get(api::conversions))
+            .service(web::resource("/conversions/recent").get(dashboard_api::recent))
+            .service(web::resource("/models").get(dashboard_api::models))
+            .service(web::resource("/live").get(dashboard_api::live))
             .service(web::resource("/conversions/{hit_id}").get(api::explain)),
     )
     .default_service(web::to(|| async {

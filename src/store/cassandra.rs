@@ -54,12 +54,12 @@ mod batch;
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{
-    ApiKey, Conversion, CountMode, CreditRow, Goal, GoalMatch, Model, Site, Touchpoint,
+    ApiKey, ClickRow, Conversion, CountMode, CreditRow, Goal, GoalMatch, Model, Site, Touchpoint,
 };
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -160,6 +160,18 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
                site text, vid text, at timestamp, hit uuid, goal uuid, body text, \
                PRIMARY KEY ((site, vid), at, hit, goal)) \
              WITH default_time_to_live = {ttl}",
+        ],
+    ),
+    (
+        4,
+        &[
+            // By (site, day, bucket), like credits_by_day: a report's click
+            // counts read days x buckets partitions; one row per touchpoint,
+            // keyed by its hit, so a redelivered touchpoint counts once.
+            "CREATE TABLE IF NOT EXISTS {ks}.clicks_by_day (\
+           site text, day date, bucket int, hit uuid, \
+           source text, medium text, campaign text, ad text, \
+           PRIMARY KEY ((site, day, bucket), hit))",
         ],
     ),
 ];
@@ -452,6 +464,9 @@ pub struct Statements {
     select_conversions_by_visitor: PreparedStatement,
     update_conversion_body: PreparedStatement,
     delete_credits_from: PreparedStatement,
+    insert_click: PreparedStatement,
+    select_clicks: PreparedStatement,
+    select_credit_hits: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -489,6 +504,9 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     // A range delete on the last clustering column: the credit rows past a
     // re-credited split's new length.
     ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
+    ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credit_hits", "SELECT hit FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
 ];
 
 impl Statements {
@@ -544,6 +562,9 @@ impl Statements {
             select_conversions_by_visitor: take("select_conversions_by_visitor")?,
             update_conversion_body: take("update_conversion_body")?,
             delete_credits_from: take("delete_credits_from")?,
+            insert_click: take("insert_click")?,
+            select_clicks: take("select_clicks")?,
+            select_credit_hits: take("select_credit_hits")?,
         })
     }
 }
@@ -1109,6 +1130,23 @@ impl Store for CassandraStore {
             )
             .await
             .map_err(|e| self.failed(e))?;
+        // The click count of its day; keyed by hit, so a retry is a no-op.
+        self.session
+            .execute_unpaged(
+                &st.insert_click,
+                (
+                    &tp.site,
+                    tp.at.date_naive(),
+                    credit_bucket(tp.hit_id),
+                    tp.hit_id,
+                    &tp.source,
+                    &tp.medium,
+                    &tp.campaign,
+                    &tp.ad,
+                ),
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -1229,6 +1267,66 @@ impl Store for CassandraStore {
             .try_collect::<Vec<Vec<CreditRow>>>()
             .await?;
         Ok(parts.into_iter().flatten().collect())
+    }
+
+    async fn click_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickRow>, StoreError> {
+        let st = self.st().await?;
+        type ClickDbRow = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let parts = stream::iter(report_partitions(from, to))
+            .map(|(day, bucket)| async move {
+                let rows: Vec<ClickDbRow> = self
+                    .all_rows(&st.select_clicks, (site, day, bucket))
+                    .await?;
+                Ok::<_, StoreError>(
+                    rows.into_iter()
+                        .map(move |(source, medium, campaign, ad)| ClickRow {
+                            day,
+                            source: source.unwrap_or_default(),
+                            medium,
+                            campaign,
+                            ad,
+                            clicks: 1,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .try_collect::<Vec<Vec<ClickRow>>>()
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    async fn converted_hits(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let st = self.st().await?;
+        let parts = stream::iter(report_partitions(from, to))
+            .map(|(day, bucket)| async move {
+                let rows: Vec<(Uuid,)> = self
+                    .all_rows(&st.select_credit_hits, (site, day, bucket))
+                    .await?;
+                Ok::<_, StoreError>(rows.into_iter().map(|(h,)| h).collect::<Vec<_>>())
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .try_collect::<Vec<Vec<Uuid>>>()
+            .await?;
+        // UUID v7 order is time order: newest first, each hit once.
+        let hits: std::collections::BTreeSet<Uuid> = parts.into_iter().flatten().collect();
+        Ok(hits.into_iter().rev().take(limit).collect())
     }
 
     async fn conversions_for_hit(
@@ -1431,7 +1529,7 @@ mod tests {
     #[test]
     fn schema_is_plain_cql_that_cassandra_4_accepts() {
         let tables = tables();
-        assert_eq!(tables.len(), 11);
+        assert_eq!(tables.len(), 12);
         for (name, t) in &tables {
             for c in &t.columns {
                 assert!(

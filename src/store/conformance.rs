@@ -50,6 +50,8 @@ macro_rules! store_conformance_tests {
             migrate_twice_is_fine,
             verified_only_goal_round_trips,
             daily_salt_is_shared_and_earlier_days_are_deleted,
+            clicks_are_counted_per_day_and_keys_once_per_hit,
+            converted_hits_are_the_range_newest_first,
         );
     };
     // Earliest-wins dedup (a later-processed, earlier hit takes the order
@@ -746,4 +748,87 @@ pub async fn daily_salt_is_shared_and_earlier_days_are_deleted(store: Arc<dyn St
         vec![7; 32]
     );
     assert_ne!(store.daily_salt(day, &[42; 32]).await.unwrap(), today);
+}
+
+pub async fn clicks_are_counted_per_day_and_keys_once_per_hit(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let other_site = new_site(&store).await;
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let start = |d: u32| Utc.from_utc_datetime(&day(d).and_hms_opt(0, 0, 0).unwrap());
+    let end = |d: u32| start(d) + Duration::days(1) - Duration::milliseconds(1);
+    let tps = vec![
+        touchpoint(&site.key, "v1", end(19), "google"),
+        touchpoint(&site.key, "v1", start(20), "google"),
+        touchpoint(&site.key, "v2", end(20), "google"),
+        touchpoint(&site.key, "v3", start(20), "bing"),
+        touchpoint(&site.key, "v1", start(21), "google"),
+        touchpoint(&other_site.key, "v1", start(20), "google"),
+    ];
+    store.put_touchpoints(&tps).await.unwrap();
+    // A redelivery counts nothing twice.
+    store.put_touchpoints(&tps[1..3]).await.unwrap();
+    store.put_touchpoint(&tps[3]).await.unwrap();
+
+    let mut got: Vec<(NaiveDate, String, Option<String>, u64)> = store
+        .click_rows(&site.key, day(20), day(20))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.day, r.source, r.campaign, r.clicks))
+        .collect();
+    // Adapters may return one row per click or one per group: sum by key.
+    got.sort();
+    let mut summed: Vec<(NaiveDate, String, Option<String>, u64)> = Vec::new();
+    for (d, s, c, n) in got {
+        match summed.last_mut() {
+            Some(last) if (last.0, &last.1, &last.2) == (d, &s, &c) => last.3 += n,
+            _ => summed.push((d, s, c, n)),
+        }
+    }
+    assert_eq!(
+        summed,
+        vec![
+            (day(20), "bing".into(), Some("bing-bf".into()), 1),
+            (day(20), "google".into(), Some("google-bf".into()), 2),
+        ]
+    );
+    let all: u64 = store
+        .click_rows(&site.key, day(19), day(21))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.clicks)
+        .sum();
+    assert_eq!(all, 5);
+    assert!(store
+        .click_rows(&site.key, day(22), day(30))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn converted_hits_are_the_range_newest_first(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let (g1, g2) = (Uuid::now_v7(), Uuid::now_v7());
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let at = |d: u32| Utc.from_utc_datetime(&day(d).and_hms_opt(12, 0, 0).unwrap());
+    let older = conversion(&site.key, g1, "v1", at(20));
+    let newer = conversion(&site.key, g1, "v2", at(21));
+    // The same hit completing a second goal is still one hit.
+    let mut newer_g2 = newer.clone();
+    newer_g2.goal_id = g2;
+    let outside = conversion(&site.key, g1, "v3", at(25));
+    for c in [&older, &newer, &newer_g2, &outside] {
+        assert_eq!(record(&store, c, false).await, INSERTED);
+    }
+    let hits = store
+        .converted_hits(&site.key, day(19), day(22), 10)
+        .await
+        .unwrap();
+    assert_eq!(hits, vec![newer.hit_id, older.hit_id]);
+    let one = store
+        .converted_hits(&site.key, day(19), day(22), 1)
+        .await
+        .unwrap();
+    assert_eq!(one, vec![newer.hit_id]);
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::domain::{ApiKey, Conversion, CreditRow, Goal, Site, Touchpoint};
+use crate::domain::{ApiKey, ClickRow, Conversion, CreditRow, Goal, Site, Touchpoint};
 
 // Declared first: its macro is used by the adapters' tests below.
 #[cfg(test)]
@@ -171,6 +171,24 @@ pub trait Store: Send + Sync + 'static {
         to: NaiveDate,
         goal: Option<Uuid>,
     ) -> Result<Vec<CreditRow>, StoreError>;
+    /// Ad clicks (touchpoints) on UTC days `from..=to`, counted per day and
+    /// marketing keys (source, medium, campaign, ad). Idempotent by hit id,
+    /// like the touchpoints they count.
+    async fn click_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickRow>, StoreError>;
+    /// Ids of the hits that converted on UTC days `from..=to`, each once,
+    /// newest first (ids are UUID v7), at most `limit`.
+    async fn converted_hits(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StoreError>;
     /// The conversions a hit produced (one per goal it completed).
     async fn conversions_for_hit(
         &self,

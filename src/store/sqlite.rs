@@ -41,7 +41,8 @@
 //! api_keys(hash PK, prefix, site, revoked)             index (prefix)
 //! goals(id PK, site, body JSON)                        index (site)
 //! touchpoints(hit_id PK, site, vid, at_ns, source, medium, campaign, ad,
-//!             click_param, click_value)                index (site, vid, at_ns)
+//!             click_param, click_value)                index (site, vid, at_ns);
+//!                                                      index (site, at_ns) (v2: clicks per day)
 //! conversions(hit_id, goal_id, site, vid, at_ns, value, currency, order_id,
 //!             model, window_days)                      PK (hit_id, goal_id)
 //! conversion_credits(hit_id, goal_id, ord, site, day, touchpoint, source,
@@ -66,7 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
@@ -76,7 +77,9 @@ use uuid::Uuid;
 use super::{BatchRecorded, Candidate, Store, StoreError};
 
 mod batch;
-use crate::domain::{ApiKey, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint};
+use crate::domain::{
+    ApiKey, ClickRow, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint,
+};
 use crate::metrics::Metrics;
 
 /// How long a statement waits for another process's lock before the call
@@ -202,6 +205,10 @@ INSERT OR IGNORE INTO candidates
                    WHERE v.site = c.site AND v.goal_id = c.goal_id AND v.hit_id = c.hit_id)
     FROM conversions c;
 "#,
+    // 4: clicks per day read the touchpoints by site and time.
+    r#"
+CREATE INDEX touchpoints_site_time ON touchpoints (site, at_ns);
+"#,
 ];
 
 fn schema_version() -> i64 {
@@ -300,6 +307,19 @@ fn day_text(day: NaiveDate) -> String {
     )
     .format("%Y-%m-%d")
     .to_string()
+}
+
+/// Nanoseconds at a UTC day's midnight, clamped to what `i64` nanoseconds
+/// can hold (1677..2262), as stored times are.
+fn day_start_ns(day: NaiveDate) -> i64 {
+    day.and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_nanos_opt()
+        .unwrap_or(if day.year() < 1970 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
 }
 
 fn instant(ns: i64) -> DateTime<Utc> {
@@ -736,6 +756,69 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt
                 .query_map(params![site, first, last, goal], credit_row_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn click_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickRow>, StoreError> {
+        let site = site.to_owned();
+        let start = day_start_ns(from);
+        let end = to.succ_opt().map(day_start_ns).unwrap_or(i64::MAX);
+        self.read("click_rows", move |conn| {
+            // 86400e9 ns a day: integer division turns a time into its UTC day.
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ns / 86400000000000 - (at_ns < 0 AND at_ns % 86400000000000 != 0) AS d,
+                        source, medium, campaign, ad, COUNT(*)
+                 FROM touchpoints
+                 WHERE site = ?1 AND at_ns >= ?2 AND at_ns < ?3
+                 GROUP BY d, source, medium, campaign, ad",
+            )?;
+            let rows = stmt
+                .query_map(params![site, start, end], |r| {
+                    let days: i64 = r.get(0)?;
+                    let count: i64 = r.get(5)?;
+                    Ok(ClickRow {
+                        day: chrono::DateTime::UNIX_EPOCH.date_naive()
+                            + chrono::Duration::days(days),
+                        source: r.get(1)?,
+                        medium: r.get(2)?,
+                        campaign: r.get(3)?,
+                        ad: r.get(4)?,
+                        clicks: u64::try_from(count).unwrap_or(0),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn converted_hits(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let site = site.to_owned();
+        let (first, last) = (day_text(from), day_text(to));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("converted_hits", move |conn| {
+            // UUID v7 text sorts by time, so the newest come first.
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT hit_id FROM conversion_credits
+                 WHERE site = ?1 AND day BETWEEN ?2 AND ?3
+                 ORDER BY hit_id DESC LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(params![site, first, last, limit], |r| uuid_col(r, 0))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })

@@ -18,12 +18,16 @@ use uuid::Uuid;
 
 use super::goals::GoalCache;
 use crate::domain::{attribute, CountMode, Hit, Touchpoint};
+use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue, QueueError};
 use crate::store::{BatchRecorded, Candidate, Recorded, Store, StoreError};
 
 /// Largest batch the attributor takes from the queue at once.
 const BATCH_HITS: usize = 1_000;
+/// Most conversions of one batch read back to be shown live; the live
+/// view may miss events under load, counts never do.
+const LIVE_CONVERSIONS_PER_BATCH: usize = 50;
 /// How long it waits for a batch to fill after its first hit.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -39,12 +43,16 @@ pub struct Outcome {
     pub displaced: u64,
     /// Hits that can never be processed, with the reason.
     pub rejected: Vec<(Hit, String)>,
+    /// The hits (site, id) whose conversions this call recorded, for
+    /// live events only.
+    pub converted: Vec<(String, Uuid)>,
 }
 
 pub struct Attributor {
     store: Arc<dyn Store>,
     goals: GoalCache,
     metrics: Arc<Metrics>,
+    live: Option<Arc<dyn Live>>,
 }
 
 /// One batch's writes: touchpoints and candidates, each with the index of
@@ -61,7 +69,14 @@ impl Attributor {
             goals: GoalCache::new(store.clone()),
             store,
             metrics,
+            live: None,
         }
+    }
+
+    /// Publishes each written batch's hits and conversions as live events.
+    pub fn with_live(mut self, live: Arc<dyn Live>) -> Attributor {
+        self.live = Some(live);
+        self
     }
 
     /// What a batch of hits writes. `only_goal` restricts matching to one
@@ -168,6 +183,7 @@ impl Attributor {
             match recorded {
                 Recorded::Inserted => {
                     out.conversions += 1;
+                    out.converted.push((hit.site.clone(), hit.id));
                     self.metrics.conversions_written.inc();
                     debug!(hit_id = %hit.id, request_id = ?hit.request_id, "Conversion recorded.");
                 }
@@ -189,6 +205,32 @@ impl Attributor {
             );
         }
         Ok(out)
+    }
+
+    /// Publishes a written batch live: its hits at once, then, from a task
+    /// of their own, the conversions it recorded as the store credited them
+    /// (the store computes credits from every touchpoint it holds, so they
+    /// are read back; at most [`LIVE_CONVERSIONS_PER_BATCH`] reads, so the
+    /// live view never costs the store more than a bounded share).
+    fn publish_live(&self, live: &Arc<dyn Live>, hits: &[Hit], converted: &[(String, Uuid)]) {
+        live.publish(hits.iter().map(LiveEvent::from_hit).collect());
+        if converted.is_empty() {
+            return;
+        }
+        let mut wanted: Vec<(String, Uuid)> = converted.to_vec();
+        wanted.dedup_by(|a, b| a.1 == b.1);
+        wanted.truncate(LIVE_CONVERSIONS_PER_BATCH);
+        let (live, store) = (live.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let mut events = Vec::new();
+            for (site, hit) in wanted {
+                // A failed read only costs a live event (never a count).
+                if let Ok(conversions) = store.conversions_for_hit(&site, hit).await {
+                    events.extend(conversions.iter().map(LiveEvent::from_conversion));
+                }
+            }
+            live.publish(events);
+        });
     }
 
     /// Consumes the queue until shutdown: process a batch, retrying
@@ -243,6 +285,11 @@ impl Attributor {
                 }
             };
             let Some(outcome) = outcome else { break };
+            // The batch is written: show it live. Never awaited, never
+            // counted on (see `crate::live`).
+            if let Some(live) = &self.live {
+                self.publish_live(live, &batch.hits, &outcome.converted);
+            }
             if !outcome.rejected.is_empty() {
                 for (hit, reason) in &outcome.rejected {
                     warn!(hit_id = %hit.id, reason, "Hit cannot be attributed; dead-lettering it.");

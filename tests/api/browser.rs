@@ -107,7 +107,7 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
 
 /// Runs `scenario` with a browser and closes the session even when an
 /// assertion fails, so no Chromium is left behind.
-async fn with_browser<F, Fut>(name: &str, scenario: F)
+pub(crate) async fn with_browser<F, Fut>(name: &str, scenario: F)
 where
     F: FnOnce(Client, TestApp, String) -> Fut,
     Fut: Future<Output = ()>,
@@ -218,7 +218,7 @@ async fn ad_click_spa_reload_and_signup_convert_to_the_campaign() {
         assert_eq!(
             report["rows"],
             json!([{"source": "google", "campaign": "black-friday",
-                    "conversions": 1.0, "value": 49.0}]),
+                    "clicks": 1, "conversions": 1.0, "value": 49.0}]),
             "{report}"
         );
         let hits = wait_for_hits(&app, |h| event(h, "signup").is_some()).await;

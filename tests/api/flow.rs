@@ -26,8 +26,8 @@ async fn ad_click_then_signup_is_one_conversion_credited_to_the_campaign() {
     let report = app.wait_for_conversions("source,campaign", 1.0).await;
     assert_eq!(
         report,
-        json!({"rows": [{"source": "google", "campaign": "black-friday", "conversions": 1.0, "value": 49.0}],
-               "total": {"conversions": 1.0, "value": 49.0}})
+        json!({"rows": [{"source": "google", "campaign": "black-friday", "clicks": 1, "conversions": 1.0, "value": 49.0}],
+               "total": {"clicks": 1, "conversions": 1.0, "value": 49.0}})
     );
 
     let explained: serde_json::Value = app
@@ -70,7 +70,10 @@ async fn group_by_day_goal_medium_and_ad_and_goal_filter() {
             d = today()
         ))
         .await;
-    assert_eq!(r["total"], json!({"conversions": 2.0, "value": 25.0}));
+    assert_eq!(
+        r["total"],
+        json!({"clicks": 1, "conversions": 2.0, "value": 25.0})
+    );
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
@@ -86,7 +89,11 @@ async fn group_by_day_goal_medium_and_ad_and_goal_filter() {
             d = today()
         ))
         .await;
-    assert_eq!(only["total"], json!({"conversions": 1.0, "value": 5.0}));
+    // Clicks belong to no goal: the goal filter leaves them whole.
+    assert_eq!(
+        only["total"],
+        json!({"clicks": 1, "conversions": 1.0, "value": 5.0})
+    );
     let _ = g1;
 }
 
@@ -109,9 +116,9 @@ async fn linear_model_splits_credit_and_direct_gets_unattributed_conversions() {
     assert_eq!(
         r["rows"],
         json!([
-            {"source": "(direct)", "conversions": 1.0, "value": 10.0},
-            {"source": "facebook", "conversions": 0.5, "value": 5.0},
-            {"source": "google", "conversions": 0.5, "value": 5.0},
+            {"source": "(direct)", "clicks": 0, "conversions": 1.0, "value": 10.0},
+            {"source": "facebook", "clicks": 1, "conversions": 0.5, "value": 5.0},
+            {"source": "google", "clicks": 1, "conversions": 0.5, "value": 5.0},
         ])
     );
 }

@@ -4,6 +4,8 @@
 mod browser;
 mod collect;
 mod crash;
+mod dashboard;
+mod dashboard_browser;
 mod flow;
 mod goals;
 mod helpers;

@@ -1,0 +1,370 @@
+// tally dashboard: plain JavaScript, no build step, no framework.
+// Holds no secret: the API key goes to POST /session once; afterwards the
+// browser sends an HttpOnly session cookie this script cannot read.
+(function () {
+  'use strict';
+  var $ = function (id) { return document.getElementById(id); };
+  var state = { view: 'overview', drill: [], sort: { key: 'conversions', desc: true }, shown: [], goals: [], es: null };
+  var LEVELS = ['source', 'medium', 'campaign', 'ad'];
+  var COLORS = ['#2456d8', '#e8743b', '#19a979', '#945ecf', '#ed4a7b', '#13a4b4', '#bf9b30', '#525df4'];
+
+  function api(method, path, body) {
+    var opts = { method: method, headers: {}, credentials: 'same-origin' };
+    if (body !== undefined) { opts.headers['content-type'] = 'application/json'; opts.body = JSON.stringify(body); }
+    return fetch(path, opts).then(function (res) {
+      if (res.status === 401) { showSignIn('Your session ended. Sign in again.'); throw new Error('signed out'); }
+      if (res.status === 204) return null;
+      return res.json().then(function (json) {
+        if (!res.ok) throw new Error(json && json.error || res.statusText);
+        return json;
+      });
+    });
+  }
+
+  function text(el, s) { el.textContent = s; return el; }
+  function el(tag, attrs, kids) {
+    var e = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === 'text') e.textContent = attrs[k]; else if (k === 'onclick') e.addEventListener('click', attrs[k]); else e.setAttribute(k, attrs[k]);
+    });
+    (kids || []).forEach(function (k) { if (k != null) e.appendChild(typeof k === 'string' ? document.createTextNode(k) : k); });
+    return e;
+  }
+  function num(x, digits) { return (x == null || !isFinite(x)) ? '–' : Number(x).toLocaleString('en', { maximumFractionDigits: digits == null ? 2 : digits }); }
+  function pct(x) { return (x == null || !isFinite(x)) ? '–' : (x * 100).toLocaleString('en', { maximumFractionDigits: 1 }) + '%'; }
+  function ratio(a, b) { return b > 0 ? a / b : null; }
+  function iso(d) { return d.toISOString().slice(0, 10); }
+  function label(v) { return v == null ? '(not set)' : v; }
+
+  // ---- sign-in ----------------------------------------------------------
+  function showSignIn(msg) {
+    if (state.es) { state.es.close(); state.es = null; }
+    $('app').hidden = true; $('signin').hidden = false;
+    text($('signin-error'), msg || '');
+    $('api-key').focus();
+  }
+  function showApp(who) {
+    $('signin').hidden = true; $('app').hidden = false;
+    text($('site-name'), (who.name || 'Site') + ' · ' + who.site);
+    $('api-key').value = '';
+    connectLive();
+    show(state.view);
+  }
+  $('signin-form').addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    var key = $('api-key').value.trim();
+    fetch('/session', { method: 'POST', credentials: 'same-origin', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api_key: key }) })
+      .then(function (res) {
+        if (res.status === 401) throw new Error('That API key is not valid (or was revoked).');
+        if (!res.ok) return res.json().then(function (j) { throw new Error(j.error); });
+        return res.json();
+      })
+      .then(showApp, function (e) { text($('signin-error'), e.message); });
+  });
+  $('signout').addEventListener('click', function () {
+    fetch('/session', { method: 'DELETE', credentials: 'same-origin' }).then(function () { showSignIn('Signed out.'); });
+  });
+
+  // ---- navigation and range ---------------------------------------------
+  function show(view) {
+    state.view = view;
+    Array.prototype.forEach.call(document.querySelectorAll('.top nav button'), function (b) {
+      if (b.dataset.view === view) b.setAttribute('aria-current', 'page'); else b.removeAttribute('aria-current');
+    });
+    Array.prototype.forEach.call(document.querySelectorAll('.view'), function (s) { s.hidden = s.id !== 'view-' + view; });
+    $('range-controls').querySelector('label').hidden = (view === 'goals' || view === 'explain' || view === 'live');
+    ({ overview: loadOverview, sources: loadSources, models: loadModels, goals: loadGoals, explain: loadExplain, live: function () {} })[view]();
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('.top nav button'), function (b) {
+    b.addEventListener('click', function () { show(b.dataset.view); $('main').focus(); });
+  });
+  function range() {
+    var v = $('range').value, to = new Date(), from = new Date();
+    if (v === 'custom') return { from: $('from').value || iso(from), to: $('to').value || iso(to) };
+    from.setUTCDate(from.getUTCDate() - Math.max(0, Number(v) - 1));
+    return { from: iso(from), to: iso(to) };
+  }
+  function rangeQuery() { var r = range(); return 'from=' + r.from + '&to=' + r.to; }
+  $('range').addEventListener('change', function () {
+    $('custom-range').hidden = $('range').value !== 'custom';
+    if ($('range').value === 'custom' && !$('from').value) { var r = range(); $('from').value = r.from; $('to').value = r.to; }
+    show(state.view);
+  });
+  $('from').addEventListener('change', function () { show(state.view); });
+  $('to').addEventListener('change', function () { show(state.view); });
+  $('split').addEventListener('change', loadOverview);
+
+  // ---- overview -----------------------------------------------------------
+  var charts = {};
+  function loadOverview() {
+    var q = rangeQuery(), split = $('split').value;
+    Promise.all([
+      api('GET', '/api/v1/conversions?' + q),
+      api('GET', '/api/v1/conversions?' + q + '&group_by=day,' + split),
+      split === 'goal' ? api('GET', '/api/v1/goals') : Promise.resolve(null)
+    ]).then(function (r) {
+      var t = r[0].total;
+      text($('t-clicks'), num(t.clicks, 0));
+      text($('t-conversions'), num(t.conversions));
+      text($('t-value'), num(t.value));
+      text($('t-rate'), pct(ratio(t.conversions, t.clicks)));
+      text($('t-vpc'), num(ratio(t.value, t.clicks)));
+      var names = {};
+      (r[2] || []).forEach(function (g) { names[g.id] = g.name; });
+      drawCharts(r[1].rows, split, names);
+    }).catch(function () {});
+  }
+  function drawCharts(rows, split, names) {
+    var rg = range(), days = [], d = new Date(rg.from + 'T00:00:00Z'), end = new Date(rg.to + 'T00:00:00Z');
+    while (d <= end && days.length < 400) { days.push(iso(d)); d.setUTCDate(d.getUTCDate() + 1); }
+    var groups = {};
+    rows.forEach(function (row) {
+      var g = row[split] == null ? '(not set)' : row[split];
+      if (split === 'goal' && row.conversions === 0) return;
+      groups[g] = groups[g] || {};
+      groups[g][row.day] = row;
+    });
+    var keys = Object.keys(groups).sort();
+    ['conversions', 'value'].forEach(function (measure) {
+      var box = $('chart-' + measure);
+      if (charts[measure]) { charts[measure].destroy(); charts[measure] = null; }
+      box.textContent = '';
+      var total = 0;
+      keys.forEach(function (k) { days.forEach(function (day) { total += (groups[k][day] || {})[measure] || 0; }); });
+      box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + num(total) + ' in all, across ' + keys.length + ' ' + split + (keys.length === 1 ? '' : 's') + '.');
+      if (!keys.length || typeof uPlot === 'undefined') { box.appendChild(el('p', { 'class': 'empty', text: 'No conversions in this range yet.' })); return; }
+      var data = [days.map(function (day) { return Date.parse(day + 'T00:00:00Z') / 1000; })];
+      var series = [{}];
+      keys.forEach(function (k, i) {
+        data.push(days.map(function (day) { return (groups[k][day] || {})[measure] || 0; }));
+        series.push({ label: split === 'goal' ? (names[k] || k.slice(0, 8)) : k, stroke: COLORS[i % COLORS.length], width: 2, points: { show: days.length < 40 } });
+      });
+      var width = Math.max(280, box.clientWidth || box.parentNode.clientWidth - 16);
+      charts[measure] = new uPlot({ width: width, height: 220, series: series, scales: { x: { time: true } },
+        axes: [{}, { values: function (u, vals) { return vals.map(function (v) { return num(v); }); } }],
+        cursor: { drag: { x: false, y: false } } }, data, box);
+    });
+  }
+  window.addEventListener('resize', function () {
+    Object.keys(charts).forEach(function (m) {
+      var c = charts[m]; if (c) c.setSize({ width: Math.max(280, $('chart-' + m).clientWidth), height: 220 });
+    });
+  });
+
+  // ---- sources (drill-down table) --------------------------------------
+  function loadSources() {
+    api('GET', '/api/v1/conversions?' + rangeQuery() + '&group_by=source,medium,campaign,ad').then(function (r) {
+      state.rows = r.rows; renderSources();
+    }).catch(function () {});
+  }
+  function renderSources() {
+    var level = LEVELS[state.drill.length] || 'ad';
+    var agg = {};
+    (state.rows || []).forEach(function (row) {
+      for (var i = 0; i < state.drill.length; i++) if (label(row[LEVELS[i]]) !== state.drill[i]) return;
+      var k = label(row[level]);
+      var a = agg[k] = agg[k] || { name: k, clicks: 0, conversions: 0, value: 0 };
+      a.clicks += row.clicks || 0; a.conversions += row.conversions; a.value += row.value;
+    });
+    var list = Object.keys(agg).map(function (k) {
+      var a = agg[k]; a.rate = ratio(a.conversions, a.clicks); a.vpc = ratio(a.value, a.clicks); return a;
+    });
+    var s = state.sort;
+    list.sort(function (x, y) {
+      var a = x[s.key], b = y[s.key];
+      if (s.key === 'name') return s.desc ? String(b).localeCompare(a) : String(a).localeCompare(b);
+      a = a == null ? -1 : a; b = b == null ? -1 : b;
+      return s.desc ? b - a : a - b;
+    });
+    state.shown = list; state.level = level;
+    // breadcrumbs
+    var crumbs = $('crumbs'); crumbs.textContent = '';
+    crumbs.appendChild(state.drill.length ? el('button', { type: 'button', 'class': 'link', text: 'All sources', onclick: function () { state.drill = []; renderSources(); } }) : el('span', { 'aria-current': 'page', text: 'All sources' }));
+    state.drill.forEach(function (d, i) {
+      crumbs.appendChild(document.createTextNode(' › '));
+      var last = i === state.drill.length - 1;
+      crumbs.appendChild(last ? el('span', { 'aria-current': 'page', text: LEVELS[i] + ': ' + d }) :
+        el('button', { type: 'button', 'class': 'link', text: LEVELS[i] + ': ' + d, onclick: function () { state.drill = state.drill.slice(0, i + 1); renderSources(); } }));
+    });
+    var cols = [['name', level.charAt(0).toUpperCase() + level.slice(1)], ['clicks', 'Clicks'], ['conversions', 'Conversions'], ['rate', 'Conversion rate'], ['value', 'Value'], ['vpc', 'Value per click']];
+    var table = $('sources-table'); table.textContent = '';
+    table.appendChild(el('caption', { 'class': 'hint', text: 'Sorted by ' + cols.filter(function (c) { return c[0] === s.key; })[0][1].toLowerCase() + (s.desc ? ', highest first' : ', lowest first') + '.' }));
+    var head = el('tr');
+    cols.forEach(function (c) {
+      var sorted = s.key === c[0];
+      head.appendChild(el('th', { scope: 'col', 'aria-sort': sorted ? (s.desc ? 'descending' : 'ascending') : 'none' }, [
+        el('button', { type: 'button', text: c[1] + (sorted ? (s.desc ? ' ▼' : ' ▲') : ''), onclick: function () {
+          state.sort = { key: c[0], desc: sorted ? !s.desc : c[0] !== 'name' }; renderSources();
+        } })
+      ]));
+    });
+    table.appendChild(el('thead', {}, [head]));
+    var body = el('tbody');
+    if (!list.length) body.appendChild(el('tr', {}, [el('td', { colspan: '6', text: 'Nothing in this range yet.' })]));
+    list.forEach(function (a) {
+      var name = state.drill.length < LEVELS.length - 1
+        ? el('button', { type: 'button', 'class': 'link', text: a.name, title: 'Show the ' + LEVELS[state.drill.length + 1] + 's of ' + a.name, onclick: function () { state.drill.push(a.name); renderSources(); } })
+        : document.createTextNode(a.name);
+      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [name]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: num(a.value) }), el('td', { text: num(a.vpc) })]));
+    });
+    table.appendChild(body);
+  }
+  $('csv').addEventListener('click', function () {
+    var q = function (v) { v = v == null ? '' : String(v); return /[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; };
+    var lines = [[state.level, 'clicks', 'conversions', 'conversion_rate', 'value', 'value_per_click'].join(',')];
+    state.shown.forEach(function (a) { lines.push([q(a.name), a.clicks, a.conversions, a.rate == null ? '' : a.rate, a.value, a.vpc == null ? '' : a.vpc].join(',')); });
+    var r = range();
+    var link = el('a', { href: URL.createObjectURL(new Blob([lines.join('\n') + '\n'], { type: 'text/csv' })), download: 'tally-' + (state.drill.concat([state.level]).join('-')) + '-' + r.from + '-' + r.to + '.csv' });
+    document.body.appendChild(link); link.click(); link.remove();
+  });
+
+  // ---- model comparison --------------------------------------------------
+  function loadModels() {
+    var by = $('models-by').value, measure = $('models-measure').value;
+    api('GET', '/api/v1/models?' + rangeQuery() + '&group_by=' + by).then(function (r) {
+      var table = $('models-table'); table.textContent = '';
+      var head = el('tr', {}, [el('th', { scope: 'col', text: by === 'source' ? 'Source' : 'Campaign' })]);
+      r.models.forEach(function (m) { head.appendChild(el('th', { scope: 'col', text: m.replace('_', ' ') })); });
+      table.appendChild(el('thead', {}, [head]));
+      var body = el('tbody');
+      if (!r.rows.length) body.appendChild(el('tr', {}, [el('td', { colspan: String(r.models.length + 1), text: 'No conversions in this range yet.' })]));
+      r.rows.forEach(function (row) {
+        var tr = el('tr', {}, [el('th', { scope: 'row', text: label(row[by]) })]);
+        r.models.forEach(function (m) { tr.appendChild(el('td', { text: num(row[measure][m]) })); });
+        body.appendChild(tr);
+      });
+      table.appendChild(body);
+      var foot = el('tr', {}, [el('td', { text: 'Total (' + r.conversions + ' conversions' + (r.truncated ? ', first ones only' : '') + ')' })]);
+      r.models.forEach(function (m) { foot.appendChild(el('td', { text: num(r.total[measure][m]) })); });
+      table.appendChild(el('tfoot', {}, [foot]));
+    }).catch(function () {});
+  }
+  $('models-by').addEventListener('change', loadModels);
+  $('models-measure').addEventListener('change', loadModels);
+
+  // ---- goals --------------------------------------------------------------
+  function loadGoals() {
+    api('GET', '/api/v1/goals').then(function (goals) {
+      state.goals = goals;
+      var table = $('goals-table'); table.textContent = '';
+      table.appendChild(el('thead', {}, [el('tr', {}, ['Name', 'Matches', 'Value', 'Model', 'Window', 'Count', 'Actions'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]));
+      var body = el('tbody');
+      if (!goals.length) body.appendChild(el('tr', {}, [el('td', { colspan: '7', text: 'No goals yet: create one below.' })]));
+      goals.forEach(function (g) {
+        var m = g.match.event ? 'event ' + g.match.event : (g.match.op || 'exact') + ' ' + g.match.url;
+        body.appendChild(el('tr', {}, [
+          el('th', { scope: 'row', text: g.name || '(unnamed)' }), el('td', { text: m }), el('td', { text: g.value == null ? '–' : num(g.value) }),
+          el('td', { text: g.model.replace('_', ' ') }), el('td', { text: g.window_days + ' d' }), el('td', { text: g.count.replace(/_/g, ' ') }),
+          el('td', {}, [
+            el('button', { type: 'button', 'class': 'quiet', text: 'Edit', 'aria-label': 'Edit ' + g.name, onclick: function () { editGoal(g); } }), ' ',
+            el('button', { type: 'button', 'class': 'quiet', text: 'Delete', 'aria-label': 'Delete ' + g.name, onclick: function () {
+              if (!window.confirm('Delete the goal “' + g.name + '”? It leaves every report.')) return;
+              api('DELETE', '/api/v1/goals/' + g.id).then(loadGoals).catch(function (e) { text($('goal-error'), e.message); });
+            } })
+          ])
+        ]));
+      });
+      table.appendChild(body);
+    }).catch(function () {});
+  }
+  function goalKind() { var url = $('goal-kind').value === 'url'; $('goal-url-fields').hidden = !url; $('goal-event-label').hidden = url; }
+  $('goal-kind').addEventListener('change', goalKind);
+  function draft() {
+    var g = { name: $('goal-name').value.trim(), model: $('goal-model').value, window_days: Number($('goal-window').value || 30), count: $('goal-count').value };
+    g.match = $('goal-kind').value === 'url' ? { url: $('goal-url').value.trim(), op: $('goal-op').value } : { event: $('goal-event').value.trim() };
+    if ($('goal-value').value !== '') g.value = Number($('goal-value').value);
+    return g;
+  }
+  function editGoal(g) {
+    $('goal-id').value = g ? g.id : '';
+    text($('goal-form-title'), g ? 'Edit goal' : 'New goal');
+    $('goal-name').value = g ? g.name : '';
+    $('goal-kind').value = g && g.match.url ? 'url' : 'event';
+    $('goal-event').value = g && g.match.event || '';
+    $('goal-url').value = g && g.match.url || '';
+    $('goal-op').value = g && g.match.op || 'exact';
+    $('goal-value').value = g && g.value != null ? g.value : '';
+    $('goal-model').value = g ? g.model : 'last_click';
+    $('goal-window').value = g ? g.window_days : 30;
+    $('goal-count').value = g ? g.count : 'every';
+    $('goal-cancel').hidden = !g;
+    text($('goal-preview'), ''); text($('goal-error'), '');
+    goalKind();
+    if (g) $('goal-name').focus();
+  }
+  $('goal-cancel').addEventListener('click', function () { editGoal(null); });
+  $('goal-preview-btn').addEventListener('click', function () {
+    text($('goal-error'), '');
+    api('POST', '/api/v1/goals/preview', draft()).then(function (p) {
+      text($('goal-preview'), p.of ? 'Would match ' + p.matched + ' of the last ' + p.of + ' hits seen.' : 'No recent hits to try it on yet.');
+    }, function (e) { text($('goal-error'), e.message); });
+  });
+  $('goal-form').addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    text($('goal-error'), '');
+    var id = $('goal-id').value;
+    api(id ? 'PUT' : 'POST', id ? '/api/v1/goals/' + id : '/api/v1/goals', draft()).then(function (g) {
+      editGoal(null); text($('goal-preview'), 'Saved “' + g.name + '”.'); loadGoals();
+    }, function (e) { text($('goal-error'), e.message); });
+  });
+
+  // ---- explain -----------------------------------------------------------
+  function loadExplain() {
+    api('GET', '/api/v1/conversions/recent?limit=30').then(function (r) {
+      var list = $('explain-list'); list.textContent = '';
+      if (!r.conversions.length) list.appendChild(el('p', { 'class': 'hint', text: 'No conversions in the last 30 days yet.' }));
+      r.conversions.forEach(function (c) {
+        var rows = c.touchpoints.map(function (t) {
+          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: num(t.credit * c.value) })]);
+        });
+        list.appendChild(el('details', { 'class': 'conv' }, [
+          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + num(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
+          el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
+            el('thead', {}, [el('tr', {}, ['Clicked', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
+            el('tbody', {}, rows)
+          ])])
+        ]));
+      });
+    }).catch(function () {});
+  }
+
+  // ---- live ----------------------------------------------------------------
+  var today = { hits: 0, clicks: 0, conversions: 0 };
+  function tick() {
+    text($('today-hits'), num(today.hits, 0)); text($('today-clicks'), num(today.clicks, 0)); text($('today-conversions'), num(today.conversions));
+  }
+  function seedToday() {
+    var d = iso(new Date());
+    api('GET', '/api/v1/conversions?from=' + d + '&to=' + d).then(function (r) {
+      today.clicks = r.total.clicks; today.conversions = r.total.conversions; tick();
+    }).catch(function () {});
+  }
+  function connectLive() {
+    if (state.es) state.es.close();
+    seedToday();
+    var es = state.es = new EventSource('/api/v1/live');
+    es.onopen = function () { text($('live-state'), 'Connected.'); };
+    es.onerror = function () { text($('live-state'), 'Reconnecting…'); };
+    es.addEventListener('signed_out', function () { es.close(); showSignIn('Your session ended. Sign in again.'); });
+    function add(kind, e) {
+      var list = $('live-list');
+      var what = kind === 'hit'
+        ? (e.type === 'event' ? 'event ' + (e.name || '') : 'page view ' + (e.path || '')) + (e.source ? ' · ad click from ' + e.source : '')
+        : 'conversion worth ' + num(e.value) + ' · credited mostly to ' + e.source;
+      list.insertBefore(el('li', { 'class': kind }, [el('time', { datetime: e.at, text: new Date(e.at).toLocaleTimeString() }), el('span', { text: what })]), list.firstChild);
+      while (list.children.length > 200) list.removeChild(list.lastChild);
+    }
+    es.addEventListener('hit', function (m) {
+      var e = JSON.parse(m.data); today.hits += 1; if (e.source) today.clicks += 1; tick(); add('hit', e);
+    });
+    es.addEventListener('conversion', function (m) {
+      var e = JSON.parse(m.data); today.conversions += 1; tick(); add('conversion', e);
+    });
+  }
+
+  // ---- start -----------------------------------------------------------------
+  fetch('/session', { credentials: 'same-origin' }).then(function (res) {
+    if (!res.ok) return showSignIn('');
+    return res.json().then(showApp);
+  }, function () { showSignIn('The server cannot be reached.'); });
+})();

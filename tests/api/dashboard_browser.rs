@@ -1,0 +1,384 @@
+//! The dashboard in headless Chromium, used as a person uses it: by the
+//! labels and the text on screen. Same harness as the snippet's browser
+//! tests (`TALLY_TEST_CHROMEDRIVER`; skipped without it).
+//!
+//! With `TALLY_SCREENSHOT_DIR` set, it also saves screenshots of the views
+//! at 1280 and 375 px wide there (the README's come from `docs/`).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use fantoccini::elements::Element;
+use fantoccini::{Client, Locator};
+use serde_json::json;
+use tally::domain::{Conversion, Credit, Model, Touchpoint};
+use uuid::Uuid;
+
+use crate::browser::with_browser;
+use crate::helpers::TestApp;
+
+/// Waits up to `within` for an element at `xpath`.
+async fn find(client: &Client, xpath: &str, within: Duration) -> Element {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(e) = client.find(Locator::XPath(xpath)).await {
+            if e.is_displayed().await.unwrap_or(false) {
+                return e;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing visible at {xpath} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The button whose visible text is `text`.
+fn button(text: &str) -> String {
+    format!("//button[normalize-space(.)='{text}']")
+}
+
+/// The form control labelled `label` (by `for` or by nesting).
+fn field(label: &str) -> String {
+    format!(
+        "//*[@id=//label[normalize-space(text())='{label}']/@for] | //label[normalize-space(text()[1])='{label}']//*[self::input or self::select]"
+    )
+}
+
+/// The figure shown in the card titled `title`.
+fn card(title: &str) -> String {
+    format!("//div[@class='card'][span[normalize-space(.)='{title}']]/b")
+}
+
+async fn text_becomes(client: &Client, xpath: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = match client.find(Locator::XPath(xpath)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{xpath} shows `{got}`, not `{want}`"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let Ok(dir) = std::env::var("TALLY_SCREENSHOT_DIR") else {
+        return;
+    };
+    // Let charts finish drawing after a resize.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let png = client.screenshot().await.expect("screenshot");
+    std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png)
+        .expect("write screenshot");
+}
+
+/// What the overview should show for the last 30 days after [`seed`].
+struct Seeded {
+    clicks: u64,
+    conversions: u64,
+    value: u64,
+}
+
+/// A number as the page prints it (`toLocaleString('en')`).
+fn en(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Four weeks of history written straight to the store (the collector
+/// stamps hits with the server's clock, so it cannot make past days), so
+/// the chart has a shape; then today's hits through `/collect`.
+async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
+    let mut seeded = Seeded {
+        clicks: 0,
+        conversions: 0,
+        value: 0,
+    };
+    let today = Utc::now().date_naive();
+    for d in 1..=29u32 {
+        let day = today - chrono::Duration::days(i64::from(d));
+        let at = Utc.from_utc_datetime(&day.and_hms_opt(10, 0, 0).unwrap());
+        let mut tps = Vec::new();
+        for i in 0..(2 + d % 3) {
+            tps.push(touchpoint(
+                app,
+                &format!("g{d}-{i}"),
+                at,
+                "google",
+                "cpc",
+                "search",
+            ));
+        }
+        for i in 0..(1 + d % 2) {
+            tps.push(touchpoint(
+                app,
+                &format!("f{d}-{i}"),
+                at,
+                "facebook",
+                "cpc",
+                "retargeting",
+            ));
+        }
+        app.store.put_touchpoints(&tps).await.unwrap();
+        seeded.clicks += tps.len() as u64;
+        let mut converting: Vec<(&Touchpoint, Uuid, f64, Model)> = tps
+            .iter()
+            .filter(|t| t.source == "google")
+            .take((d % 3) as usize)
+            .map(|t| (t, signup, 49.0, Model::LastClick))
+            .collect();
+        if d.is_multiple_of(4) {
+            let t = tps.iter().find(|t| t.source == "facebook").unwrap();
+            converting.push((t, purchase, 120.0, Model::Linear));
+        }
+        for (t, goal, value, model) in converting {
+            let c = Conversion {
+                hit_id: Uuid::now_v7(),
+                goal_id: goal,
+                site: app.site_key.clone(),
+                vid: t.vid.clone(),
+                at: at + chrono::Duration::hours(1),
+                value,
+                currency: None,
+                order_id: None,
+                model,
+                window_days: 30,
+                credits: vec![Credit {
+                    touchpoint: Some(t.hit_id),
+                    source: t.source.clone(),
+                    medium: t.medium.clone(),
+                    campaign: t.campaign.clone(),
+                    ad: None,
+                    at: Some(t.at),
+                    credit: 1.0,
+                }],
+            };
+            // The store credits it from the touchpoints it holds.
+            let candidate = tally::store::Candidate {
+                conversion: c,
+                once_per_visitor: false,
+            };
+            app.store.record_batch(&[], &[candidate]).await.unwrap();
+            seeded.conversions += 1;
+            seeded.value += value as u64;
+        }
+    }
+    seeded
+}
+
+fn touchpoint(
+    app: &TestApp,
+    vid: &str,
+    at: DateTime<Utc>,
+    source: &str,
+    medium: &str,
+    campaign: &str,
+) -> Touchpoint {
+    Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: app.site_key.clone(),
+        vid: vid.into(),
+        at,
+        source: source.into(),
+        medium: Some(medium.into()),
+        campaign: Some(campaign.into()),
+        ad: None,
+        click_id: None,
+    }
+}
+
+/// History, then today: ad landings from four sources and conversions on
+/// two goals. Returns the last 30 days' totals.
+async fn seed(app: &TestApp) -> Seeded {
+    let signup = app
+        .create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 49.0}))
+        .await;
+    let purchase = app.create_goal(json!({"name": "Purchase", "match": {"url": "/thank-you", "op": "exact"}, "value": 120.0, "model": "linear"}))
+        .await;
+    let id = |g: &serde_json::Value| Uuid::parse_str(g["id"].as_str().unwrap()).unwrap();
+    let mut seeded = history(app, id(&signup), id(&purchase)).await;
+    // Today, below: 9 clicks, 4 signups and 2 purchases.
+    seeded.clicks += 9;
+    seeded.conversions += 6;
+    seeded.value += 4 * 49 + 2 * 120;
+    // v1 and v2 clicked twice before converting, so the models differ.
+    let landings = [
+        (
+            "v1",
+            "utm_source=newsletter&utm_medium=email&utm_campaign=november",
+        ),
+        ("v2", "fbclid=f0&utm_campaign=retargeting"),
+        ("v1", "gclid=g1&utm_campaign=black-friday&ad_id=ad-42"),
+        ("v2", "gclid=g2&utm_campaign=black-friday&ad_id=ad-42"),
+        ("v3", "gclid=g3&utm_campaign=brand"),
+        ("v4", "fbclid=f1&utm_campaign=retargeting"),
+        ("v5", "fbclid=f2&utm_campaign=retargeting"),
+        (
+            "v6",
+            "utm_source=newsletter&utm_medium=email&utm_campaign=november",
+        ),
+        ("v7", "msclkid=m1"),
+    ];
+    for (vid, q) in landings {
+        app.collect_ok(&app.pageview(&format!("https://shop.example/?{q}"), vid))
+            .await;
+    }
+    for vid in ["v1", "v3", "v4", "v6"] {
+        app.collect_ok(
+            &json!({"site": app.site_key, "type": "event", "name": "signup", "vid": vid}),
+        )
+        .await;
+    }
+    for vid in ["v2", "v6"] {
+        app.collect_ok(&app.pageview("https://shop.example/thank-you", vid))
+            .await;
+    }
+    app.wait_for_conversions("source", 6.0).await;
+    seeded
+}
+
+#[tokio::test]
+async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
+    with_browser("dashboard", |client, app, _shop| async move {
+        // Arrange
+        let seeded = seed(&app).await;
+        client.set_window_size(1280, 1000).await.expect("window size");
+
+        // Act + assert: sign in with the key typed into "API key".
+        client.goto(&app.url("/")).await.expect("dashboard loads");
+        let key = find(&client, &field("API key"), Duration::from_secs(5)).await;
+        screenshot(&client, "dashboard-signin-1280").await;
+        key.send_keys(&app.api_key).await.expect("type the key");
+        find(&client, &button("Sign in"), Duration::from_secs(1))
+            .await
+            .click()
+            .await
+            .expect("sign in");
+
+        // Seeded totals and a drawn chart.
+        find(&client, &button("Sign out"), Duration::from_secs(5)).await;
+        text_becomes(&client, &card("Conversions"), &en(seeded.conversions)).await;
+        text_becomes(&client, &card("Ad clicks"), &en(seeded.clicks)).await;
+        text_becomes(&client, &card("Value"), &en(seeded.value)).await;
+        find(
+            &client,
+            "//figure[figcaption='Conversions per day']//canvas",
+            Duration::from_secs(5),
+        )
+        .await;
+        let stored = client
+            .execute("return document.cookie + JSON.stringify(localStorage) + JSON.stringify(sessionStorage)", vec![])
+            .await
+            .expect("script runs");
+        assert!(
+            !stored.as_str().unwrap_or_default().contains(&app.api_key),
+            "the key must not be readable by scripts: {stored}"
+        );
+        screenshot(&client, "dashboard-1280").await;
+
+        // Drill down: source -> medium -> campaign.
+        find(&client, &button("Sources"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &button("google"), Duration::from_secs(5)).await.click().await.unwrap();
+        find(&client, &button("cpc"), Duration::from_secs(5)).await.click().await.unwrap();
+        find(&client, &button("black-friday"), Duration::from_secs(5)).await;
+        find(&client, "//nav[@aria-label='Drill-down']//*[normalize-space(.)='source: google']", Duration::from_secs(1)).await;
+        find(&client, &button("Conversions ▼"), Duration::from_secs(1)).await;
+        screenshot(&client, "dashboard-sources-1280").await;
+
+        find(&client, &button("Models"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//table[@id='models-table']//th[normalize-space(.)='google']", Duration::from_secs(5)).await;
+        // newsletter opened v1's path, google closed it: first click != last click.
+        text_becomes(&client, "//table[@id='models-table']//tr[th='newsletter']/td[1]", "2").await;
+        text_becomes(&client, "//table[@id='models-table']//tr[th='newsletter']/td[2]", "3").await;
+        screenshot(&client, "dashboard-models-1280").await;
+
+        // Create a goal from the form.
+        find(&client, &button("Goals"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &field("Name"), Duration::from_secs(5)).await.send_keys("Newsletter").await.unwrap();
+        find(&client, &field("Event name"), Duration::from_secs(1)).await.send_keys("subscribe").await.unwrap();
+        find(&client, &field("Value"), Duration::from_secs(1)).await.send_keys("3").await.unwrap();
+        find(&client, &button("Save goal"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//table[@id='goals-table']//th[normalize-space(.)='Newsletter']", Duration::from_secs(5)).await;
+        let goals = app.api(reqwest::Method::GET, "/api/v1/goals").send().await.unwrap().json::<serde_json::Value>().await.unwrap();
+        assert!(goals.as_array().unwrap().iter().any(|g| g["name"] == "Newsletter" && g["match"]["event"] == "subscribe"), "{goals}");
+        screenshot(&client, "dashboard-goals-1280").await;
+
+        find(&client, &button("Conversions"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//details/summary[contains(., 'Signup')]", Duration::from_secs(5)).await.click().await.unwrap();
+        find(&client, "//details[@open]//td[normalize-space(.)='google' or normalize-space(.)='newsletter' or normalize-space(.)='facebook']", Duration::from_secs(2)).await;
+        screenshot(&client, "dashboard-explain-1280").await;
+
+        // Live: a hit posted to /collect shows up within 2 s.
+        find(&client, &button("Live"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//*[normalize-space(.)='Connected.']", Duration::from_secs(5)).await;
+        // The page notes when the row appears (same clock as ours), so the
+        // WebDriver round trips of polling are not part of the figure.
+        client
+            .execute(
+                "window.seenAt = null; new MutationObserver(function (_, o) {\
+                   if (document.getElementById('live-list').textContent.indexOf('/live-check') >= 0) { window.seenAt = Date.now(); o.disconnect(); }\
+                 }).observe(document.getElementById('live-list'), {childList: true, subtree: true});",
+                vec![],
+            )
+            .await
+            .expect("observer installed");
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        app.collect_ok(&app.pageview("https://shop.example/live-check?gclid=live1", "v8")).await;
+        find(&client, "//ol[@id='live-list']/li[contains(., '/live-check')]", Duration::from_secs(5)).await;
+        let seen_ms = client.execute("return window.seenAt", vec![]).await.unwrap().as_i64().expect("row seen");
+        let latency = seen_ms - sent_ms;
+        eprintln!("dashboard: live hit on screen {latency} ms after the POST was sent");
+        assert!(latency < 2_000, "the hit took {latency} ms to appear");
+        text_becomes(&client, "//b[@id='today-clicks']", "10").await;
+        app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "signup", "vid": "v8"}))
+            .await;
+        find(&client, "//ol[@id='live-list']/li[contains(., 'conversion worth 49')]", Duration::from_secs(5)).await;
+        text_becomes(&client, "//b[@id='today-conversions']", "7").await;
+        screenshot(&client, "dashboard-live-1280").await;
+
+        // Readable at 375 px.
+        client.set_window_size(375, 900).await.expect("window size");
+        find(&client, &button("Overview"), Duration::from_secs(1)).await.click().await.unwrap();
+        text_becomes(&client, &card("Conversions"), &en(seeded.conversions + 1)).await;
+        client.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+        let overflow = client
+            .execute("return document.documentElement.scrollWidth - window.innerWidth", vec![])
+            .await
+            .unwrap();
+        assert!(overflow.as_i64().unwrap_or(1) <= 0, "the page scrolls sideways at 375 px by {overflow}");
+        screenshot(&client, "dashboard-375").await;
+        client.set_window_size(1280, 1000).await.expect("window size");
+
+        // Sign out, then be refused.
+        find(&client, &button("Sign out"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &field("API key"), Duration::from_secs(5)).await;
+        let status = client
+            .execute_async(
+                "var done = arguments[arguments.length - 1];\
+                 fetch('/api/v1/goals', {credentials: 'same-origin'}).then(function (r) { done(r.status); });",
+                vec![],
+            )
+            .await
+            .expect("fetch runs");
+        assert_eq!(status, json!(401));
+    })
+    .await;
+}
