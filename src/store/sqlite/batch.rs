@@ -334,7 +334,9 @@ pub(super) fn record_batch_in(
             // The order's previous holder may be another visitor's: its
             // group changes too.
             let mut stmt = tx.prepare_cached(
-                "SELECT DISTINCT vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
+                // Not DISTINCT: SQLite would then walk the (site, goal,
+                // vid) index, every candidate of the goal (quadratic).
+                "SELECT vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
             )?;
             let vids = stmt
                 .query_map(params![c.site, goal, order], |r| r.get::<_, String>(0))?
