@@ -205,41 +205,7 @@ impl Conversion {
 /// store calls it again whenever a touchpoint arrives after a conversion
 /// it precedes, and gets the answer processing in time order would have.
 pub fn credit_split(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
-    let at = c.at;
-    let mut window: Vec<&Touchpoint> = candidates.iter().filter(|t| c.is_credited_by(t)).collect();
-    // Order by time, then id, so ties resolve the same way on every run.
-    window.sort_by_key(|t| (t.at, t.hit_id));
-    window.dedup_by_key(|t| t.hit_id);
-
-    if window.is_empty() {
-        return vec![Credit {
-            touchpoint: None,
-            source: DIRECT.to_owned(),
-            medium: None,
-            campaign: None,
-            ad: None,
-            at: None,
-            credit: 1.0,
-        }];
-    }
-    let ages: Vec<f64> = window
-        .iter()
-        .map(|t| (at - t.at).num_milliseconds() as f64 / 86_400_000.0)
-        .collect();
-    window
-        .iter()
-        .zip(weights(c.model, &ages))
-        .filter(|(_, w)| *w > 0.0)
-        .map(|(t, w)| Credit {
-            touchpoint: Some(t.hit_id),
-            source: t.source.clone(),
-            medium: t.medium.clone(),
-            campaign: t.campaign.clone(),
-            ad: t.ad.clone(),
-            at: Some(t.at),
-            credit: w,
-        })
-        .collect()
+    split(c, c.model, candidates)
 }
 
 /// The credit split a stored conversion would have had under `model`,
@@ -249,15 +215,17 @@ pub fn credit_split(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
 /// `recredit(c, c.model, tps)` gives back `c.credits` for the touchpoints
 /// `c` was attributed from.
 pub fn recredit(conversion: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit> {
-    let at = conversion.at;
-    let since = at - Duration::days(i64::from(conversion.window_days));
-    let mut window: Vec<&Touchpoint> = candidates
-        .iter()
-        .filter(|t| t.vid == conversion.vid && t.site == conversion.site)
-        .filter(|t| t.at >= since && (t.at, t.hit_id) <= (at, conversion.hit_id))
-        .collect();
+    split(conversion, model, candidates)
+}
+
+/// The split of `c` under `model` over the touchpoints in its window.
+fn split(c: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit> {
+    let at = c.at;
+    let mut window: Vec<&Touchpoint> = candidates.iter().filter(|t| c.is_credited_by(t)).collect();
+    // Order by time, then id, so ties resolve the same way on every run.
     window.sort_by_key(|t| (t.at, t.hit_id));
     window.dedup_by_key(|t| t.hit_id);
+
     if window.is_empty() {
         return vec![Credit {
             touchpoint: None,

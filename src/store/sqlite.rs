@@ -841,25 +841,7 @@ impl Store for SqliteStore {
                      FROM conversions WHERE hit_id = ?1 AND site = ?2 ORDER BY goal_id",
                 )?;
                 let rows = stmt
-                    .query_map(params![hit, site], |r| {
-                        let model: String = r.get(8)?;
-                        Ok((
-                            Conversion {
-                                hit_id: uuid_col(r, 0)?,
-                                goal_id: uuid_col(r, 1)?,
-                                site: r.get(2)?,
-                                vid: r.get(3)?,
-                                at: instant(r.get(4)?),
-                                value: r.get(5)?,
-                                currency: r.get(6)?,
-                                order_id: r.get(7)?,
-                                model: Model::LastClick,
-                                window_days: r.get(9)?,
-                                credits: Vec::new(),
-                            },
-                            model,
-                        ))
-                    })?
+                    .query_map(params![hit, site], batch::conversion_from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 rows
             };

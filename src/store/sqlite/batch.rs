@@ -40,7 +40,7 @@ fn model_of(text: &str) -> Result<Model, StoreError> {
 /// A stored candidate (or conversion) row as a conversion without credits.
 /// Columns: hit_id, goal_id, site, vid, at_ns, value, currency, order_id,
 /// model, window_days.
-fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Conversion, String)> {
+pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Conversion, String)> {
     Ok((
         Conversion {
             hit_id: uuid_col(r, 0)?,
