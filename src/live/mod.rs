@@ -148,15 +148,6 @@ impl LiveEvent {
     }
 }
 
-/// The events of one processed batch: every hit, then every conversion
-/// written for it.
-pub fn batch_events(hits: &[Hit], conversions: &[Conversion]) -> Vec<LiveEvent> {
-    hits.iter()
-        .map(LiveEvent::from_hit)
-        .chain(conversions.iter().map(LiveEvent::from_conversion))
-        .collect()
-}
-
 /// The live-event port.
 pub trait Live: Send + Sync + 'static {
     /// Hands events on without waiting; drops them when the way out is
