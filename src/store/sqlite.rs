@@ -645,26 +645,9 @@ impl Store for SqliteStore {
             // One transaction, so a batch of clicks costs one fsync.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO touchpoints
-                       (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )?;
+                let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
                 for tp in &tps {
-                    let (param, value) = tp.click_id.clone().unzip();
-                    // The first write of a hit id wins; a redelivery is a no-op.
-                    insert.execute(params![
-                        tp.hit_id.to_string(),
-                        tp.site,
-                        tp.vid,
-                        nanos(tp.at)?,
-                        tp.source,
-                        tp.medium,
-                        tp.campaign,
-                        tp.ad,
-                        param,
-                        value
-                    ])?;
+                    batch::insert_touchpoint(&mut insert, tp)?;
                 }
             }
             tx.commit()?;

@@ -259,6 +259,32 @@ fn redelivered(tx: &Transaction<'_>, c: &Conversion) -> Result<Recorded, StoreEr
 }
 
 /// The whole batch, inside `tx`.
+/// Inserts a touchpoint unless its hit id is stored already (the first
+/// write wins; a redelivery is a no-op).
+pub(super) const INSERT_TOUCHPOINT: &str = "INSERT OR IGNORE INTO touchpoints
+   (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Runs [`INSERT_TOUCHPOINT`] for `tp`; returns 1 when it is new.
+pub(super) fn insert_touchpoint(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    tp: &Touchpoint,
+) -> Result<usize, StoreError> {
+    let (param, value) = tp.click_id.clone().unzip();
+    Ok(insert.execute(params![
+        tp.hit_id.to_string(),
+        tp.site,
+        tp.vid,
+        nanos(tp.at)?,
+        tp.source,
+        tp.medium,
+        tp.campaign,
+        tp.ad,
+        param,
+        value
+    ])?)
+}
+
 pub(super) fn record_batch_in(
     tx: &Transaction<'_>,
     touchpoints: &[Touchpoint],
@@ -268,26 +294,9 @@ pub(super) fn record_batch_in(
     // 1. Touchpoints; remember those new to the store, by visitor.
     let mut fresh: BTreeMap<(String, String), Vec<Touchpoint>> = BTreeMap::new();
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO touchpoints
-               (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+        let mut insert = tx.prepare_cached(INSERT_TOUCHPOINT)?;
         for tp in touchpoints {
-            let (param, value) = tp.click_id.clone().unzip();
-            // The first write of a hit id wins; a redelivery is a no-op.
-            let n = insert.execute(params![
-                tp.hit_id.to_string(),
-                tp.site,
-                tp.vid,
-                nanos(tp.at)?,
-                tp.source,
-                tp.medium,
-                tp.campaign,
-                tp.ad,
-                param,
-                value
-            ])?;
+            let n = insert_touchpoint(&mut insert, tp)?;
             if n > 0 {
                 fresh
                     .entry((tp.site.clone(), tp.vid.clone()))
