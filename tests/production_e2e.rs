@@ -8,12 +8,13 @@
 //! `CASSANDRA_CONTACT_POINTS` and `TALLY_TEST_S3_ENDPOINT` are all set.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::{create_goal, wait_ready, Procs, Tally};
 use tally::archive::s3::S3Archive;
 use tally::archive::{format, Archive};
 use tally::config::S3Settings;
@@ -23,76 +24,6 @@ const NEEDS: [&str; 3] = [
     "CASSANDRA_CONTACT_POINTS",
     "TALLY_TEST_S3_ENDPOINT",
 ];
-
-/// Kills the processes and drops the namespaces even when an assert fails.
-struct Trio {
-    procs: Vec<Child>,
-}
-impl Drop for Trio {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Env {
-    amqp: String,
-    contact_points: String,
-    s3_endpoint: String,
-    prefix: String,
-    keyspace: String,
-    bucket: String,
-    port: u16,
-}
-
-impl Env {
-    fn tally(&self, dir: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AMQP_URL", &self.amqp)
-            .env("AMQP_PREFIX", &self.prefix)
-            .env("CASSANDRA_CONTACT_POINTS", &self.contact_points)
-            .env("CASSANDRA_KEYSPACE", &self.keyspace)
-            // One local node: quorum of one.
-            .env("CASSANDRA_REPLICATION_FACTOR", "1")
-            .env("S3_BUCKET", &self.bucket)
-            .env("S3_ENDPOINT", &self.s3_endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("TALLY_DATA_DIR", dir)
-            .env("PORT", self.port.to_string())
-            .env("HOST", "127.0.0.1")
-            .env("ARCHIVE_BATCH_SECONDS", "0.5")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, dir: &Path, args: &[&str]) -> Vec<u8> {
-        let out = self.tally(dir).args(args).output().expect("tally runs");
-        assert!(
-            out.status.success(),
-            "tally {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 async fn archived_ids(archive: &S3Archive) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
@@ -122,64 +53,48 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
     }
     let var = |v: &str| std::env::var(v).expect("checked above");
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let env = Env {
-        amqp: var("TALLY_TEST_AMQP_URL"),
-        contact_points: var("CASSANDRA_CONTACT_POINTS"),
-        s3_endpoint: var("TALLY_TEST_S3_ENDPOINT"),
-        prefix: format!("prod-{run_id}"),
-        keyspace: format!("tally_prod_{run_id}"),
-        bucket: format!("tally-prod-{run_id}"),
-        port: free_port(),
-    };
+    let (amqp, contact_points, s3_endpoint) = (
+        var("TALLY_TEST_AMQP_URL"),
+        var("CASSANDRA_CONTACT_POINTS"),
+        var("TALLY_TEST_S3_ENDPOINT"),
+    );
+    let (prefix, keyspace, bucket) = (
+        format!("prod-{run_id}"),
+        format!("tally_prod_{run_id}"),
+        format!("tally-prod-{run_id}"),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = format!("http://127.0.0.1:{}", env.port);
-
-    // Arrange: schema, topology and bucket; a site; web + worker; a goal.
-    env.run(dir.path(), &["migrate"]);
-    let created: Value = serde_json::from_slice(&env.run(
+    let tally = Tally::new(
         dir.path(),
         &[
-            "sites",
-            "create",
-            "--name",
-            "prod",
-            "--domain",
-            "shop.example",
+            ("AMQP_URL", &amqp),
+            ("AMQP_PREFIX", &prefix),
+            ("CASSANDRA_CONTACT_POINTS", &contact_points),
+            ("CASSANDRA_KEYSPACE", &keyspace),
+            // One local node: quorum of one.
+            ("CASSANDRA_REPLICATION_FACTOR", "1"),
+            ("S3_BUCKET", &bucket),
+            ("S3_ENDPOINT", &s3_endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("ARCHIVE_BATCH_SECONDS", "0.5"),
         ],
-    ))
-    .expect("sites create prints JSON");
-    let site = created["site"].as_str().expect("site").to_owned();
-    let key = created["api_key"].as_str().expect("api_key").to_owned();
-    let mut trio = Trio { procs: Vec::new() };
-    trio.procs
-        .push(env.tally(dir.path()).arg("web").spawn().expect("web"));
-    trio.procs
-        .push(env.tally(dir.path()).arg("worker").spawn().expect("worker"));
-
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "web never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let r = client
-        .post(format!("{base}/api/v1/goals"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Purchase", "match": {"event": "purchase"}, "value": 49.0}))
-        .send()
-        .await
-        .expect("goal request");
-    assert_eq!(
-        r.status(),
-        201,
-        "goal: {}",
-        r.text().await.unwrap_or_default()
     );
+    let base = tally.base();
+
+    // Arrange: schema, topology and bucket; a site; web + worker; a goal.
+    let (site, key) = tally.migrate_and_create_site("prod", &["--domain", "shop.example"]);
+    let procs = Procs(vec![tally.spawn("web", &[]), tally.spawn("worker", &[])]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base, Duration::from_secs(60)).await;
+    create_goal(
+        &client,
+        &base,
+        &key,
+        &json!({"name": "Purchase", "match": {"event": "purchase"}, "value": 49.0}),
+    )
+    .await;
 
     // Act: an ad landing, then the same visitor's purchase. One worker
     // takes them from the queue in the order the broker confirmed them.
@@ -235,9 +150,9 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
     // Both hits are in the S3 archive.
     let archive = S3Archive::new(
         &S3Settings {
-            bucket: env.bucket.clone(),
+            bucket: bucket.clone(),
             prefix: "hits/".into(),
-            endpoint: Some(env.s3_endpoint.clone()),
+            endpoint: Some(s3_endpoint.clone()),
             region: Some("us-east-1".into()),
         },
         Arc::new(tally::metrics::Metrics::new()),
@@ -258,22 +173,9 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
         "archived {archived:?}, want {ids:?}"
     );
 
-    // Clean up: processes first, then the broker topology.
-    drop(trio);
-    let settings = tally::config::RabbitMqSettings {
-        url: env.amqp.clone().into(),
-        prefix: env.prefix.clone(),
-        prefetch: 10,
-    };
-    if let Ok(q) = tally::queue::rabbitmq::RabbitMqQueue::connect(
-        &settings,
-        Arc::new(tally::metrics::Metrics::new()),
-    )
-    .await
-    {
-        let _ = q.delete_topology().await;
-    }
-    // The keyspace stays: the CI node is thrown away after the run, and
-    // the store has no (and should have no) call that drops a keyspace.
+    // Clean up: processes first, then the broker topology and keyspace.
+    drop(procs);
+    common::delete_broker_topology(&amqp, &prefix).await;
+    common::drop_keyspace(&contact_points, &keyspace).await;
     drop(dir);
 }

@@ -8,43 +8,20 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{create_goal, wait_ready, Procs, Tally};
+
 const VAR: &str = "TALLY_TEST_AMQP_URL";
 const HITS: usize = 20_000;
 const PER_REQUEST: usize = 10;
 const CONVERSION_EVERY: usize = 20;
-
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn tally(dir: &Path, url: &str, prefix: &str, port: u16) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env("AMQP_URL", url)
-        .env("AMQP_PREFIX", prefix)
-        .env("TALLY_DATA_DIR", dir)
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env("ARCHIVE_BATCH_SECONDS", "0.5")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null());
-    c
-}
 
 fn rabbitmqctl(arg: &str) {
     let ok = Command::new("rabbitmqctl")
@@ -86,69 +63,32 @@ async fn web_and_two_workers_survive_a_killed_worker_and_a_broker_restart() {
     };
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("e2e-{}", uuid::Uuid::now_v7().simple());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
+    let tally = Tally::new(
+        dir.path(),
+        &[
+            ("AMQP_URL", url.as_str()),
+            ("AMQP_PREFIX", prefix.as_str()),
+            ("ARCHIVE_BATCH_SECONDS", "0.5"),
+        ],
+    );
+    let base = tally.base();
 
     // Arrange: schema + topology, a site, a goal.
-    let out = tally(dir.path(), &url, &prefix, port)
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = tally(dir.path(), &url, &prefix, port)
-        .args(["sites", "create", "--name", "e2e"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sites create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let site = created["site"].as_str().unwrap().to_owned();
-    let key = created["api_key"].as_str().unwrap().to_owned();
-
+    let (site, key) = tally.migrate_and_create_site("e2e", &[]);
     let mut procs = Procs(vec![
-        tally(dir.path(), &url, &prefix, port)
-            .arg("web")
-            .spawn()
-            .unwrap(),
-        tally(dir.path(), &url, &prefix, port)
-            .arg("worker")
-            .spawn()
-            .unwrap(),
-        tally(dir.path(), &url, &prefix, port)
-            .arg("worker")
-            .spawn()
-            .unwrap(),
+        tally.spawn("web", &[]),
+        tally.spawn("worker", &[]),
+        tally.spawn("worker", &[]),
     ]);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "web never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = client
-        .post(format!("{base}/api/v1/goals"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Buy", "match": {"event": "buy"}, "value": 10.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    wait_ready(&client, &base, Duration::from_secs(30)).await;
+    create_goal(
+        &client,
+        &base,
+        &key,
+        &json!({"name": "Buy", "match": {"event": "buy"}, "value": 10.0}),
+    )
+    .await;
 
     // Act: send, with a worker killed and the broker restarted meanwhile.
     let accepted = Arc::new(std::sync::Mutex::new(BTreeSet::<String>::new()));

@@ -8,61 +8,18 @@
 //! own). Skips unless `TALLY_TEST_AMQP_URL` and `CASSANDRA_CONTACT_POINTS`
 //! are both set.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::{create_goal, signal, wait_ready, Procs, Tally};
 
 /// One `/collect` request's worth (its most), so the landings travel as one
 /// broker message: worker A's whole prefetch.
 const VISITORS: usize = 100;
 const PER_REQUEST: usize = 100;
-
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            signal(c, "CONT");
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), child.id().to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} failed");
-}
-
-struct Env {
-    url: String,
-    prefix: String,
-    contact_points: String,
-    keyspace: String,
-    port: u16,
-}
-
-fn tally(dir: &Path, env: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env("AMQP_URL", &env.url)
-        .env("AMQP_PREFIX", &env.prefix)
-        .env("CASSANDRA_CONTACT_POINTS", &env.contact_points)
-        .env("CASSANDRA_KEYSPACE", &env.keyspace)
-        .env("TALLY_DATA_DIR", dir)
-        .env("PORT", env.port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null());
-    c
-}
 
 /// (consumers, ready, unacked) of the attributor's queue, from the broker.
 fn attributor_queue(prefix: &str) -> (u64, u64, u64) {
@@ -154,69 +111,37 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let env = Env {
-        url: url.clone(),
-        prefix: format!("stall-{id}"),
-        contact_points,
-        keyspace: format!("tally_t_{id}"),
-        port: std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
-    };
-    let base = format!("http://127.0.0.1:{}", env.port);
+    let (prefix, keyspace) = (format!("stall-{id}"), format!("tally_t_{id}"));
+    let tally = Tally::new(
+        dir.path(),
+        &[
+            ("AMQP_URL", url.as_str()),
+            ("AMQP_PREFIX", prefix.as_str()),
+            ("CASSANDRA_CONTACT_POINTS", contact_points.as_str()),
+            ("CASSANDRA_KEYSPACE", keyspace.as_str()),
+        ],
+    );
+    let base = tally.base();
 
     // Arrange: schema, topology, a site; web and worker A; a goal.
-    let out = tally(dir.path(), &env).arg("migrate").output().unwrap();
-    assert!(
-        out.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = tally(dir.path(), &env)
-        .args(["sites", "create", "--name", "stall"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sites: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let site = created["site"].as_str().unwrap().to_owned();
-    let key = created["api_key"].as_str().unwrap().to_owned();
+    let (site, key) = tally.migrate_and_create_site("stall", &[]);
     let mut procs = Procs(vec![
-        tally(dir.path(), &env).arg("web").spawn().unwrap(),
+        tally.spawn("web", &[]),
         // Prefetch 1: the landings' message fills it, so while A is
         // stopped the broker hands every later message to B.
-        tally(dir.path(), &env)
-            .env("AMQP_PREFETCH", "1")
-            .arg("worker")
-            .spawn()
-            .unwrap(),
+        tally.spawn("worker", &[("AMQP_PREFETCH", "1")]),
     ]);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "web never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = client
-        .post(format!("{base}/api/v1/goals"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Buy", "match": {"event": "buy"}, "value": 10.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    wait_ready(&client, &base, Duration::from_secs(30)).await;
+    create_goal(
+        &client,
+        &base,
+        &key,
+        &json!({"name": "Buy", "match": {"event": "buy"}, "value": 10.0}),
+    )
+    .await;
     until("worker A to consume", Duration::from_secs(30), || {
-        attributor_queue(&env.prefix).0 == 1
+        attributor_queue(&prefix).0 == 1
     })
     .await;
 
@@ -231,18 +156,16 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
         "worker A to hold the landings",
         Duration::from_secs(30),
         || {
-            let (_, ready, unacked) = attributor_queue(&env.prefix);
+            let (_, ready, unacked) = attributor_queue(&prefix);
             ready == 0 && unacked == 1
         },
     )
     .await;
 
     // Act 2: worker B counts the same visitors' conversions meanwhile.
-    procs
-        .0
-        .push(tally(dir.path(), &env).arg("worker").spawn().unwrap());
+    procs.0.push(tally.spawn("worker", &[]));
     until("worker B to consume", Duration::from_secs(30), || {
-        attributor_queue(&env.prefix).0 == 2
+        attributor_queue(&prefix).0 == 2
     })
     .await;
     let conversions = (0..VISITORS)
@@ -286,40 +209,6 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
     );
 
     drop(procs);
-    let settings = tally::config::RabbitMqSettings {
-        url: url.clone().into(),
-        prefix: env.prefix.clone(),
-        prefetch: 10,
-    };
-    if let Ok(q) = tally::queue::rabbitmq::RabbitMqQueue::connect(
-        &settings,
-        std::sync::Arc::new(tally::metrics::Metrics::new()),
-    )
-    .await
-    {
-        let _ = q.delete_topology().await;
-    }
-    let cassandra = tally::config::CassandraSettings {
-        contact_points: env
-            .contact_points
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .collect(),
-        keyspace: env.keyspace.clone(),
-        username: None,
-        password: None,
-        replication_factor: 1,
-        local_dc: None,
-        consistency: "LOCAL_QUORUM".into(),
-        max_in_flight: 1,
-    };
-    if let Ok(store) = tally::store::cassandra::CassandraStore::connect(
-        &cassandra,
-        std::sync::Arc::new(tally::metrics::Metrics::new()),
-    )
-    .await
-    {
-        let drop = format!("DROP KEYSPACE IF EXISTS {}", env.keyspace);
-        let _ = store.session().query_unpaged(drop, ()).await;
-    }
+    common::delete_broker_topology(&url, &prefix).await;
+    common::drop_keyspace(&contact_points, &keyspace).await;
 }

@@ -1,0 +1,195 @@
+//! Harness shared by the black-box tests that run `tally` as separate
+//! processes (`rabbitmq_e2e`, `stalled_worker`, `production_e2e`): the
+//! command with exactly the environment a test gives it, the CLI steps
+//! before the processes start, readiness, and clean-up even when an
+//! assertion fails. Each test target uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A free loopback port for a `tally web` to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// How to run `tally` in one test: a data directory, a port and the
+/// variables that choose its adapters. The environment is cleared first,
+/// so a variable the CI run exports for the tests (for example
+/// `CASSANDRA_CONTACT_POINTS`) never changes which store a process uses.
+pub struct Tally {
+    pub dir: PathBuf,
+    pub port: u16,
+    vars: Vec<(String, String)>,
+}
+
+impl Tally {
+    pub fn new(dir: &Path, vars: &[(&str, &str)]) -> Self {
+        Tally {
+            dir: dir.to_owned(),
+            port: free_port(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .env("TALLY_DATA_DIR", &self.dir)
+            .env("PORT", self.port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a CLI command to its end; fails the test with its stderr.
+    pub fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.command().args(args).output().expect("tally runs");
+        assert!(
+            out.status.success(),
+            "tally {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// `tally migrate`, then `tally sites create --name NAME EXTRA...`:
+    /// returns (site key, API key).
+    pub fn migrate_and_create_site(&self, name: &str, extra: &[&str]) -> (String, String) {
+        self.run(&["migrate"]);
+        let mut args = vec!["sites", "create", "--name", name];
+        args.extend_from_slice(extra);
+        let created: Value =
+            serde_json::from_slice(&self.run(&args)).expect("sites create prints JSON");
+        (
+            created["site"].as_str().expect("site").to_owned(),
+            created["api_key"].as_str().expect("api_key").to_owned(),
+        )
+    }
+
+    /// Starts a long-running process (`web`, `worker`) with extra variables.
+    pub fn spawn(&self, what: &str, vars: &[(&str, &str)]) -> Child {
+        self.command()
+            .envs(vars.iter().copied())
+            .arg(what)
+            .spawn()
+            .expect("tally starts")
+    }
+}
+
+/// Processes killed (and resumed first, if a test stopped one) when the
+/// test ends, even by a failed assertion.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `sig` (`STOP`, `CONT`, ...) to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Polls `/ready` until it answers 200, or fails after `limit`.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "web never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a goal over the API; fails the test unless it is a 201.
+pub async fn create_goal(client: &reqwest::Client, base: &str, key: &str, goal: &Value) {
+    let r = client
+        .post(format!("{base}/api/v1/goals"))
+        .bearer_auth(key)
+        .json(goal)
+        .send()
+        .await
+        .expect("goal request");
+    let status = r.status();
+    assert_eq!(status, 201, "goal: {}", r.text().await.unwrap_or_default());
+}
+
+/// Deletes a test's queues and exchanges on the broker (best effort).
+pub async fn delete_broker_topology(url: &str, prefix: &str) {
+    let settings = tally::config::RabbitMqSettings {
+        url: url.to_owned().into(),
+        prefix: prefix.to_owned(),
+        prefetch: 10,
+    };
+    if let Ok(q) = tally::queue::rabbitmq::RabbitMqQueue::connect(
+        &settings,
+        std::sync::Arc::new(tally::metrics::Metrics::new()),
+    )
+    .await
+    {
+        let _ = q.delete_topology().await;
+    }
+}
+
+/// Drops a test's keyspace (best effort), so runs do not pile up tables
+/// on a reused node.
+pub async fn drop_keyspace(contact_points: &str, keyspace: &str) {
+    let cassandra = tally::config::CassandraSettings {
+        contact_points: contact_points
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect(),
+        keyspace: keyspace.to_owned(),
+        username: None,
+        password: None,
+        replication_factor: 1,
+        local_dc: None,
+        consistency: "LOCAL_QUORUM".into(),
+        max_in_flight: 1,
+    };
+    if let Ok(store) = tally::store::cassandra::CassandraStore::connect(
+        &cassandra,
+        std::sync::Arc::new(tally::metrics::Metrics::new()),
+    )
+    .await
+    {
+        let drop = format!("DROP KEYSPACE IF EXISTS {keyspace}");
+        let _ = store.session().query_unpaged(drop, ()).await;
+    }
+}
