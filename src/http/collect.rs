@@ -323,15 +323,17 @@ pub async fn post(
 }
 
 /// Builds a raw hit from pixel query parameters (all strings on the wire).
-/// Takes the query by value: its strings move into the hit, uncopied.
-pub fn raw_from_query(mut q: BTreeMap<String, String>) -> Result<RawHit, ApiError> {
-    let mut get = |k: &str| q.remove(k).filter(|v| !v.is_empty());
-    let value = get("value")
-        .map(|v| {
-            v.parse::<f64>()
-                .map_err(|_| ApiError::BadRequest(format!("field `value`: `{v}` is not a number")))
-        })
-        .transpose()?;
+pub fn raw_from_query(q: &BTreeMap<String, String>) -> Result<RawHit, ApiError> {
+    let get = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    let number = |k: &'static str| -> Result<Option<f64>, ApiError> {
+        get(k)
+            .map(|v| {
+                v.parse::<f64>().map_err(|_| {
+                    ApiError::BadRequest(format!("field `{k}`: `{v}` is not a number"))
+                })
+            })
+            .transpose()
+    };
     let ts = get("ts")
         .map(|v| {
             v.parse::<i64>()
@@ -353,7 +355,7 @@ pub fn raw_from_query(mut q: BTreeMap<String, String>) -> Result<RawHit, ApiErro
         vid: get("vid"),
         sid: get("sid"),
         ts,
-        value,
+        value: number("value")?,
         currency: get("currency"),
         order_id: get("order_id"),
         props,
@@ -367,7 +369,7 @@ pub async fn pixel(
     req: HttpRequest,
     query: web::Query<BTreeMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut raw = raw_from_query(query.into_inner()).map_err(|e| rejected(&state, 1, e))?;
+    let mut raw = raw_from_query(&query).map_err(|e| rejected(&state, 1, e))?;
     if raw.url.is_none() {
         raw.url = req
             .headers()
@@ -450,7 +452,10 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert!(raw_from_query(q).unwrap_err().to_string().contains("value"));
+        assert!(raw_from_query(&q)
+            .unwrap_err()
+            .to_string()
+            .contains("value"));
     }
 
     // ---- the fuzz target of issue 15 -------------------------------------
@@ -622,7 +627,7 @@ mod tests {
                 0..12,
             )
         ) {
-            if let Ok(raw) = raw_from_query(q) {
+            if let Ok(raw) = raw_from_query(&q) {
                 if let Ok(hit) = Hit::stamp(raw, &stamp_for_tests()) {
                     assert_trustworthy(&hit)?;
                 }

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{body, AckToken, Batch, Consumer, Queue, QueueError, Subscription};
@@ -51,8 +50,6 @@ const HEADER_LEN: usize = 12;
 /// hundred KiB); refusing them avoids a huge allocation on a torn header.
 const MAX_RECORD_BODY: usize = 64 << 20;
 const SEGMENT_SUFFIX: &str = ".log";
-/// How often a lingering consumer looks whether its batch could be full.
-const LINGER_POLL: Duration = Duration::from_millis(50);
 
 /// Tuning knobs; [`LocalQueueOptions::default`] suits production.
 #[derive(Debug, Clone)]
@@ -128,9 +125,6 @@ struct Shared {
     /// The lowest acked position of all consumers, mirrored out of their
     /// mutexes (which are held across an fsync) for the publish path.
     min_acked: AtomicU64,
-    /// Cancelled when the writer stops (as `committed.closed`), so a
-    /// lingering consumer can sleep without waking on every commit.
-    closed: CancellationToken,
 }
 
 /// Locks a mutex, ignoring poisoning: every guarded value here is a plain
@@ -478,7 +472,6 @@ impl LocalQueue {
             consumers,
             writer_failure: Mutex::new(None),
             min_acked: AtomicU64::new(first),
-            closed: CancellationToken::new(),
         });
         for state in &shared.consumers {
             shared.set_depth(state);
@@ -639,7 +632,6 @@ impl Drop for WriterGuard {
     fn drop(&mut self) {
         drop(self.lock_file.take());
         self.shared.committed.send_modify(|c| c.closed = true);
-        self.shared.closed.cancel();
     }
 }
 
@@ -905,34 +897,33 @@ impl Subscription for LocalSubscription {
         let end = self.committed.borrow().end;
         let (mut hits, mut pos) = self.read(start, end, max, HitLines::new()).await?;
         let deadline = tokio::time::Instant::now() + linger;
-        // While lingering, look at the log every LINGER_POLL at most, not
-        // on every commit: under load a commit lands every millisecond or
-        // so and each one woke the consumer (a context switch per commit
-        // and consumer). Read again only once the log holds about enough
-        // for the rest of the batch, or time is up. A backlog never waits:
-        // the first read above already took up to `max`.
+        // While lingering, read again only once the log holds about enough
+        // for the rest of the batch (or time is up): under load a commit
+        // lands every millisecond or so, and a read per commit cost more
+        // CPU than the consumer's real work.
         let bytes_per_hit = (pos - start) / (hits.len() as u64).max(1);
+        let mut expired = false;
         while hits.len() < max {
-            let now = tokio::time::Instant::now();
-            let expired = now >= deadline;
-            if !expired {
-                tokio::select! {
-                    _ = tokio::time::sleep_until((now + LINGER_POLL).min(deadline)) => {}
-                    _ = self.shared.closed.cancelled() => {}
-                }
-            }
-            let expired = expired || tokio::time::Instant::now() >= deadline;
-            let c = *self.committed.borrow();
+            let c = *self.committed.borrow_and_update();
             let wanted = (max - hits.len()) as u64 * bytes_per_hit;
             if c.end > pos && (expired || c.closed || c.end - pos >= wanted) {
                 let (more, next) = self.read(pos, c.end, max, hits).await?;
                 hits = more;
                 pos = next;
+                if expired {
+                    // Under a steady trickle there is always a little
+                    // more; the linger bounds the batch's age, so stop.
+                    break;
+                }
+                continue;
             }
-            // Under a steady trickle there is always a little more; the
-            // linger bounds the batch's age, so stop.
-            if expired || c.closed {
+            if c.closed || expired {
                 break;
+            }
+            match tokio::time::timeout_at(deadline, self.committed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => expired = true,
             }
         }
         let state = self.shared.consumer(self.consumer);
