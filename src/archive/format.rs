@@ -9,64 +9,33 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::ops::Range;
 
 use bytes::Bytes;
-use chrono::{NaiveDate, Timelike};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::ArchiveError;
-use crate::domain::Hit;
+use crate::domain::{Hit, HitKey, HitLines};
 
-/// One object to write: its key and its hits' JSON lines.
+/// One object to write: its key and its NDJSON, as runs of consecutive
+/// lines of the batch (one run when the batch is in one partition).
 #[derive(Debug)]
 pub struct Object<'a> {
     pub key: String,
-    lines: Vec<&'a [u8]>,
-}
-
-/// The JSON of each hit of a batch, serialized once: the archiver sizes
-/// its objects by these lines and writes the same bytes.
-pub struct Lines {
-    text: Vec<u8>,
-    /// `text[ends[i - 1]..ends[i]]` is hit `i`'s JSON, without a newline.
-    ends: Vec<usize>,
-}
-
-impl Lines {
-    pub fn of(hits: &[Hit]) -> Result<Lines, ArchiveError> {
-        let mut text = Vec::with_capacity(hits.len() * 320);
-        let mut ends = Vec::with_capacity(hits.len());
-        for hit in hits {
-            serde_json::to_writer(&mut text, hit)
-                .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-            ends.push(text.len());
-        }
-        Ok(Lines { text, ends })
-    }
-
-    /// One slice per hit, in the order the hits were given.
-    pub fn slices(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let line = &self.text[start..end];
-                start = end;
-                line
-            })
-            .collect()
-    }
+    runs: Vec<&'a [u8]>,
 }
 
 /// The partition (day and hour prefix) a hit belongs to.
 pub fn partition(hit: &Hit) -> String {
-    format!(
-        "dt={}/hh={:02}/",
-        hit.received_at.date_naive(),
-        hit.received_at.hour()
-    )
+    partition_at(hit.received_at)
+}
+
+/// The partition of a hit received at `at`.
+pub fn partition_at(at: DateTime<Utc>) -> String {
+    format!("dt={}/hh={:02}/", at.date_naive(), at.hour())
 }
 
 /// The prefix under which one UTC day's objects live.
@@ -74,47 +43,56 @@ pub fn day_prefix(day: NaiveDate) -> String {
     format!("dt={day}/")
 }
 
-/// Splits hits (in queue order) and their lines (see [`Lines`]) into one
-/// object per partition.
-pub fn objects<'a>(hits: &'a [Hit], lines: &[&'a [u8]]) -> Vec<Object<'a>> {
-    // Per partition: the id of its first hit (it names the object) and
-    // the lines.
-    let mut by_partition: BTreeMap<String, (uuid::Uuid, Vec<&[u8]>)> = BTreeMap::new();
-    for (hit, &line) in hits.iter().zip(lines) {
-        by_partition
-            .entry(partition(hit))
-            .or_insert_with(|| (hit.id, Vec::new()))
-            .1
-            .push(line);
+/// Splits lines `range` of a batch (in queue order; `keys[i]` is line
+/// `i`'s key) into one object per partition. The lines are the bytes the
+/// queue delivered: an object is written without decoding a hit.
+pub fn objects<'a>(keys: &[HitKey], lines: &'a HitLines, range: Range<usize>) -> Vec<Object<'a>> {
+    // Per partition: the id of its first hit (it names the object), its
+    // runs of consecutive lines and how many lines.
+    let mut by_partition: BTreeMap<String, (uuid::Uuid, Vec<Range<usize>>, usize)> =
+        BTreeMap::new();
+    for i in range {
+        let key = &keys[i];
+        let (_, runs, n) = by_partition
+            .entry(partition_at(key.received_at))
+            .or_insert_with(|| (key.id, Vec::new(), 0));
+        match runs.last_mut() {
+            Some(run) if run.end == i => run.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+        *n += 1;
     }
     by_partition
         .into_iter()
-        .map(|(part, (first, lines))| Object {
-            key: format!("{part}{first}-{}.ndjson.gz", lines.len()),
-            lines,
+        .map(|(part, (first, runs, n))| Object {
+            key: format!("{part}{first}-{n}.ndjson.gz"),
+            runs: runs.into_iter().map(|r| lines.ndjson(r)).collect(),
         })
         .collect()
 }
 
-/// Gzipped NDJSON of the hits.
+/// Gzipped NDJSON of the object's lines.
 ///
-/// The NDJSON is built in memory first and compressed with one write:
-/// flate2 zero-fills the output's spare capacity on every `write`, so
-/// streaming each small line into the encoder spent more time in
-/// `memset` than in deflate (a quarter of `tally all`'s CPU under load).
+/// The NDJSON is compressed with one write: flate2 zero-fills the
+/// output's spare capacity on every `write`, so streaming each small line
+/// into the encoder spent more time in `memset` than in deflate. An object
+/// in one run (the usual case) is compressed straight from the batch's
+/// bytes; several runs are joined first.
 pub fn encode(object: &Object<'_>) -> Result<Bytes, ArchiveError> {
-    let len = object.lines.iter().map(|l| l.len() + 1).sum();
-    let mut ndjson = Vec::with_capacity(len);
-    for line in &object.lines {
-        ndjson.extend_from_slice(line);
-        ndjson.push(b'\n');
-    }
+    let joined;
+    let ndjson: &[u8] = match object.runs.as_slice() {
+        [one] => one,
+        runs => {
+            joined = runs.concat();
+            &joined
+        }
+    };
     // NDJSON of hits compresses about 10:1.
     let mut gz = GzEncoder::new(
         Vec::with_capacity(ndjson.len() / 8 + 64),
         Compression::default(),
     );
-    gz.write_all(&ndjson)?;
+    gz.write_all(ndjson)?;
     Ok(Bytes::from(gz.finish()?))
 }
 
@@ -156,8 +134,9 @@ mod tests {
     #[test]
     fn hits_split_by_hour_and_round_trip() {
         let hits = vec![hit_at(9), hit_at(10), hit_at(9)];
-        let lines = Lines::of(&hits).unwrap();
-        let objs = objects(&hits, &lines.slices());
+        let lines = HitLines::encode(&hits).unwrap();
+        let keys = lines.keys().unwrap();
+        let objs = objects(&keys, &lines, 0..3);
         assert_eq!(objs.len(), 2);
         assert_eq!(
             objs[0].key,
@@ -172,6 +151,21 @@ mod tests {
             decode(&body).unwrap(),
             vec![hits[0].clone(), hits[2].clone()]
         );
+    }
+
+    #[test]
+    fn an_object_in_one_run_is_the_batch_bytes_gzipped() {
+        let hits = vec![hit_at(9), hit_at(9), hit_at(10)];
+        let lines = HitLines::encode(&hits).unwrap();
+        let keys = lines.keys().unwrap();
+        let objs = objects(&keys, &lines, 1..3);
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].runs, vec![lines.ndjson(1..2)]);
+        let mut text = Vec::new();
+        MultiGzDecoder::new(&encode(&objs[1]).unwrap()[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, lines.ndjson(2..3));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! - `<start>.log`: segments, named by the global log position (bytes since
 //!   the queue was created) of their first record, zero-padded to 20 digits.
 //!   Each record is `[body len u32 LE][hit count u32 LE][crc32 u32 LE][body]`,
-//!   the CRC covering the hit count and the body; the body is the JSON of a
-//!   [`Message`]. One record per publish.
+//!   the CRC covering the hit count and the body; the body is a queue
+//!   message body (see [`super::body`]: version 2, the hits' NDJSON; version
+//!   1 records left by an older tally are still read). One record per
+//!   publish.
 //! - `offsets/<consumer>`: the next position each consumer reads, replaced
 //!   atomically (write temp, fsync, rename, fsync directory) on every ack.
 //! - `dead/<consumer>.ndjson`: dead-lettered hits with their reason.
@@ -38,8 +40,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use super::{AckToken, Batch, Consumer, Message, Queue, QueueError, Subscription};
-use crate::domain::Hit;
+use super::{body, AckToken, Batch, Consumer, Queue, QueueError, Subscription};
+use crate::domain::{Hit, HitLines};
 use crate::metrics::Metrics;
 
 /// Record header: body length, hit count, CRC32.
@@ -200,13 +202,19 @@ fn corrupt(msg: impl Into<String>) -> QueueError {
     QueueError::Corrupt(msg.into())
 }
 
-/// Frames one record (header + body) for the log.
-fn encode_record(hits: Vec<Hit>) -> Result<(Vec<u8>, u64), QueueError> {
+/// Frames one record (header + body) for the log. Each hit is encoded
+/// here, once, straight into the record: the line the consumers read.
+fn encode_record(hits: &[Hit]) -> Result<(Vec<u8>, u64), QueueError> {
     let count = hits.len() as u64;
     let count32 = u32::try_from(count).map_err(|_| corrupt("too many hits in one publish"))?;
-    let mut record = vec![0u8; HEADER_LEN];
-    serde_json::to_writer(&mut record, &Message::V1 { hits })
-        .map_err(|e| corrupt(format!("cannot encode hits: {e}")))?;
+    let mut record = Vec::with_capacity(HEADER_LEN + body::V2_HEADER.len() + hits.len() * 512);
+    record.resize(HEADER_LEN, 0);
+    record.extend_from_slice(body::V2_HEADER);
+    for hit in hits {
+        serde_json::to_writer(&mut record, hit)
+            .map_err(|e| corrupt(format!("cannot encode hits: {e}")))?;
+        record.push(b'\n');
+    }
     let body_len = record.len() - HEADER_LEN;
     if body_len > MAX_RECORD_BODY {
         return Err(QueueError::Unavailable(format!(
@@ -550,10 +558,16 @@ impl Queue for LocalQueue {
             return Ok(());
         }
         self.room()?;
-        let (record, hits) = encode_record(hits)?;
+        let (record, count) = encode_record(&hits)?;
+        // Encoded: the hits themselves are not needed while the write waits.
+        drop(hits);
         let (done, answer) = oneshot::channel();
         self.tx
-            .send(Request::Publish { record, hits, done })
+            .send(Request::Publish {
+                record,
+                hits: count,
+                done,
+            })
             .await
             .map_err(|_| self.writer_gone())?;
         answer.await.map_err(|_| self.writer_gone())?
@@ -768,16 +782,17 @@ impl Writer {
     }
 }
 
-/// Reads whole records from `pos` up to `end`, until about `max_hits`.
-/// Returns the hits, the position after them and how many records.
+/// Reads whole records from `pos` up to `end`, appending their lines to
+/// `hits` until it holds about `max_hits`.
+/// Returns the hits' lines (as written) and the position after them.
 fn read_records(
     dir: &Path,
     segments: &[u64],
     mut pos: u64,
     end: u64,
     max_hits: usize,
-) -> Result<(Vec<Hit>, u64), QueueError> {
-    let mut hits = Vec::new();
+    mut hits: HitLines,
+) -> Result<(HitLines, u64), QueueError> {
     let mut body = Vec::new();
     let mut reader: Option<(u64, BufReader<File>)> = None;
     while pos < end && hits.len() < max_hits {
@@ -811,9 +826,14 @@ fn read_records(
         if !crc_ok(&header, &body) {
             return Err(corrupt(format!("checksum mismatch at position {pos}")));
         }
-        let message: Message = serde_json::from_slice(&body)
+        let n = body::read(&body, &mut hits)
             .map_err(|e| corrupt(format!("unreadable message at position {pos}: {e}")))?;
-        hits.extend(message.into_hits());
+        if n as u64 != header.hits {
+            return Err(corrupt(format!(
+                "the record at position {pos} holds {n} hits, its header says {}",
+                header.hits
+            )));
+        }
         pos = rec_end;
     }
     Ok((hits, pos))
@@ -840,10 +860,16 @@ impl Drop for LocalSubscription {
 }
 
 impl LocalSubscription {
-    async fn read(&self, pos: u64, end: u64, max: usize) -> Result<(Vec<Hit>, u64), QueueError> {
+    async fn read(
+        &self,
+        pos: u64,
+        end: u64,
+        max: usize,
+        into: HitLines,
+    ) -> Result<(HitLines, u64), QueueError> {
         let dir = self.shared.dir.clone();
         let segments = lock(&self.shared.segments).clone();
-        tokio::task::spawn_blocking(move || read_records(&dir, &segments, pos, end, max))
+        tokio::task::spawn_blocking(move || read_records(&dir, &segments, pos, end, max, into))
             .await
             .map_err(|e| QueueError::Unavailable(format!("queue reader failed: {e}")))?
     }
@@ -869,7 +895,7 @@ impl Subscription for LocalSubscription {
         }
         let start = self.pos;
         let end = self.committed.borrow().end;
-        let (mut hits, mut pos) = self.read(start, end, max).await?;
+        let (mut hits, mut pos) = self.read(start, end, max, HitLines::new()).await?;
         let deadline = tokio::time::Instant::now() + linger;
         // While lingering, read again only once the log holds about enough
         // for the rest of the batch (or time is up): under load a commit
@@ -881,8 +907,8 @@ impl Subscription for LocalSubscription {
             let c = *self.committed.borrow_and_update();
             let wanted = (max - hits.len()) as u64 * bytes_per_hit;
             if c.end > pos && (expired || c.closed || c.end - pos >= wanted) {
-                let (more, next) = self.read(pos, c.end, max - hits.len()).await?;
-                hits.extend(more);
+                let (more, next) = self.read(pos, c.end, max, hits).await?;
+                hits = more;
                 pos = next;
                 if expired {
                     // Under a steady trickle there is always a little
@@ -905,7 +931,7 @@ impl Subscription for LocalSubscription {
         self.pos = pos;
         self.in_flight.push_back((pos, hits.len() as u64));
         Ok(Batch {
-            hits,
+            lines: hits,
             token: AckToken(pos),
             redelivered,
         })
@@ -951,22 +977,27 @@ impl Subscription for LocalSubscription {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, hits: &[Hit], reason: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&mut self, hits: &HitLines, reason: &str) -> Result<(), QueueError> {
         if hits.is_empty() {
             return Ok(());
         }
         let at = chrono::Utc::now();
+        // Each line as `{"dead_at":..,"consumer":..,"reason":..,"hit":<line>}`:
+        // the hit's bytes as the queue held them, decodable or not.
+        let head = serde_json::json!({
+            "dead_at": at,
+            "consumer": self.consumer.as_str(),
+            "reason": reason,
+        });
+        let mut head = serde_json::to_vec(&head)
+            .map_err(|e| corrupt(format!("cannot encode a dead letter: {e}")))?;
+        head.pop(); // the closing brace
         let mut lines = Vec::new();
-        for hit in hits {
-            let line = serde_json::json!({
-                "dead_at": at,
-                "consumer": self.consumer.as_str(),
-                "reason": reason,
-                "hit": hit,
-            });
-            serde_json::to_writer(&mut lines, &line)
-                .map_err(|e| corrupt(format!("cannot encode a dead letter: {e}")))?;
-            lines.push(b'\n');
+        for line in hits.lines() {
+            lines.extend_from_slice(&head);
+            lines.extend_from_slice(b",\"hit\":");
+            lines.extend_from_slice(line);
+            lines.extend_from_slice(b"}\n");
         }
         let path = self
             .shared

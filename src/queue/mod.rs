@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::domain::Hit;
+use crate::domain::{Hit, HitLines, LineError};
 
 pub mod local;
 pub mod rabbitmq;
@@ -35,41 +35,74 @@ impl Consumer {
     }
 }
 
-/// The body of one queued message. Versioned so the format can evolve
-/// while old messages are still in flight; readers accept every version.
-/// On the wire: `{"v":"1","hits":[...]}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "v")]
-pub enum Message {
-    #[serde(rename = "1")]
-    V1 { hits: Vec<Hit> },
-}
+/// The body of one queued message (a local record or a broker message).
+///
+/// Version 2, written since issue 17: the line `{"v":"2"}` then the hits'
+/// NDJSON ([`HitLines`]): the bytes `/collect` encoded, which the archiver
+/// writes as they are. Version 1, `{"v":"1","hits":[...]}`, is still read,
+/// so a backlog left by an older tally (a local queue, a broker queue) is
+/// delivered after an upgrade; it is decoded and re-encoded once.
+pub mod body {
+    use super::{Deserialize, Hit, HitLines, QueueError};
 
-/// Read by hand: serde's derived reader for an internally tagged enum
-/// buffers the whole body into an intermediate tree before building the
-/// hits, which made decoding a fifth of the consumers' CPU. A plain
-/// struct reads the fields in any order in one pass.
-impl<'de> Deserialize<'de> for Message {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    /// The first line of a version 2 body.
+    pub const V2_HEADER: &[u8] = b"{\"v\":\"2\"}\n";
+
+    /// Appends the version 2 body of `lines` to `out`.
+    pub fn write_v2(lines: &HitLines, out: &mut Vec<u8>) {
+        out.extend_from_slice(V2_HEADER);
+        out.extend_from_slice(lines.as_ndjson());
+    }
+
+    /// The version 2 body of `lines`.
+    pub fn v2(lines: &HitLines) -> Vec<u8> {
+        let mut out = Vec::with_capacity(V2_HEADER.len() + lines.as_ndjson().len());
+        write_v2(lines, &mut out);
+        out
+    }
+
+    /// Appends a body's hits to `into`, as lines; returns how many. Every
+    /// line gets its key read, so a body that is not ours fails here, at
+    /// the queue, rather than in a consumer.
+    pub fn read(body: &[u8], into: &mut HitLines) -> Result<usize, QueueError> {
+        let before = into.len();
+        if let Some(ndjson) = body.strip_prefix(V2_HEADER) {
+            into.extend_ndjson(ndjson).ok_or_else(|| {
+                QueueError::Corrupt("message body does not end with a newline".into())
+            })?;
+            if let Err(e) = into.check_keys(before..into.len()) {
+                into.truncate(before);
+                return Err(QueueError::Corrupt(e.to_string()));
+            }
+        } else {
+            let hits = read_v1(body)?;
+            for hit in &hits {
+                into.push(hit)
+                    .map_err(|e| QueueError::Corrupt(format!("cannot re-encode a hit: {e}")))?;
+            }
+        }
+        Ok(into.len() - before)
+    }
+
+    /// Reads a version 1 body (and names any other version).
+    ///
+    /// Read by hand: serde's derived reader for an internally tagged enum
+    /// buffers the whole body into an intermediate tree before building
+    /// the hits; a plain struct reads the fields in any order in one pass.
+    pub fn read_v1(body: &[u8]) -> Result<Vec<Hit>, QueueError> {
         #[derive(Deserialize)]
         struct Wire {
             v: String,
+            #[serde(default)]
             hits: Vec<Hit>,
         }
-        let wire = Wire::deserialize(d)?;
+        let wire: Wire = serde_json::from_slice(body)
+            .map_err(|e| QueueError::Corrupt(format!("unreadable message: {e}")))?;
         match wire.v.as_str() {
-            "1" => Ok(Message::V1 { hits: wire.hits }),
-            other => Err(serde::de::Error::custom(format!(
+            "1" => Ok(wire.hits),
+            other => Err(QueueError::Corrupt(format!(
                 "unknown message version `{other}`"
             ))),
-        }
-    }
-}
-
-impl Message {
-    pub fn into_hits(self) -> Vec<Hit> {
-        match self {
-            Message::V1 { hits } => hits,
         }
     }
 }
@@ -79,13 +112,30 @@ impl Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckToken(pub u64);
 
-/// Hits delivered to a consumer together.
+/// Hits delivered to a consumer together, as the lines `/collect`
+/// encoded: a consumer decodes them once ([`Batch::hits`]) or, like the
+/// archiver, uses the bytes as they are.
 #[derive(Debug)]
 pub struct Batch {
-    pub hits: Vec<Hit>,
+    pub lines: HitLines,
     pub token: AckToken,
     /// Whether any of these hits may have been delivered before.
     pub redelivered: bool,
+}
+
+impl Batch {
+    /// Decodes the batch's hits (each line once).
+    pub fn hits(&self) -> Result<Vec<Hit>, LineError> {
+        self.lines.decode()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +189,7 @@ pub trait Subscription: Send {
     /// Sets hits aside that can never be processed, with the reason, so a
     /// person can inspect and re-drive them. The batch is still acked
     /// separately.
-    async fn dead_letter(&mut self, hits: &[Hit], reason: &str) -> Result<(), QueueError>;
+    async fn dead_letter(&mut self, hits: &HitLines, reason: &str) -> Result<(), QueueError>;
 
     /// How many hits wait for this consumer, if the adapter knows.
     fn lag(&self) -> Option<u64>;
@@ -151,21 +201,36 @@ mod tests {
     use crate::domain::hit::test_hits;
 
     #[test]
-    fn message_round_trips_and_names_an_unknown_version() {
-        let message = Message::V1 {
-            hits: test_hits(1, "r-1"),
-        };
-        let text = serde_json::to_string(&message).unwrap();
-        assert!(text.starts_with(r#"{"v":"1","hits":["#), "{text}");
-        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), message);
-        // Field order does not matter to the reader.
-        let hits = serde_json::to_string(&message.clone().into_hits()).unwrap();
-        let reordered = format!(r#"{{"hits":{hits},"v":"1"}}"#);
-        assert_eq!(
-            serde_json::from_str::<Message>(&reordered).unwrap(),
-            message
-        );
-        let err = serde_json::from_str::<Message>(r#"{"v":"9","hits":[]}"#).unwrap_err();
+    fn a_v2_body_is_the_header_then_the_lines_and_reads_back() {
+        let lines = HitLines::encode(&test_hits(3, "r-1")).unwrap();
+        let bytes = body::v2(&lines);
+        assert!(bytes.starts_with(b"{\"v\":\"2\"}\n{\"id\":"), "{bytes:?}");
+        let mut back = HitLines::new();
+        assert_eq!(body::read(&bytes, &mut back).unwrap(), 3);
+        assert_eq!(back, lines);
+        // Not ours: refused at the queue, not in a consumer.
+        let mut bad = bytes.clone();
+        bad.extend_from_slice(b"{\"id\":\"nope\"}\n");
+        assert!(body::read(&bad, &mut HitLines::new()).is_err());
+        assert!(body::read(&bytes[..bytes.len() - 1], &mut HitLines::new()).is_err());
+    }
+
+    /// What tally wrote before version 2 (golden text, field order as
+    /// serde wrote it) still reads, in any field order, as the same hits.
+    #[test]
+    fn a_v1_body_from_an_older_tally_still_reads() {
+        let hits = test_hits(2, "r-1");
+        let json = serde_json::to_string(&hits).unwrap();
+        for text in [
+            format!(r#"{{"v":"1","hits":{json}}}"#),
+            format!(r#"{{"hits":{json},"v":"1"}}"#),
+        ] {
+            let mut lines = HitLines::new();
+            assert_eq!(body::read(text.as_bytes(), &mut lines).unwrap(), 2);
+            assert_eq!(lines.decode().unwrap(), hits);
+            assert_eq!(lines, HitLines::encode(&hits).unwrap());
+        }
+        let err = body::read(br#"{"v":"9","hits":[]}"#, &mut HitLines::new()).unwrap_err();
         assert!(
             err.to_string().contains("unknown message version `9`"),
             "{err}"

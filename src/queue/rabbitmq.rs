@@ -13,7 +13,7 @@
 //! the reason in the `x-tally-reason` header.
 //!
 //! Publishing groups concurrent `publish` calls into one persistent
-//! message (body: [`Message`] as JSON) and answers each caller only when
+//! message and answers each caller only when
 //! the broker confirmed that message. It must never answer Ok without a
 //! broker confirm: a nack, an unroutable return, a lost connection or a
 //! confirm timeout all fail the waiters with [`QueueError::Unavailable`].
@@ -22,6 +22,12 @@
 //! it on the runtime that connected, so actix's per-worker runtimes only
 //! ever talk to it through a channel). After a broker restart it
 //! reconnects with backoff; meanwhile `check()` and `publish()` fail fast.
+//!
+//! A message body is a queue body (see [`super::body`]): version 2 (the
+//! hits' NDJSON, each hit encoded once by `publish` on the caller's task;
+//! the publisher only concatenates bytes), header `x-tally-format: 2`.
+//! Version 1 messages (JSON) left in a queue by an older tally are still
+//! read, so a rolling upgrade loses no backlog.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,12 +47,12 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{AckToken, Batch, Consumer, Message, Queue, QueueError, Subscription};
+use super::{body, AckToken, Batch, Consumer, Queue, QueueError, Subscription};
 use crate::config::RabbitMqSettings;
-use crate::domain::Hit;
+use crate::domain::{Hit, HitLines};
 use crate::metrics::Metrics;
 
-/// Header carrying the body's format version (the `v` of [`Message`]).
+/// Header carrying the body's format version (see [`super::body`]).
 pub const HEADER_FORMAT: &str = "x-tally-format";
 /// Header carrying the ids of the HTTP requests whose hits are inside.
 pub const HEADER_REQUEST_IDS: &str = "x-tally-request-ids";
@@ -54,7 +60,7 @@ pub const HEADER_REQUEST_IDS: &str = "x-tally-request-ids";
 pub const HEADER_REASON: &str = "x-tally-reason";
 /// Header naming the consumer that dead-lettered hits.
 pub const HEADER_CONSUMER: &str = "x-tally-consumer";
-const FORMAT_VERSION: &str = "1";
+const FORMAT_VERSION: &str = "2";
 
 /// Most hits in one message; more concurrent hits make more messages.
 const MAX_MESSAGE_HITS: usize = 2_000;
@@ -209,12 +215,14 @@ async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
     Ok(())
 }
 
-/// Headers and properties of a message of hits.
-fn properties(hits: &[Hit], extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
-    let ids: BTreeSet<&str> = hits
-        .iter()
-        .filter_map(|h| h.request_id.as_deref())
-        .collect();
+/// Headers and properties of a message of hits: the id of its first hit
+/// and the ids of the requests that brought them.
+fn properties<'a>(
+    first: Option<uuid::Uuid>,
+    request_ids: impl IntoIterator<Item = &'a str>,
+    extra: Vec<(&str, AMQPValue)>,
+) -> BasicProperties {
+    let ids: BTreeSet<&str> = request_ids.into_iter().collect();
     let ids: Vec<AMQPValue> = ids.into_iter().map(long_str).collect();
     let mut headers = table(vec![
         (HEADER_FORMAT, long_str(FORMAT_VERSION)),
@@ -227,14 +235,14 @@ fn properties(hits: &[Hit], extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
         headers.insert(k.into(), v);
     }
     let mut props = BasicProperties::default()
-        .with_content_type("application/json".into())
+        .with_content_type("application/x-ndjson".into())
         // 2 = persistent: written to disk before the broker confirms.
         .with_delivery_mode(2)
         .with_headers(headers)
         .with_app_id("tally".into())
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
-    if let Some(first) = hits.first() {
-        props = props.with_message_id(first.id.to_string().into());
+    if let Some(first) = first {
+        props = props.with_message_id(first.to_string().into());
     }
     props
 }
@@ -394,7 +402,10 @@ async fn supervise(
 }
 
 struct Request {
-    hits: Vec<Hit>,
+    /// The hits, encoded by `publish` on the caller's task.
+    lines: HitLines,
+    first: uuid::Uuid,
+    request_ids: Vec<String>,
     reply: oneshot::Sender<Result<(), QueueError>>,
 }
 
@@ -424,12 +435,19 @@ async fn run_publisher(
         let Ok(permit) = window.clone().acquire_owned().await else {
             break;
         };
-        let mut hits = first.hits;
+        let first_id = first.first;
+        let mut count = first.lines.len();
+        let mut body =
+            Vec::with_capacity(body::V2_HEADER.len() + first.lines.as_ndjson().len() * 4);
+        body::write_v2(&first.lines, &mut body);
+        let mut request_ids = first.request_ids;
         let mut waiters = vec![first.reply];
-        while hits.len() < MAX_MESSAGE_HITS {
+        while count < MAX_MESSAGE_HITS {
             match requests.try_recv() {
                 Ok(r) => {
-                    hits.extend(r.hits);
+                    body.extend_from_slice(r.lines.as_ndjson());
+                    count += r.lines.len();
+                    request_ids.extend(r.request_ids);
                     waiters.push(r.reply);
                 }
                 Err(_) => break,
@@ -443,15 +461,11 @@ async fn run_publisher(
             );
             continue;
         };
-        let props = properties(&hits, vec![]);
-        let count = hits.len();
-        let body = match serde_json::to_vec(&Message::V1 { hits }) {
-            Ok(b) => b,
-            Err(e) => {
-                answer(waiters, &Err(QueueError::Corrupt(e.to_string())));
-                continue;
-            }
-        };
+        let props = properties(
+            Some(first_id),
+            request_ids.iter().map(String::as_str),
+            vec![],
+        );
         metrics
             .publish_batches
             .with_label_values(&["rabbitmq"])
@@ -617,7 +631,7 @@ impl Drop for RabbitMqQueue {
 #[async_trait]
 impl Queue for RabbitMqQueue {
     #[tracing::instrument(skip_all, fields(hits = hits.len()))]
-    async fn publish(&self, hits: Vec<Hit>) -> Result<(), QueueError> {
+    async fn publish(&self, mut hits: Vec<Hit>) -> Result<(), QueueError> {
         if self.closing.is_cancelled() {
             return Err(QueueError::Closed);
         }
@@ -626,6 +640,19 @@ impl Queue for RabbitMqQueue {
         }
         // Fail fast while disconnected rather than queueing behind a dead link.
         self.live()?;
+        // Encoded here, once, on the caller's task: the publisher only
+        // concatenates the bytes of concurrent requests.
+        let lines = HitLines::encode(&hits).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let first = hits[0].id;
+        let mut request_ids: Vec<String> = Vec::new();
+        for hit in &mut hits {
+            if let Some(id) = hit.request_id.take() {
+                if !request_ids.contains(&id) {
+                    request_ids.push(id);
+                }
+            }
+        }
+        drop(hits);
         let sender = match self.requests.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -635,7 +662,12 @@ impl Queue for RabbitMqQueue {
         };
         let (reply, answer) = oneshot::channel();
         sender
-            .send(Request { hits, reply })
+            .send(Request {
+                lines,
+                first,
+                request_ids,
+                reply,
+            })
             .await
             .map_err(|_| QueueError::Closed)?;
         answer
@@ -886,7 +918,7 @@ impl RabbitMqSubscription {
     async fn take(
         &mut self,
         delivery: lapin::message::Delivery,
-        into: &mut (Vec<Hit>, Vec<u64>, bool),
+        into: &mut (HitLines, Vec<u64>, bool),
     ) -> Result<(), QueueError> {
         let cycles = retry_cycles(&delivery.properties, &self.names.retry(self.consumer));
         if cycles >= MAX_RETRY_CYCLES {
@@ -894,9 +926,8 @@ impl RabbitMqSubscription {
                 format!("gave up after {cycles} retry cycles of {DELIVERY_LIMIT} deliveries");
             return self.bury(&delivery, &reason).await;
         }
-        match serde_json::from_slice::<Message>(&delivery.data) {
-            Ok(message) => {
-                into.0.extend(message.into_hits());
+        match body::read(&delivery.data, &mut into.0) {
+            Ok(_) => {
                 into.1.push(delivery.delivery_tag);
                 into.2 |= delivery.redelivered || cycles > 0;
                 Ok(())
@@ -916,7 +947,7 @@ impl Subscription for RabbitMqSubscription {
             return Err(QueueError::Closed);
         }
         self.attach().await?;
-        let mut got: (Vec<Hit>, Vec<u64>, bool) = (Vec::new(), Vec::new(), false);
+        let mut got: (HitLines, Vec<u64>, bool) = (HitLines::new(), Vec::new(), false);
         let mut deadline: Option<tokio::time::Instant> = None;
         while got.0.len() < max.max(1) {
             let Some(att) = self.attached.as_mut() else {
@@ -950,7 +981,7 @@ impl Subscription for RabbitMqSubscription {
         self.next_batch_id += 1;
         self.pending.insert(id, tags);
         Ok(Batch {
-            hits,
+            lines: hits,
             token: token(att.generation, id),
             redelivered,
         })
@@ -1006,17 +1037,19 @@ impl Subscription for RabbitMqSubscription {
         }
     }
 
-    async fn dead_letter(&mut self, hits: &[Hit], reason: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&mut self, hits: &HitLines, reason: &str) -> Result<(), QueueError> {
         self.attach().await?;
         let Some(att) = &self.attached else {
             return Err(QueueError::Unavailable("not subscribed".into()));
         };
-        let body = serde_json::to_vec(&Message::V1 {
-            hits: hits.to_vec(),
-        })
-        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let body = body::v2(hits);
+        // Best effort: a line that does not decode still goes, without ids.
+        let decoded: Vec<Hit> = (0..hits.len())
+            .filter_map(|i| hits.decode_line(i).ok())
+            .collect();
         let props = properties(
-            hits,
+            decoded.first().map(|h| h.id),
+            decoded.iter().filter_map(|h| h.request_id.as_deref()),
             vec![
                 (HEADER_REASON, long_str(reason)),
                 (HEADER_CONSUMER, long_str(self.consumer.as_str())),

@@ -1,6 +1,11 @@
 //! The archiver: writes every hit to the archive as gzipped NDJSON objects
 //! and acks them only once the objects are durable.
 //!
+//! It never decodes a hit: the queue delivers each hit as the NDJSON line
+//! `/collect` encoded (see [`crate::domain::HitLines`]), and an object is
+//! those bytes, gzipped. Only each line's id and time are read, to name
+//! and partition the objects.
+//!
 //! Exactly once on the embedded queue: before writing a batch it records an
 //! intent (the batch's first hit id and group sizes) in the data directory.
 //! After a crash the queue redelivers from the same first hit, and the
@@ -10,6 +15,7 @@
 //! hits, so a crash can repeat hits from in-flight batches; readers dedup
 //! by `id`. It must never ack a hit whose object was not written.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +26,7 @@ use uuid::Uuid;
 
 use crate::archive::{format, Archive, ArchiveError};
 use crate::config::ArchiverSettings;
-use crate::domain::Hit;
+use crate::domain::{HitKey, HitLines};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue, QueueError};
 
@@ -82,29 +88,28 @@ impl Archiver {
 
     /// How to split a batch into groups: as the intent said if it covers
     /// this batch's start (a redelivery), the rest as one more group.
-    fn groups(&self, hits: &[Hit]) -> Vec<usize> {
+    fn groups(&self, keys: &[HitKey]) -> Vec<usize> {
         let mut groups = Vec::new();
-        if let (Some(intent), Some(first)) = (self.read_intent(), hits.first()) {
-            if intent.first == first.id && intent.groups.iter().sum::<usize>() <= hits.len() {
+        if let (Some(intent), Some(first)) = (self.read_intent(), keys.first()) {
+            if intent.first == first.id && intent.groups.iter().sum::<usize>() <= keys.len() {
                 groups = intent.groups;
             }
         }
         let covered: usize = groups.iter().sum();
-        if covered < hits.len() {
-            groups.push(hits.len() - covered);
+        if covered < keys.len() {
+            groups.push(keys.len() - covered);
         }
         groups
     }
 
-    /// Splits a group (given by its hits' JSON lines) further so no
-    /// object holds more than `max_bytes` of JSON; returns index ranges
-    /// into the group. Deterministic, so a rewritten batch gets the same
-    /// keys.
-    fn chunks(&self, lines: &[&[u8]]) -> Vec<std::ops::Range<usize>> {
+    /// Splits lines `range` further so no object holds more than
+    /// `max_bytes` of JSON; returns index ranges into the batch.
+    /// Deterministic, so a rewritten batch gets the same keys.
+    fn chunks(&self, lines: &HitLines, range: Range<usize>) -> Vec<Range<usize>> {
         let mut out = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, line) in lines.iter().enumerate() {
-            let size = line.len();
+        let (mut start, mut bytes) = (range.start, 0);
+        for i in range.clone() {
+            let size = lines.line(i).len();
             if i > start && bytes + size > self.settings.max_bytes {
                 out.push(start..i);
                 start = i;
@@ -112,35 +117,38 @@ impl Archiver {
             }
             bytes += size;
         }
-        if start < lines.len() {
-            out.push(start..lines.len());
+        if start < range.end {
+            out.push(start..range.end);
         }
         out
     }
 
     /// Writes a batch's objects; returns the number of objects written.
-    pub async fn write(&self, hits: &[Hit]) -> Result<usize, ArchiveError> {
-        if hits.is_empty() {
+    /// The lines are written as the queue delivered them: only each
+    /// line's key (id and time) is read, no hit is decoded or encoded.
+    pub async fn write(&self, lines: &HitLines) -> Result<usize, ArchiveError> {
+        if lines.is_empty() {
             return Ok(0);
         }
-        let groups = self.groups(hits);
+        let keys = lines
+            .keys()
+            .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        let groups = self.groups(&keys);
         let intent = Intent {
-            first: hits[0].id,
+            first: keys[0].id,
             groups: groups.clone(),
         };
         if let Err(error) = self.write_intent(&intent) {
             // Without the intent a crash could duplicate; still archive.
             warn!(%error, "Could not record the archiver's intent.");
         }
-        let lines = format::Lines::of(hits)?;
-        let lines = lines.slices();
         let mut written = 0;
         let mut at = 0;
         for size in groups {
-            let (group, group_lines) = (&hits[at..at + size], &lines[at..at + size]);
+            let group = at..at + size;
             at += size;
-            for chunk in self.chunks(group_lines) {
-                for object in format::objects(&group[chunk.clone()], &group_lines[chunk]) {
+            for chunk in self.chunks(lines, group) {
+                for object in format::objects(&keys, lines, chunk) {
                     let body = format::encode(&object)?;
                     let len = body.len();
                     self.archive.put(&object.key, body).await?;
@@ -150,7 +158,7 @@ impl Archiver {
                 }
             }
         }
-        self.metrics.archived_hits.inc_by(hits.len() as u64);
+        self.metrics.archived_hits.inc_by(lines.len() as u64);
         Ok(written)
     }
 
@@ -200,25 +208,25 @@ impl Archiver {
             }
             let mut attempt = 0;
             let done = loop {
-                match self.write(&batch.hits).await {
+                match self.write(&batch.lines).await {
                     Ok(_) => break true,
                     Err(ArchiveError::Corrupt(reason)) => {
-                        // Encoding our own hits failed: retrying cannot help.
+                        // A line without a readable key: retrying cannot help.
                         warn!(
                             reason,
-                            hits = batch.hits.len(),
+                            hits = batch.len(),
                             "Batch cannot be archived; dead-lettering it."
                         );
                         self.metrics
                             .dead_letters
                             .with_label_values(&["archiver"])
-                            .inc_by(batch.hits.len() as u64);
-                        break sub.dead_letter(&batch.hits, &reason).await.is_ok();
+                            .inc_by(batch.len() as u64);
+                        break sub.dead_letter(&batch.lines, &reason).await.is_ok();
                     }
                     Err(error) => {
                         // The archive adapter counted the failure itself.
                         attempt += 1;
-                        warn!(%error, attempt, hits = batch.hits.len(), "Archiver could not write; will retry.");
+                        warn!(%error, attempt, hits = batch.len(), "Archiver could not write; will retry.");
                         if !super::pause(super::backoff(attempt), &shutdown).await {
                             break false;
                         }
@@ -252,8 +260,12 @@ mod tests {
     use super::*;
     use crate::archive::local::LocalArchive;
 
-    fn hits(n: usize) -> Vec<Hit> {
+    fn hits(n: usize) -> Vec<crate::domain::Hit> {
         crate::domain::hit::test_hits(n, "archiver")
+    }
+
+    fn lines(hits: &[crate::domain::Hit]) -> HitLines {
+        HitLines::encode(hits).unwrap()
     }
 
     fn archiver(dir: &std::path::Path, max_bytes: usize) -> Archiver {
@@ -282,9 +294,9 @@ mod tests {
         let a = archiver(dir.path(), 1 << 20);
         let all = hits(30);
         // First life wrote 10 hits, then crashed before acking them.
-        a.write(&all[..10]).await.unwrap();
+        a.write(&lines(&all[..10])).await.unwrap();
         // After restart the queue redelivers from the same hit, with more.
-        a.write(&all).await.unwrap();
+        a.write(&lines(&all)).await.unwrap();
         let mut want: Vec<Uuid> = all.iter().map(|h| h.id).collect();
         want.sort();
         assert_eq!(archived(&a).await, want, "every hit exactly once");
@@ -294,7 +306,7 @@ mod tests {
     async fn without_intent_no_file_is_shared_between_processes() {
         let dir = tempfile::tempdir().unwrap();
         let a = archiver(dir.path(), 1 << 20).without_intent();
-        a.write(&hits(5)).await.unwrap();
+        a.write(&lines(&hits(5))).await.unwrap();
         assert!(!dir.path().join("archiver.intent").exists());
         assert_eq!(archived(&a).await.len(), 5);
     }
@@ -380,7 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = archiver(dir.path(), 2_000);
         let all = hits(50);
-        let objects = a.write(&all).await.unwrap();
+        let objects = a.write(&lines(&all)).await.unwrap();
         assert!(objects > 1, "expected several objects, got {objects}");
         assert_eq!(archived(&a).await.len(), 50);
     }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::goals::GoalCache;
-use crate::domain::{attribute, CountMode, Hit, Touchpoint};
+use crate::domain::{attribute, CountMode, Hit, HitLines, Touchpoint};
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue, QueueError};
@@ -233,7 +233,7 @@ impl Attributor {
         });
     }
 
-    /// Consumes the queue until shutdown: process a batch, retrying
+    /// Consumes the queue until shutdown: decode a batch, process it, retrying
     /// transient failures, dead-letter what can never succeed, then ack.
     pub async fn run(
         self: Arc<Self>,
@@ -269,14 +269,17 @@ impl Attributor {
                     .with_label_values(&["attributor"])
                     .inc();
             }
+            // Decoded once, here, at the boundary; a line that is not a
+            // hit is set aside with the hits the store refuses.
+            let (hits, undecodable) = decode(&batch.lines);
             let mut attempt = 0;
             let outcome = loop {
-                match self.process(&batch.hits, None).await {
+                match self.process(&hits, None).await {
                     Ok(o) => break Some(o),
                     Err(error) => {
                         // The store adapter counted the failure itself.
                         attempt += 1;
-                        warn!(%error, attempt, hits = batch.hits.len(), "Attributor could not write; will retry.");
+                        warn!(%error, attempt, hits = hits.len(), "Attributor could not write; will retry.");
                         // On shutdown the batch stays unacked: it is redelivered.
                         if !super::pause(super::backoff(attempt), &shutdown).await {
                             break None;
@@ -288,19 +291,25 @@ impl Attributor {
             // The batch is written: show it live. Never awaited, never
             // counted on (see `crate::live`).
             if let Some(live) = &self.live {
-                self.publish_live(live, &batch.hits, &outcome.converted);
+                self.publish_live(live, &hits, &outcome.converted);
             }
-            if !outcome.rejected.is_empty() {
-                for (hit, reason) in &outcome.rejected {
-                    warn!(hit_id = %hit.id, reason, "Hit cannot be attributed; dead-lettering it.");
+            let (mut dead, mut reason) = match undecodable {
+                Some((lines, why)) => (lines, Some(why)),
+                None => (HitLines::new(), None),
+            };
+            for (hit, why) in &outcome.rejected {
+                warn!(hit_id = %hit.id, reason = why, "Hit cannot be attributed; dead-lettering it.");
+                if let Err(error) = dead.push(hit) {
+                    warn!(%error, hit_id = %hit.id, "Could not encode a rejected hit.");
                 }
+                reason.get_or_insert_with(|| why.clone());
+            }
+            if let Some(reason) = reason {
                 self.metrics
                     .dead_letters
                     .with_label_values(&["attributor"])
-                    .inc_by(outcome.rejected.len() as u64);
-                let hits: Vec<Hit> = outcome.rejected.iter().map(|(h, _)| h.clone()).collect();
-                let reason = outcome.rejected[0].1.clone();
-                if let Err(error) = sub.dead_letter(&hits, &reason).await {
+                    .inc_by(dead.len() as u64);
+                if let Err(error) = sub.dead_letter(&dead, &reason).await {
                     warn!(%error, "Could not dead-letter hits; leaving the batch unacked.");
                     continue;
                 }
@@ -321,6 +330,30 @@ impl Attributor {
         }
         info!("Attributor stopped.");
         Ok(())
+    }
+}
+
+/// Decodes a batch's lines into hits. Lines that are not hits (a foreign
+/// message whose keys still read) come back apart, with the first reason.
+fn decode(lines: &HitLines) -> (Vec<Hit>, Option<(HitLines, String)>) {
+    match lines.decode() {
+        Ok(hits) => (hits, None),
+        Err(_) => {
+            let mut hits = Vec::with_capacity(lines.len());
+            let mut bad = HitLines::new();
+            let mut why = None;
+            for i in 0..lines.len() {
+                match lines.decode_line(i) {
+                    Ok(hit) => hits.push(hit),
+                    Err(e) => {
+                        warn!(error = %e, "A queued line is not a hit; dead-lettering it.");
+                        bad.extend_from(lines, i..i + 1);
+                        why.get_or_insert_with(|| format!("undecodable hit: {}", e.error));
+                    }
+                }
+            }
+            (hits, why.map(|why| (bad, why)))
+        }
     }
 }
 

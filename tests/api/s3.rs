@@ -121,8 +121,9 @@ async fn hits_through_the_archiver_read_back_exactly_once() {
     };
     let archiver = Archiver::new(a.clone(), Arc::new(Metrics::new()), settings, dir.path());
     let sent = hits(10_000);
+    let lines = tally::domain::HitLines::encode(&sent).expect("encoded");
     let started = Instant::now();
-    let objects = archiver.write(&sent).await.expect("archived");
+    let objects = archiver.write(&lines).await.expect("archived");
     let elapsed = started.elapsed();
 
     let mut back = Vec::new();

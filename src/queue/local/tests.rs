@@ -25,7 +25,7 @@ async fn take(sub: &mut Box<dyn Subscription>, n: usize) -> (Vec<Hit>, Vec<Batch
                 .await
                 .expect("hits arrive")
                 .unwrap();
-        all.extend(batch.hits.iter().cloned());
+        all.extend(batch.hits().unwrap());
         batches.push(batch);
     }
     (all, batches)
@@ -81,7 +81,7 @@ async fn a_reopened_queue_resumes_after_the_last_ack_and_flags_redelivery() {
         let covering = batches
             .iter()
             .scan(0, |n, b| {
-                *n += b.hits.len();
+                *n += b.len();
                 Some((*n, b.token))
             })
             .find(|(n, _)| *n == 4)
@@ -246,9 +246,76 @@ async fn a_lingering_batch_ends_at_its_age_not_when_the_trickle_ends() {
         .await
         .unwrap();
     assert!(
-        batch.hits.len() < 400,
+        batch.len() < 400,
         "the batch waited for the whole trickle ({} hits) instead of its linger",
-        batch.hits.len()
+        batch.len()
     );
     trickle.await.unwrap();
+}
+
+/// Frames a record as tally wrote it before version 2 of the body: the
+/// JSON `{"v":"1","hits":[...]}`.
+fn v1_record(hits: &[Hit]) -> Vec<u8> {
+    let body = format!(
+        r#"{{"v":"1","hits":{}}}"#,
+        serde_json::to_string(hits).unwrap()
+    );
+    let count = hits.len() as u32;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&count.to_le_bytes());
+    crc.update(body.as_bytes());
+    let mut record = Vec::new();
+    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    record.extend_from_slice(&count.to_le_bytes());
+    record.extend_from_slice(&crc.finalize().to_le_bytes());
+    record.extend_from_slice(body.as_bytes());
+    record
+}
+
+/// An upgrade must not lose a backlog: a log written by the previous
+/// version (version 1 bodies) is delivered to both consumers after the
+/// new version opens it, followed by what the new version appends.
+#[tokio::test]
+async fn a_backlog_written_by_the_previous_version_is_delivered_after_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_a = hits(3, "old-a");
+    let old_b = hits(2, "old-b");
+    let mut segment = v1_record(&old_a);
+    segment.extend(v1_record(&old_b));
+    fs::write(segment_path(dir.path(), 0), &segment).unwrap();
+
+    let q = open(dir.path(), LocalQueueOptions::default());
+    let new = hits(2, "new");
+    q.publish(new.clone()).await.unwrap();
+    let want: Vec<Uuid> = [&old_a, &old_b, &new]
+        .into_iter()
+        .flat_map(|h| ids(h))
+        .collect();
+    for consumer in Consumer::ALL {
+        let mut sub = q.subscribe(consumer).await.unwrap();
+        let (got, _) = take(&mut sub, 7).await;
+        assert_eq!(ids(&got), want, "{}", consumer.as_str());
+        assert_eq!(got[..3], old_a[..], "the old hits read back whole");
+    }
+}
+
+/// What the writer appends is the version 2 body: the hits' lines, which
+/// the archiver writes as they are.
+#[tokio::test]
+async fn records_carry_the_hits_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path(), LocalQueueOptions::default());
+    let sent = hits(2, "lines");
+    q.publish(sent.clone()).await.unwrap();
+    let segment = fs::read(segment_path(dir.path(), 0)).unwrap();
+    let body = &segment[HEADER_LEN..];
+    let mut want = body::V2_HEADER.to_vec();
+    want.extend_from_slice(HitLines::encode(&sent).unwrap().as_ndjson());
+    assert_eq!(body, want.as_slice());
+    let mut sub = q.subscribe(Consumer::Archiver).await.unwrap();
+    let (_, batches) = take(&mut sub, 2).await;
+    assert_eq!(
+        batches[0].lines.as_ndjson(),
+        HitLines::encode(&sent).unwrap().as_ndjson()
+    );
 }
