@@ -530,7 +530,8 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_order_candidate", "INSERT INTO {ks}.order_candidates (site, goal, order_id, at, hit, at_ns, vid) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     ("select_order_candidates", "SELECT at, at_ns, hit, vid FROM {ks}.order_candidates WHERE site = ? AND goal = ? AND order_id = ?"),
     // A range delete on the last clustering column: the credit rows past a
-    // re-credited split's new length.
+    // re-credited split's new length, or all of them (from 0) when a
+    // displaced conversion is removed.
     ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
     ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
