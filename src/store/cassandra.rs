@@ -10,18 +10,20 @@
 //! The schema (see [`MIGRATIONS`] and `docs/production.md`) is designed so
 //! that every write is idempotent, keyed by hit id, and a report reads a
 //! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
-//! `order_id` and `once_per_visitor` uses `INSERT … IF NOT EXISTS` claims
-//! (first processed wins; the SQLite store's earliest-wins is not done here
-//! yet). An attributor batch (`cassandra/batch.rs`) is written as
-//! concurrent statements across visitors, at most `CASSANDRA_MAX_IN_FLIGHT`
-//! visitors at once, each visitor's hits in order; a touchpoint written
-//! after a conversion it precedes re-credits it through
-//! `conversions_by_visitor` (schema version 2).
+//! `order_id` and `once_per_visitor` is earliest-wins, as on SQLite, and
+//! needs no Paxos: every candidate is stored, and what counts is settled
+//! from the stored candidates (`cassandra/batch.rs` says how, and why
+//! racing workers agree; `cassandra/settle.rs` is the rule). An attributor
+//! batch is written as concurrent statements across visitors, at most
+//! `CASSANDRA_MAX_IN_FLIGHT` visitors at once; a touchpoint written after a
+//! conversion it precedes re-credits it through `conversions_by_visitor`.
+//! The LWT claim tables of schema versions 1-4 (`order_claims`,
+//! `visitor_claims`) stay for old data and decide nothing since version 5.
 //!
 //! This module must never use ScyllaDB-only CQL, counters (not idempotent
-//! under redelivery), `ALLOW FILTERING`, or a read-then-write where a claim
-//! decides what counts: everything here must run unchanged on Cassandra 4.0
-//! over native protocol v4.
+//! under redelivery), `ALLOW FILTERING`, or a lightweight transaction where
+//! earliest-wins dedup decides what counts: everything here must run
+//! unchanged on Cassandra 4.0 over native protocol v4.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +53,7 @@ use uuid::Uuid;
 use super::{BatchRecorded, Candidate, Store, StoreError};
 
 mod batch;
+mod settle;
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{
@@ -59,7 +62,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -129,11 +132,13 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            source text, medium text, campaign text, ad text, \
            credit double, conv_value double, \
            PRIMARY KEY ((site, day, bucket), goal, hit, idx))",
-            // By (site, goal, order_id): one conversion per order, by LWT.
+            // By (site, goal, order_id): first-processed-wins order claims
+            // (LWT) until schema 5; kept for old data, decides nothing now.
             "CREATE TABLE IF NOT EXISTS {ks}.order_claims (\
            site text, goal uuid, order_id text, hit uuid, \
            PRIMARY KEY ((site, goal, order_id)))",
-            // By (site, goal, visitor): `once_per_visitor`, by LWT.
+            // By (site, goal, visitor): `once_per_visitor` claims until
+            // schema 5; kept for old data, decides nothing now.
             "CREATE TABLE IF NOT EXISTS {ks}.visitor_claims (\
            site text, goal uuid, vid text, hit uuid, \
            PRIMARY KEY ((site, goal, vid)))",
@@ -172,6 +177,27 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            site text, day date, bucket int, hit uuid, \
            source text, medium text, campaign text, ad text, \
            PRIMARY KEY ((site, day, bucket), hit))",
+        ],
+    ),
+    (
+        5,
+        &[
+            // By (site, goal, order_id): every candidate carrying the order
+            // id; the earliest (at, hit) holds the order. No TTL: an order
+            // is deduplicated for as long as its conversion is reported.
+            "CREATE TABLE IF NOT EXISTS {ks}.order_candidates (\
+           site text, goal uuid, order_id text, at timestamp, hit uuid, at_ns int, vid text, \
+           PRIMARY KEY ((site, goal, order_id), at, hit))",
+            // By (site, visitor), then goal and time: every candidate of a
+            // visitor, so one read settles all of its (goal, visitor)
+            // groups. `body` is the conversion without credits.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_candidates (\
+           site text, vid text, goal uuid, at timestamp, hit uuid, at_ns int, \
+           order_id text, once_per_visitor boolean, body text, \
+           PRIMARY KEY ((site, vid), goal, at, hit))",
+            // False while a conversion is being written or removed, so a
+            // crash leaves it for the next settle to finish.
+            "ALTER TABLE {ks}.conversions_by_visitor ADD complete boolean",
         ],
     ),
 ];
@@ -448,12 +474,8 @@ pub struct Statements {
     delete_goal: PreparedStatement,
     insert_touchpoint: PreparedStatement,
     select_touchpoints: PreparedStatement,
-    claim_order: PreparedStatement,
-    release_order: PreparedStatement,
-    claim_visitor: PreparedStatement,
     insert_conversion: PreparedStatement,
-    select_conversion: PreparedStatement,
-    complete_hit: PreparedStatement,
+    delete_conversion: PreparedStatement,
     select_conversions: PreparedStatement,
     insert_credit: PreparedStatement,
     select_credits: PreparedStatement,
@@ -461,9 +483,13 @@ pub struct Statements {
     claim_salt: PreparedStatement,
     delete_salt: PreparedStatement,
     insert_conversion_by_visitor: PreparedStatement,
-    select_conversions_by_visitor: PreparedStatement,
-    update_conversion_body: PreparedStatement,
+    select_visitor_conversions: PreparedStatement,
+    delete_conversion_by_visitor: PreparedStatement,
     delete_credits_from: PreparedStatement,
+    insert_visitor_candidate: PreparedStatement,
+    select_visitor_candidates: PreparedStatement,
+    insert_order_candidate: PreparedStatement,
+    select_order_candidates: PreparedStatement,
     insert_click: PreparedStatement,
     select_clicks: PreparedStatement,
     select_credit_hits: PreparedStatement,
@@ -484,25 +510,28 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("delete_goal", "DELETE FROM {ks}.goals WHERE site = ? AND id = ? IF EXISTS"),
     ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
-    ("claim_order", "INSERT INTO {ks}.order_claims (site, goal, order_id, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
-    ("release_order", "DELETE FROM {ks}.order_claims WHERE site = ? AND goal = ? AND order_id = ? IF hit = ?"),
-    ("claim_visitor", "INSERT INTO {ks}.visitor_claims (site, goal, vid, hit) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
-    // Plain writes, no LWT: the row is keyed by hit and goal, so a
-    // redelivery writes the same row again.
-    ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body) VALUES (?, ?, ?, ?)"),
-    ("select_conversion", "SELECT body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
-    ("complete_hit", "UPDATE {ks}.conversions_by_hit SET complete = true WHERE site = ? AND hit = ? AND goal = ?"),
+    // Plain whole-row writes, no LWT: the row is keyed by hit and goal, so
+    // a redelivery writes the same row again.
+    ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?)"),
+    ("delete_conversion", "DELETE FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
     ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
     ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
-    ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body) VALUES (?, ?, ?, ?, ?, ?)"),
-    ("select_conversions_by_visitor", "SELECT hit, goal, body FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at >= ?"),
-    ("update_conversion_body", "UPDATE {ks}.conversions_by_hit SET body = ? WHERE site = ? AND hit = ? AND goal = ?"),
+    ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("select_visitor_conversions", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ?"),
+    ("delete_conversion_by_visitor", "DELETE FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at = ? AND hit = ? AND goal = ?"),
+    // Candidates, stored idempotently by hit (schema version 5): what
+    // counts is settled from them (`cassandra/batch.rs`).
+    ("insert_visitor_candidate", "INSERT INTO {ks}.visitor_candidates (site, vid, goal, at, hit, at_ns, order_id, once_per_visitor, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_visitor_candidates", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ?"),
+    ("insert_order_candidate", "INSERT INTO {ks}.order_candidates (site, goal, order_id, at, hit, at_ns, vid) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("select_order_candidates", "SELECT at, at_ns, hit, vid FROM {ks}.order_candidates WHERE site = ? AND goal = ? AND order_id = ?"),
     // A range delete on the last clustering column: the credit rows past a
-    // re-credited split's new length.
+    // re-credited split's new length, or all of them (from 0) when a
+    // displaced conversion is removed.
     ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
     ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
@@ -546,12 +575,8 @@ impl Statements {
             delete_goal: take("delete_goal")?,
             insert_touchpoint: take("insert_touchpoint")?,
             select_touchpoints: take("select_touchpoints")?,
-            claim_order: take("claim_order")?,
-            release_order: take("release_order")?,
-            claim_visitor: take("claim_visitor")?,
             insert_conversion: take("insert_conversion")?,
-            select_conversion: take("select_conversion")?,
-            complete_hit: take("complete_hit")?,
+            delete_conversion: take("delete_conversion")?,
             select_conversions: take("select_conversions")?,
             insert_credit: take("insert_credit")?,
             select_credits: take("select_credits")?,
@@ -559,9 +584,13 @@ impl Statements {
             claim_salt: take("claim_salt")?,
             delete_salt: take("delete_salt")?,
             insert_conversion_by_visitor: take("insert_conversion_by_visitor")?,
-            select_conversions_by_visitor: take("select_conversions_by_visitor")?,
-            update_conversion_body: take("update_conversion_body")?,
+            select_visitor_conversions: take("select_visitor_conversions")?,
+            delete_conversion_by_visitor: take("delete_conversion_by_visitor")?,
             delete_credits_from: take("delete_credits_from")?,
+            insert_visitor_candidate: take("insert_visitor_candidate")?,
+            select_visitor_candidates: take("select_visitor_candidates")?,
+            insert_order_candidate: take("insert_order_candidate")?,
+            select_order_candidates: take("select_order_candidates")?,
             insert_click: take("insert_click")?,
             select_clicks: take("select_clicks")?,
             select_credit_hits: take("select_credit_hits")?,
@@ -593,10 +622,6 @@ impl Lwt {
             .and_then(|v| v.as_boolean())
             .ok_or_else(|| shape("a conditional write returned no [applied] column"))?;
         Ok(Lwt { applied, existing })
-    }
-
-    fn uuid(&self, column: &str) -> Option<Uuid> {
-        self.existing.get(column)?.as_ref()?.as_uuid()
     }
 
     fn text(&self, column: &str) -> Option<&str> {
@@ -876,45 +901,6 @@ impl CassandraStore {
         }))
         .map_err(|e| corrupt("goal", e))?;
         goal.prepared().map_err(|e| corrupt("goal", e))
-    }
-
-    /// Writes a claimed conversion's credit rows (one partition, so one
-    /// atomic batch) and marks the claim complete.
-    async fn write_credits(&self, c: &Conversion) -> Result<(), StoreError> {
-        let st = self.st().await?;
-        let day = c.at.date_naive();
-        let bucket = credit_bucket(c.hit_id);
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        let mut values = Vec::with_capacity(c.credits.len());
-        for (idx, credit) in c.credits.iter().enumerate() {
-            batch.append_statement(st.insert_credit.clone());
-            values.push((
-                &c.site,
-                day,
-                bucket,
-                c.goal_id,
-                c.hit_id,
-                idx as i32,
-                &credit.source,
-                &credit.medium,
-                &credit.campaign,
-                &credit.ad,
-                credit.credit,
-                c.value,
-            ));
-        }
-        if !values.is_empty() {
-            self.session
-                .batch(&batch, values)
-                .await
-                .map_err(|e| self.failed(e))?;
-        }
-        self.session
-            .execute_unpaged(&st.complete_hit, (&c.site, c.hit_id, c.goal_id))
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(())
     }
 }
 
@@ -1529,7 +1515,7 @@ mod tests {
     #[test]
     fn schema_is_plain_cql_that_cassandra_4_accepts() {
         let tables = tables();
-        assert_eq!(tables.len(), 12);
+        assert_eq!(tables.len(), 14);
         for (name, t) in &tables {
             for c in &t.columns {
                 assert!(
@@ -1582,6 +1568,21 @@ mod tests {
         let by_visitor = &tables["conversions_by_visitor"];
         assert_eq!(by_visitor.partition, ["site", "vid"]);
         assert_eq!(by_visitor.clustering, ["at", "hit", "goal"]);
+        assert!(by_visitor.columns.contains("complete"));
+        let by_order = &tables["order_candidates"];
+        assert_eq!(by_order.partition, ["site", "goal", "order_id"]);
+        assert_eq!(by_order.clustering, ["at", "hit"]);
+        let candidates = &tables["visitor_candidates"];
+        assert_eq!(candidates.partition, ["site", "vid"]);
+        assert_eq!(candidates.clustering, ["goal", "at", "hit"]);
+        // Earliest-wins needs no Paxos: only the goal delete and the daily
+        // salt are conditional.
+        let conditional: Vec<&str> = STATEMENTS
+            .iter()
+            .filter(|(_, cql)| cql.contains(" IF "))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(conditional, ["delete_goal", "claim_salt"]);
         assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
     }
 
@@ -1837,6 +1838,10 @@ pub(crate) mod live {
         }
 
         store_conformance_tests!(cassandra);
+        mod earliest_wins {
+            use super::cassandra;
+            store_conformance_tests!(earliest_wins cassandra);
+        }
     }
 
     /// A migrated store in a fresh keyspace, or `None` (test skipped).
@@ -1982,15 +1987,19 @@ pub(crate) mod live {
             rec(&store, &b, true).await,
             Recorded::Duplicate(DuplicateReason::Visitor)
         );
-        // b did not count, so its order id is free for another hit.
+        // b did not count, but it is the earliest hit with o-2: it holds
+        // the order all the same (no cascade), so a later one does not count.
         let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
-        assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
+        assert_eq!(
+            rec(&store, &c, false).await,
+            Recorded::Duplicate(DuplicateReason::OrderId)
+        );
 
         let day = first.at.date_naive();
         let rows = store.credit_rows(site, day, day, None).await.unwrap();
-        assert_eq!(rows.len(), 3, "three conversions, one credit each");
+        assert_eq!(rows.len(), 2, "two conversions, one credit each");
         let total: f64 = rows.iter().map(|r| r.credit).sum();
-        assert!((total - 3.0).abs() < 1e-9);
+        assert!((total - 2.0).abs() < 1e-9);
         assert!(store
             .credit_rows(site, day, day, Some(Uuid::now_v7()))
             .await
@@ -2008,7 +2017,7 @@ pub(crate) mod live {
     }
 
     #[tokio::test]
-    async fn redelivery_after_a_crash_between_claim_and_rows_completes_them() {
+    async fn redelivery_after_a_crash_mid_write_completes_the_conversion_once() {
         let Some((store, _guard)) = cassandra_store().await else {
             return;
         };
@@ -2017,16 +2026,16 @@ pub(crate) mod live {
             .await
             .unwrap();
         let c = conversion("s_t", Uuid::now_v7(), Uuid::now_v7(), Some("o-9"), "v1");
-        // The first delivery claimed everything, then died before the rows.
-        let st = cass.st().await.unwrap();
-        let body = serde_json::to_string(&c).unwrap();
-        cass.lwt(&st.claim_order, (&c.site, c.goal_id, "o-9", c.hit_id))
-            .await
-            .unwrap();
-        cass.session
-            .execute_unpaged(&st.insert_conversion, (&c.site, c.hit_id, c.goal_id, &body))
-            .await
-            .unwrap();
+        let cand = Candidate {
+            conversion: c.clone(),
+            once_per_visitor: false,
+        };
+        // The first delivery stored its candidate, registered the
+        // conversion as being written and wrote its credit rows, then died
+        // before the per-hit row and the complete registration.
+        cass.store_candidate(&cand).await.unwrap();
+        cass.register(&c, false).await.unwrap();
+        cass.write_credit_rows(&c, 0).await.unwrap();
         assert!(store
             .conversions_for_hit(&c.site, c.hit_id)
             .await
@@ -2035,17 +2044,79 @@ pub(crate) mod live {
 
         assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
         let day = c.at.date_naive();
+        let rows = || async { store.credit_rows(&c.site, day, day, None).await.unwrap() };
+        assert_eq!(rows().await.len(), 1);
         assert_eq!(
-            store
-                .credit_rows(&c.site, day, day, None)
-                .await
-                .unwrap()
-                .len(),
-            1
+            store.conversions_for_hit(&c.site, c.hit_id).await.unwrap(),
+            vec![c.clone()]
         );
         assert_eq!(
             rec(&store, &c, false).await,
             Recorded::Duplicate(DuplicateReason::SameHit)
+        );
+        assert_eq!(rows().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_crash_mid_removal_is_finished_by_the_next_settle() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let (site, goal) = ("s_t", Uuid::now_v7());
+        let mut late = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
+        late.at += chrono::Duration::minutes(5);
+        assert_eq!(rec(&store, &late, false).await, Recorded::Inserted);
+        // The earlier hit's delivery stored its candidate, began removing
+        // the displaced one (marked it, deleted its credit rows) and died.
+        let early = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+        cass.store_candidate(&Candidate {
+            conversion: early.clone(),
+            once_per_visitor: false,
+        })
+        .await
+        .unwrap();
+        cass.register(&late, false).await.unwrap();
+        let st = cass.st().await.unwrap();
+        cass.exec(
+            &st.delete_credits_from,
+            (
+                site,
+                late.at.date_naive(),
+                credit_bucket(late.hit_id),
+                goal,
+                late.hit_id,
+                0_i32,
+            ),
+        )
+        .await
+        .unwrap();
+        // Its redelivery finishes: the early hit counts, the late one is gone.
+        let out = store
+            .record_batch(
+                &[],
+                &[Candidate {
+                    conversion: early.clone(),
+                    once_per_visitor: false,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.recorded, vec![Recorded::Inserted]);
+        assert_eq!(out.displaced, 1);
+        assert!(store
+            .conversions_for_hit(site, late.hit_id)
+            .await
+            .unwrap()
+            .is_empty());
+        let day = early.at.date_naive();
+        let rows = store.credit_rows(site, day, day, None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            store.conversions_for_hit(site, early.hit_id).await.unwrap(),
+            vec![early]
         );
     }
 }

@@ -55,12 +55,13 @@ macro_rules! store_conformance_tests {
         );
     };
     // Earliest-wins dedup (a later-processed, earlier hit takes the order
-    // id or the visitor over). Only adapters that implement it run these:
-    // the Cassandra store still keeps first-processed-wins claims.
+    // id or the visitor over). Every adapter runs these (a separate arm so
+    // a new adapter can be brought up in steps).
     (earliest_wins $factory:path) => {
         $crate::store::conformance::store_conformance_tests!(@cases $factory;
             earlier_order_candidate_takes_the_order_over,
             earliest_candidate_is_the_one_per_visitor,
+            racing_calls_leave_exactly_the_earliest_counted,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -700,6 +701,75 @@ pub async fn earliest_candidate_is_the_one_per_visitor(store: Arc<dyn Store>) {
         sources(&store, &site.key).await,
         vec![("(direct)".into(), 1000)]
     );
+}
+
+/// Two `record_batch` calls race, many times over: one holds the earlier
+/// hit of an order and the later of a visitor's once-per-visitor pair, the
+/// other the later hit of the order and the earlier of the pair. Whichever
+/// is written first, exactly the earliest of each counts afterwards.
+pub async fn racing_calls_leave_exactly_the_earliest_counted(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let (g_order, g_once) = (Uuid::now_v7(), Uuid::now_v7());
+    const ROUNDS: usize = 16;
+    for round in 0..ROUNDS {
+        let order = format!("o-{round}");
+        let later = t0() + Duration::minutes(1);
+        let early = with_order(
+            conversion(&site.key, g_order, &format!("a{round}"), t0()),
+            &order,
+        );
+        let late = with_order(
+            conversion(&site.key, g_order, &format!("b{round}"), later),
+            &order,
+        );
+        let vid = format!("v{round}");
+        let first = conversion(&site.key, g_once, &vid, t0());
+        let second = conversion(&site.key, g_once, &vid, later);
+        let mut calls = vec![
+            vec![candidate(&early, false), candidate(&second, true)],
+            vec![candidate(&late, false), candidate(&first, true)],
+        ];
+        // Alternate which call is spawned first.
+        if round % 2 == 1 {
+            calls.reverse();
+        }
+        let tasks: Vec<_> = calls
+            .into_iter()
+            .map(|cands| {
+                let store = store.clone();
+                tokio::spawn(async move { store.record_batch(&[], &cands).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for (c, counted) in [
+            (&early, true),
+            (&late, false),
+            (&first, true),
+            (&second, false),
+        ] {
+            let n = store
+                .conversions_for_hit(&site.key, c.hit_id)
+                .await
+                .unwrap()
+                .len();
+            assert_eq!(n, usize::from(counted), "round {round}: hit at {}", c.at);
+        }
+        // Redelivered, each says why it counts or not.
+        assert_eq!(record(&store, &early, false).await, SAME_HIT);
+        assert_eq!(record(&store, &late, false).await, ORDER_ID);
+        assert_eq!(record(&store, &first, true).await, SAME_HIT);
+        assert_eq!(record(&store, &second, true).await, VISITOR);
+    }
+    let day = t0().date_naive();
+    for g in [g_order, g_once] {
+        let rows = store
+            .credit_rows(&site.key, day, day, Some(g))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ROUNDS, "one conversion per round");
+    }
 }
 
 pub async fn migrate_twice_is_fine(store: Arc<dyn Store>) {

@@ -1,46 +1,109 @@
-//! The attributor's batch write on Cassandra: many visitors at once, each
-//! visitor's hits in order.
+//! The attributor's batch write on Cassandra: many visitors at once,
+//! earliest-wins dedup settled from stored candidates, without Paxos.
 //!
-//! A batch is split by (site, visitor). Up to `max_in_flight` visitors are
-//! written concurrently; inside one visitor the steps run in this order,
-//! which is what makes a late touchpoint re-credit the conversions it
-//! precedes even when two workers race:
+//! # What counts
+//!
+//! Every candidate (a hit that matched a goal) is stored idempotently,
+//! keyed by its hit, in `visitor_candidates` (partition `(site, vid)`,
+//! clustered by goal, time, hit: one read gives all of a visitor's groups)
+//! and, when it carries an order id, in `order_candidates` (partition
+//! `(site, goal, order_id)`). What counts in a (site, goal, visitor) group
+//! is then a pure function of the stored candidates ([`super::settle`], the
+//! rule of the SQLite store): the order's holder is its earliest candidate
+//! by (`at`, hit id); a `once_per_visitor` candidate counts if no earlier
+//! one of its group counted. Counted conversions that are no longer wanted
+//! are removed ("displaced"), wanted ones written. A candidate with an order
+//! id also settles the groups of every visitor in its order partition (it
+//! may take the order from one of them). The old `order_claims` and
+//! `visitor_claims` tables stay in the schema for old data but decide
+//! nothing any more.
+//!
+//! # Steps, per visitor of the batch (up to `max_in_flight` at once)
 //!
 //! 1. its touchpoints are written;
-//! 2. each candidate takes its claims (LWT on order id and visitor, as
-//!    first-wins), and a counted one is registered in
-//!    `conversions_by_visitor` *before* touchpoints are read;
-//! 3. the visitor's touchpoints are read, credits computed, written;
-//!    conversions registered earlier that a new touchpoint precedes are
-//!    re-credited (same keys; surplus rows deleted in the same
-//!    single-partition batch);
-//! 4. the touchpoints are read again: if the set changed meanwhile (another
-//!    worker wrote one), the credits are computed and written again.
+//! 2. its registered conversions (`conversions_by_visitor`) are read: the
+//!    ones a new touchpoint precedes get their groups settled (re-credit),
+//!    and a candidate already registered complete is a redelivery;
+//! 3. its candidates are written (both tables);
+//! 4. settle rounds: read a snapshot (the order partitions of this call's
+//!    candidates, every candidate of each visitor with a group to settle,
+//!    the order partitions those candidates carry, the touchpoints of the
+//!    visitors with counted conversions), read what is registered, remove
+//!    what is no longer wanted, write what is wanted and missing or
+//!    differently credited; then read the snapshot again. Stop when a
+//!    snapshot equals the one acted on, or after [`SETTLE_ROUNDS`].
 //!
-//! A touchpoint writer reads conversions after writing its touchpoint and a
-//! conversion writer reads touchpoints after registering its conversion, so
-//! at least one of them sees the other; step 4 makes the last write the one
-//! computed from the full set. This module must never hold the order-id or
-//! visitor claims in any other way than the LWTs below.
+//! # Why the last writer sees the full set, and what it relies on
+//!
+//! Every writer completes its candidate writes before its first snapshot
+//! read, and reads again after it acted. Take the candidate write of a
+//! group (or of an order it depends on) that completed last: its writer
+//! reads after it, so it reads every candidate and computes the wanted set
+//! from the full set. A worker that acted on an older snapshot reads again
+//! after acting; if its actions landed after the full-set writer read what
+//! was registered, that re-read comes after the last candidate write, sees
+//! a different snapshot and settles again with the full set; if they landed
+//! before, the full-set writer saw and corrected them. The decision is a
+//! pure function of the set, so every worker that saw the full set writes
+//! the same rows. Stopping after [`SETTLE_ROUNDS`] is safe for the same
+//! reason: whoever changed the snapshot under us settles after its write.
+//! Touchpoints follow the rule the re-crediting always had: a touchpoint
+//! writer reads registered conversions after writing it (step 2), a
+//! conversion writer registers before its last touchpoint read (step 4's
+//! re-read), so one of them sees the other.
+//!
+//! This relies on two properties of the cluster. (a) Read-your-writes:
+//! reads and writes at a consistency where R + W > RF (the default
+//! `LOCAL_QUORUM` both ways; `ONE` with RF > 1 breaks it). (b) Deletes and
+//! inserts of the same row by different workers are ordered by their write
+//! timestamps (last write wins, a delete winning a tie); the driver lets the
+//! coordinator stamp them, so we rely on coordinators' clocks agreeing (NTP)
+//! to better than the time between a read and the write that follows it. A
+//! correction is always issued after the read that found the wrong row, so
+//! it carries the later timestamp. Every write is a whole-row `INSERT` or a
+//! `DELETE`, never an `UPDATE`, so a stale write can never leave half a row.
+//!
+//! # What a report sees
+//!
+//! A conversion is written as: registered incomplete, credit rows (one
+//! partition, one batch: all or none), the `conversions_by_hit` row marked
+//! complete, registered complete. It is removed as: registered incomplete,
+//! credit rows deleted (one range delete), `conversions_by_hit` row deleted,
+//! registration deleted. So the registration exists whenever any row does,
+//! and a crash at any point leaves it incomplete for the next settle (the
+//! redelivery) to finish. Removals run before writes, so while an order
+//! changes hands a report may miss it for a moment but never counts it
+//! twice; a re-credit rewrites the credit rows in one batch, never a mix.
+//!
+//! A registered conversion without a stored candidate predates schema 5
+//! (first-processed-wins claims): it is left as it is, neither displaced nor
+//! re-credited. This module must never take a lightweight transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+use futures_util::future::try_join_all;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 use tracing::debug;
 use uuid::Uuid;
 
-use super::{corrupt, credit_bucket, split_time, CassandraStore};
+use super::settle::{decide, holder, OrderRow, Stored};
+use super::{corrupt, credit_bucket, join_time, split_time, CassandraStore};
 use crate::domain::{credit_split, Conversion, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, StoreError};
 
-/// How many times step 4 recomputes before it leaves the rest to the
-/// worker that wrote the newer touchpoint (which re-credits in its own
-/// step 3).
-const SETTLE_ROUNDS: usize = 3;
+/// Settle rounds one call runs before it leaves the rest to the workers
+/// whose writes keep changing the snapshot (each settles after its write).
+const SETTLE_ROUNDS: usize = 4;
+
+/// A (goal, visitor) group of one site.
+type GroupKey = (Uuid, String);
+/// A (goal, order id) partition of one site.
+type OrderKey = (Uuid, String);
 
 /// One visitor's share of a batch.
 #[derive(Default)]
@@ -49,13 +112,72 @@ struct Visitor<'a> {
     candidates: Vec<(usize, &'a Candidate)>,
 }
 
-/// A conversion whose credits this call keeps right, and how it is stored.
-struct Held {
+/// What a settle round read. Two equal snapshots in a row mean nobody
+/// wrote a candidate or touchpoint it depends on in between.
+#[derive(Debug, Default, PartialEq)]
+struct Snapshot {
+    /// Every stored candidate of each visitor with a group to settle.
+    candidates: BTreeMap<String, Vec<Stored>>,
+    /// Each order partition read, sorted.
+    orders: BTreeMap<OrderKey, Vec<OrderRow>>,
+    /// Touchpoints of the visitors with counted conversions, from the
+    /// earliest window start, sorted by (time, hit).
+    touchpoints: BTreeMap<String, Vec<Touchpoint>>,
+}
+
+/// A conversion as `conversions_by_visitor` registers it.
+struct Registered {
     conversion: Conversion,
-    /// Its credit rows as last written (None: none written yet).
-    written: Option<usize>,
-    /// Whether this call counted it (else it was recorded earlier).
-    new: bool,
+    /// False while it is being written or removed.
+    complete: bool,
+}
+
+/// A row of `order_candidates` as selected: at, at_ns, hit, vid.
+type OrderDbRow = (DateTime<Utc>, Option<i32>, Uuid, Option<String>);
+
+/// The verdicts of a snapshot, per group: `None` counts.
+type Decisions = BTreeMap<GroupKey, Vec<(Uuid, Option<DuplicateReason>)>>;
+
+/// What a visitor's settle ended with.
+#[derive(Default)]
+struct Settled {
+    /// Verdict per (hit, goal) of every candidate in the settled groups.
+    verdicts: BTreeMap<(Uuid, Uuid), Option<DuplicateReason>>,
+    displaced: u64,
+    recredited: u64,
+}
+
+fn group<'a>(snap: &'a Snapshot, (goal, vid): &GroupKey) -> Vec<&'a Stored> {
+    snap.candidates
+        .get(vid)
+        .map(|all| {
+            all.iter()
+                .filter(|s| s.conversion.goal_id == *goal)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn decisions(snap: &Snapshot, dirty: &BTreeSet<GroupKey>) -> Decisions {
+    dirty
+        .iter()
+        .map(|key| {
+            let members = group(snap, key);
+            let holders: BTreeMap<String, Uuid> = members
+                .iter()
+                .filter_map(|s| s.conversion.order_id.clone())
+                .filter_map(|order| {
+                    let rows = snap.orders.get(&(key.0, order.clone()))?;
+                    Some((order, holder(rows)?))
+                })
+                .collect();
+            (key.clone(), decide(&members, &holders))
+        })
+        .collect()
+}
+
+fn body_of(c: &Conversion) -> Result<String, StoreError> {
+    serde_json::to_string(c).map_err(|e| StoreError::Rejected(format!("conversion: {e}")))
 }
 
 impl CassandraStore {
@@ -69,106 +191,146 @@ impl CassandraStore {
         out
     }
 
-    /// Step 2 for one candidate: the first-wins claims. `Ok(None)` means it
-    /// counts (or finishes counting after an earlier partial delivery).
-    async fn claim(&self, c: &Conversion, once: bool) -> Result<Option<Recorded>, StoreError> {
-        let st = self.st().await?;
-        let mut took_order = false;
-        if let Some(order_id) = &c.order_id {
-            let claim = self
-                .timed(self.lwt(&st.claim_order, (&c.site, c.goal_id, order_id, c.hit_id)))
-                .await?;
-            // A claim already held by this same hit is ours from an
-            // earlier delivery that did not finish: go on.
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                return Ok(Some(Recorded::Duplicate(DuplicateReason::OrderId)));
-            }
-            took_order = true;
-        }
-        if once {
-            let claim = self
-                .timed(self.lwt(&st.claim_visitor, (&c.site, c.goal_id, &c.vid, c.hit_id)))
-                .await?;
-            if !claim.applied && claim.uuid("hit") != Some(c.hit_id) {
-                if let (true, Some(order_id)) = (took_order, &c.order_id) {
-                    // This hit does not count, so it must not keep the
-                    // order id from a later hit of another visitor.
-                    self.timed(
-                        self.lwt(&st.release_order, (&c.site, c.goal_id, order_id, c.hit_id)),
-                    )
-                    .await?;
-                }
-                return Ok(Some(Recorded::Duplicate(DuplicateReason::Visitor)));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Registers a counted conversion under its visitor, so a touchpoint
-    /// written from now on finds it.
-    async fn register(&self, c: &Conversion) -> Result<(), StoreError> {
-        let st = self.st().await?;
-        let body = serde_json::to_string(c)
-            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        let (at, _) = split_time(c.at);
-        self.timed(self.session.execute_unpaged(
-            &st.insert_conversion_by_visitor,
-            (&c.site, &c.vid, at, c.hit_id, c.goal_id, &body),
-        ))
-        .await
-        .map_err(|e| self.failed(e))?;
+    pub(super) async fn exec(
+        &self,
+        statement: &scylla::statement::prepared::PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<(), StoreError> {
+        self.timed(self.session.execute_unpaged(statement, values))
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
-    /// Step 3 for a conversion this call counts: the per-hit row, then its
-    /// credit rows, then the row marked complete. No LWT: idempotency by
-    /// hit id needs none. A complete row means a redelivery; an incomplete
-    /// one an earlier delivery that crashed before its credit rows, which
-    /// this one completes (with credits as they stand now).
-    async fn finish(&self, c: &Conversion) -> Result<Recorded, StoreError> {
+    /// Stores a candidate in both candidate tables (idempotent by hit).
+    pub(super) async fn store_candidate(&self, cand: &Candidate) -> Result<(), StoreError> {
         let st = self.st().await?;
-        let stored: Option<(Option<String>, Option<bool>)> = self
-            .timed(
-                self.session
-                    .execute_unpaged(&st.select_conversion, (&c.site, c.hit_id, c.goal_id)),
-            )
-            .await
-            .map_err(|e| self.failed(e))?
-            .into_rows_result()
-            .map_err(super::shape)?
-            .maybe_first_row()
-            .map_err(super::shape)?;
-        let had = match &stored {
-            Some((_, Some(true))) => return Ok(Recorded::Duplicate(DuplicateReason::SameHit)),
-            Some((body, _)) => {
-                debug!(hit_id = %c.hit_id, "Completing a conversion written by an earlier delivery.");
-                body.as_deref()
-                    .and_then(|b| serde_json::from_str::<Conversion>(b).ok())
-                    .map_or(0, |s| s.credits.len())
+        let c = &cand.conversion;
+        let body = body_of(&Conversion {
+            credits: Vec::new(),
+            ..c.clone()
+        })?;
+        let (at, at_ns) = split_time(c.at);
+        let by_visitor = self.exec(
+            &st.insert_visitor_candidate,
+            (
+                &c.site,
+                &c.vid,
+                c.goal_id,
+                at,
+                c.hit_id,
+                at_ns,
+                &c.order_id,
+                cand.once_per_visitor,
+                &body,
+            ),
+        );
+        match &c.order_id {
+            Some(order) => {
+                let by_order = self.exec(
+                    &st.insert_order_candidate,
+                    (&c.site, c.goal_id, order, at, c.hit_id, at_ns, &c.vid),
+                );
+                futures_util::try_join!(by_visitor, by_order)?;
             }
-            None => 0,
-        };
-        let body = serde_json::to_string(c)
-            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        self.timed(
-            self.session
-                .execute_unpaged(&st.insert_conversion, (&c.site, c.hit_id, c.goal_id, &body)),
-        )
-        .await
-        .map_err(|e| self.failed(e))?;
-        if had > c.credits.len() {
-            self.rewrite(c, had).await?;
+            None => by_visitor.await?,
         }
-        // Credit rows, then `complete`: a report never reads a conversion
-        // as complete before its rows are there.
-        self.timed(self.write_credits(c)).await?;
-        Ok(Recorded::Inserted)
+        Ok(())
     }
 
-    /// Rewrites a recorded conversion's credits under the same keys, drops
-    /// rows past the new split's length (`had` rows may exist), and keeps
-    /// both stored copies of its body in step.
-    async fn rewrite(&self, c: &Conversion, had: usize) -> Result<(), StoreError> {
+    async fn visitor_candidates(&self, site: &str, vid: &str) -> Result<Vec<Stored>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<(Option<String>, Option<bool>)> = self
+            .timed(self.all_rows(&st.select_visitor_candidates, (site, vid)))
+            .await?;
+        rows.into_iter()
+            .map(|(body, once)| {
+                let conversion: Conversion = serde_json::from_str(body.as_deref().unwrap_or(""))
+                    .map_err(|e| corrupt("candidate", e))?;
+                Ok(Stored {
+                    conversion,
+                    once_per_visitor: once.unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+
+    async fn order_rows(
+        &self,
+        site: &str,
+        (goal, order): &OrderKey,
+    ) -> Result<Vec<OrderRow>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<OrderDbRow> = self
+            .timed(self.all_rows(&st.select_order_candidates, (site, *goal, order)))
+            .await?;
+        let mut out: Vec<OrderRow> = rows
+            .into_iter()
+            .map(|(at, ns, hit, vid)| OrderRow {
+                at: join_time(at, ns),
+                hit,
+                vid: vid.unwrap_or_default(),
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// A visitor's registered conversions, by (hit, goal).
+    async fn registered(
+        &self,
+        site: &str,
+        vid: &str,
+    ) -> Result<BTreeMap<(Uuid, Uuid), Registered>, StoreError> {
+        let st = self.st().await?;
+        let rows: Vec<(Option<String>, Option<bool>)> = self
+            .timed(self.all_rows(&st.select_visitor_conversions, (site, vid)))
+            .await?;
+        let mut out = BTreeMap::new();
+        for (body, complete) in rows {
+            let Some(body) = body else { continue };
+            let conversion: Conversion =
+                serde_json::from_str(&body).map_err(|e| corrupt("conversion", e))?;
+            out.insert(
+                (conversion.hit_id, conversion.goal_id),
+                Registered {
+                    conversion,
+                    // Rows registered before schema 5 have no flag: their
+                    // conversions were complete when registered.
+                    complete: complete.unwrap_or(true),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn register(&self, c: &Conversion, complete: bool) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let (at, _) = split_time(c.at);
+        self.exec(
+            &st.insert_conversion_by_visitor,
+            (
+                &c.site,
+                &c.vid,
+                at,
+                c.hit_id,
+                c.goal_id,
+                body_of(c)?,
+                complete,
+            ),
+        )
+        .await
+    }
+
+    /// Writes a conversion's credit rows under their keys, dropping rows
+    /// past the split's length when `had` more: one partition, so the
+    /// batch applies atomically and a report sees the old split or the
+    /// new one, never a mix.
+    pub(super) async fn write_credit_rows(
+        &self,
+        c: &Conversion,
+        had: usize,
+    ) -> Result<(), StoreError> {
         let st = self.st().await?;
         let day = c.at.date_naive();
         let bucket = credit_bucket(c.hit_id);
@@ -206,141 +368,270 @@ impl CassandraStore {
             row.push(Some(CqlValue::Int(c.credits.len() as i32)));
             values.push(row);
         }
-        // One partition: the batch applies atomically, so a report sees the
-        // old split or the new one, never a mix.
+        if values.is_empty() {
+            return Ok(());
+        }
         self.timed(self.session.batch(&batch, values))
             .await
             .map_err(|e| self.failed(e))?;
-        let body = serde_json::to_string(c)
-            .map_err(|e| StoreError::Rejected(format!("conversion: {e}")))?;
-        self.timed(self.session.execute_unpaged(
-            &st.update_conversion_body,
-            (&body, &c.site, c.hit_id, c.goal_id),
-        ))
-        .await
-        .map_err(|e| self.failed(e))?;
-        self.register(c).await
+        Ok(())
     }
 
-    /// Conversions of a visitor registered at or after `since`.
-    async fn visitor_conversions(
+    /// Counts `c` (credits computed), or rewrites its credits: see the
+    /// module doc for the order of the writes.
+    async fn write_conversion(
+        &self,
+        c: &Conversion,
+        had: Option<&Registered>,
+    ) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        if had.is_none() {
+            self.register(c, false).await?;
+        }
+        let had_rows = had.map_or(0, |r| r.conversion.credits.len());
+        self.write_credit_rows(c, had_rows).await?;
+        self.exec(
+            &st.insert_conversion,
+            (&c.site, c.hit_id, c.goal_id, body_of(c)?, true),
+        )
+        .await?;
+        self.register(c, true).await
+    }
+
+    /// Removes a conversion an earlier candidate displaced: see the module
+    /// doc for the order of the deletes.
+    async fn remove_conversion(&self, r: &Registered) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let c = &r.conversion;
+        self.register(c, false).await?;
+        self.exec(
+            &st.delete_credits_from,
+            (
+                &c.site,
+                c.at.date_naive(),
+                credit_bucket(c.hit_id),
+                c.goal_id,
+                c.hit_id,
+                0_i32,
+            ),
+        )
+        .await?;
+        self.exec(&st.delete_conversion, (&c.site, c.hit_id, c.goal_id))
+            .await?;
+        let (at, _) = split_time(c.at);
+        self.exec(
+            &st.delete_conversion_by_visitor,
+            (&c.site, &c.vid, at, c.hit_id, c.goal_id),
+        )
+        .await
+    }
+
+    /// Reads what the groups in `dirty` depend on. The order partitions of
+    /// `seeds` (this call's order ids) may add groups to `dirty`: a
+    /// candidate may take an order from another visitor.
+    async fn snapshot(
         &self,
         site: &str,
-        vid: &str,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Conversion>, StoreError> {
-        let st = self.st().await?;
-        let (since_ms, _) = split_time(since);
-        let rows: Vec<(Uuid, Uuid, Option<String>)> = self
-            .timed(self.all_rows(&st.select_conversions_by_visitor, (site, vid, since_ms)))
-            .await?;
-        rows.into_iter()
-            .map(|(_, _, body)| {
-                serde_json::from_str(body.as_deref().unwrap_or_default())
-                    .map_err(|e| corrupt("conversion", e))
+        dirty: &mut BTreeSet<GroupKey>,
+        seeds: &BTreeSet<OrderKey>,
+    ) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot::default();
+        let seed_rows = try_join_all(seeds.iter().map(|k| self.order_rows(site, k))).await?;
+        for (key, rows) in seeds.iter().zip(seed_rows) {
+            dirty.extend(rows.iter().map(|r| (key.0, r.vid.clone())));
+            snap.orders.insert(key.clone(), rows);
+        }
+        let vids: BTreeSet<String> = dirty.iter().map(|(_, v)| v.clone()).collect();
+        let cands = try_join_all(vids.iter().map(|vid| self.visitor_candidates(site, vid))).await?;
+        snap.candidates = vids.iter().cloned().zip(cands).collect();
+        let more: BTreeSet<OrderKey> = dirty
+            .iter()
+            .flat_map(|key| {
+                group(&snap, key)
+                    .into_iter()
+                    .filter_map(|s| s.conversion.order_id.clone())
+                    .map(|o| (key.0, o))
+                    .collect::<Vec<_>>()
             })
-            .collect()
+            .filter(|k| !snap.orders.contains_key(k))
+            .collect();
+        let more_rows = try_join_all(more.iter().map(|k| self.order_rows(site, k))).await?;
+        snap.orders.extend(more.into_iter().zip(more_rows));
+        // Touchpoints from the earliest window start of a counted candidate.
+        let mut since: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for (key, verdicts) in decisions(&snap, dirty) {
+            for s in group(&snap, &key) {
+                let counts = verdicts
+                    .iter()
+                    .any(|(hit, v)| *hit == s.conversion.hit_id && v.is_none());
+                if counts {
+                    let start = s.conversion.window_start();
+                    since
+                        .entry(key.1.clone())
+                        .and_modify(|t| *t = (*t).min(start))
+                        .or_insert(start);
+                }
+            }
+        }
+        let tps = try_join_all(
+            since
+                .iter()
+                .map(|(vid, t)| self.timed(self.touchpoints(site, vid, *t))),
+        )
+        .await?;
+        for ((vid, _), mut list) in since.into_iter().zip(tps) {
+            list.sort_by_key(|t| (t.at, t.hit_id));
+            snap.touchpoints.insert(vid, list);
+        }
+        Ok(snap)
     }
 
-    /// One visitor's share of the batch, steps 1-4.
+    /// One round's actions on `snap`: removals first, then writes.
+    async fn act(
+        &self,
+        site: &str,
+        dirty: &BTreeSet<GroupKey>,
+        snap: &Snapshot,
+        own: &BTreeSet<(Uuid, Uuid)>,
+        out: &mut Settled,
+    ) -> Result<(), StoreError> {
+        let decided = decisions(snap, dirty);
+        // Read after this call's candidate writes: see the module doc.
+        let vids: BTreeSet<&String> = dirty.iter().map(|(_, v)| v).collect();
+        let regs = try_join_all(vids.iter().map(|vid| self.registered(site, vid))).await?;
+        let regs: BTreeMap<&String, _> = vids.into_iter().zip(regs).collect();
+        let mut removals: Vec<&Registered> = Vec::new();
+        let mut writes: Vec<(Conversion, Option<&Registered>)> = Vec::new();
+        for ((goal, vid), verdicts) in &decided {
+            let members: BTreeMap<Uuid, &Stored> = group(snap, &(*goal, vid.clone()))
+                .into_iter()
+                .map(|s| (s.conversion.hit_id, s))
+                .collect();
+            let have = regs.get(vid);
+            for (hit, verdict) in verdicts {
+                out.verdicts.insert((*hit, *goal), *verdict);
+                let reg = have.and_then(|h| h.get(&(*hit, *goal)));
+                match (verdict, reg) {
+                    (Some(_), Some(r)) => removals.push(r),
+                    (Some(_), None) => {}
+                    (None, reg) => {
+                        let Some(stored) = members.get(hit) else {
+                            continue;
+                        };
+                        let mut c = stored.conversion.clone();
+                        let tps = snap.touchpoints.get(vid).map_or(&[][..], Vec::as_slice);
+                        c.credits = credit_split(&c, tps);
+                        let current =
+                            reg.is_some_and(|r| r.complete && r.conversion.credits == c.credits);
+                        if current {
+                            continue;
+                        }
+                        if reg.is_some_and(|r| r.complete) && !own.contains(&(*hit, *goal)) {
+                            out.recredited += 1;
+                        }
+                        writes.push((c, reg));
+                    }
+                }
+            }
+        }
+        out.displaced += removals.len() as u64;
+        try_join_all(removals.into_iter().map(|r| self.remove_conversion(r))).await?;
+        try_join_all(writes.iter().map(|(c, reg)| self.write_conversion(c, *reg))).await?;
+        Ok(())
+    }
+
+    /// Settles the groups in `dirty` (and those `seeds` add) until a
+    /// snapshot read after acting equals the one acted on.
+    async fn settle(
+        &self,
+        site: &str,
+        mut dirty: BTreeSet<GroupKey>,
+        seeds: &BTreeSet<OrderKey>,
+        own: &BTreeSet<(Uuid, Uuid)>,
+    ) -> Result<Settled, StoreError> {
+        let mut out = Settled::default();
+        let mut acted: Option<Snapshot> = None;
+        for round in 0..=SETTLE_ROUNDS {
+            let snap = self.snapshot(site, &mut dirty, seeds).await?;
+            if acted.as_ref() == Some(&snap) {
+                break;
+            }
+            if round == SETTLE_ROUNDS {
+                debug!(
+                    site,
+                    rounds = round,
+                    "Snapshot still changing; the writers changing it settle it."
+                );
+                break;
+            }
+            self.act(site, &dirty, &snap, own, &mut out).await?;
+            acted = Some(snap);
+        }
+        Ok(out)
+    }
+
+    /// One visitor's share of the batch: steps 1-4 of the module doc.
     async fn visitor(
         &self,
         (site, vid): (String, String),
         v: Visitor<'_>,
-    ) -> Result<(Vec<(usize, Recorded)>, u64), StoreError> {
+    ) -> Result<(Vec<(usize, Recorded)>, Settled), StoreError> {
         // 1.
-        let writes: Vec<_> = v
-            .touchpoints
-            .iter()
-            .map(|tp| self.timed(self.put_touchpoint(tp)))
-            .collect();
-        stream::iter(writes)
-            .buffer_unordered(8)
-            .try_collect::<()>()
-            .await?;
+        try_join_all(
+            v.touchpoints
+                .iter()
+                .map(|tp| self.timed(self.put_touchpoint(tp))),
+        )
+        .await?;
         // 2.
-        let mut recorded = Vec::with_capacity(v.candidates.len());
-        let mut held: BTreeMap<(Uuid, Uuid), Held> = BTreeMap::new();
-        for (i, cand) in &v.candidates {
-            let c = &cand.conversion;
-            match self.claim(c, cand.once_per_visitor).await? {
-                Some(dup) => recorded.push((*i, dup)),
-                None => {
-                    self.register(c).await?;
-                    held.insert(
-                        (c.hit_id, c.goal_id),
-                        Held {
-                            conversion: c.clone(),
-                            written: None,
-                            new: true,
-                        },
-                    );
-                    // Filled in at step 3.
-                    recorded.push((*i, Recorded::Inserted));
-                }
-            }
-        }
-        if let Some(earliest) = v.touchpoints.iter().map(|t| t.at).min() {
-            for c in self.visitor_conversions(&site, &vid, earliest).await? {
-                let credited = v.touchpoints.iter().any(|t| c.is_credited_by(t));
-                if credited && !held.contains_key(&(c.hit_id, c.goal_id)) {
-                    held.insert(
-                        (c.hit_id, c.goal_id),
-                        Held {
-                            written: Some(c.credits.len()),
-                            conversion: c,
-                            new: false,
-                        },
-                    );
-                }
-            }
-        }
-        if held.is_empty() {
-            return Ok((recorded, 0));
-        }
-        // 3. and 4.
-        let since = held
+        let before = self.registered(&site, &vid).await?;
+        let mut dirty: BTreeSet<GroupKey> = before
             .values()
-            .map(|h| h.conversion.window_start())
-            .min()
-            .unwrap_or_default();
-        let mut recredited: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
-        let mut seen: Option<BTreeSet<Uuid>> = None;
-        for _ in 0..SETTLE_ROUNDS {
-            let tps = self.timed(self.touchpoints(&site, &vid, since)).await?;
-            let ids: BTreeSet<Uuid> = tps.iter().map(|t| t.hit_id).collect();
-            if seen.as_ref() == Some(&ids) {
-                break;
-            }
-            seen = Some(ids);
-            for (key, h) in held.iter_mut() {
-                let credits = credit_split(&h.conversion, &tps);
-                if h.written.is_some() && credits == h.conversion.credits {
-                    continue;
-                }
-                h.conversion.credits = credits;
-                match h.written {
-                    None => {
-                        let r = self.finish(&h.conversion).await?;
-                        if let Some(slot) = recorded.iter_mut().find(|(i, _)| {
-                            v.candidates.iter().any(|(j, c)| {
-                                j == i && (c.conversion.hit_id, c.conversion.goal_id) == *key
-                            })
-                        }) {
-                            slot.1 = r;
-                        }
-                    }
-                    Some(had) => {
-                        self.rewrite(&h.conversion, had).await?;
-                        if !h.new {
-                            recredited.insert(*key);
-                        }
-                    }
-                }
-                h.written = Some(h.conversion.credits.len());
+            .filter(|r| v.touchpoints.iter().any(|t| r.conversion.is_credited_by(t)))
+            .map(|r| (r.conversion.goal_id, vid.clone()))
+            .collect();
+        // 3.
+        try_join_all(v.candidates.iter().map(|(_, c)| self.store_candidate(c))).await?;
+        if dirty.is_empty() && v.candidates.is_empty() {
+            return Ok((Vec::new(), Settled::default()));
+        }
+        // 4.
+        let mut seeds: BTreeSet<OrderKey> = BTreeSet::new();
+        let mut own: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+        for (_, cand) in &v.candidates {
+            let c = &cand.conversion;
+            dirty.insert((c.goal_id, vid.clone()));
+            own.insert((c.hit_id, c.goal_id));
+            if let Some(order) = &c.order_id {
+                seeds.insert((c.goal_id, order.clone()));
             }
         }
-        Ok((recorded, recredited.len() as u64))
+        let settled = self.settle(&site, dirty, &seeds, &own).await?;
+        let recorded = v
+            .candidates
+            .iter()
+            .map(|(i, cand)| {
+                let key = (cand.conversion.hit_id, cand.conversion.goal_id);
+                let verdict = settled.verdicts.get(&key).ok_or_else(|| {
+                    // Only when a read misses this call's own write: a
+                    // consistency level without read-your-writes.
+                    StoreError::Unavailable(format!(
+                        "candidate {} not visible after its write",
+                        cand.conversion.hit_id
+                    ))
+                })?;
+                let counted_before = before.get(&key).is_some_and(|r| r.complete);
+                Ok((
+                    *i,
+                    match verdict {
+                        Some(reason) => Recorded::Duplicate(*reason),
+                        None if counted_before => Recorded::Duplicate(DuplicateReason::SameHit),
+                        None => Recorded::Inserted,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((recorded, settled))
     }
 }
 
@@ -369,7 +660,7 @@ pub(super) async fn record_batch(
         .into_iter()
         .map(|(key, v)| store.visitor(key, v))
         .collect();
-    let done: Vec<(Vec<(usize, Recorded)>, u64)> = stream::iter(work)
+    let done: Vec<(Vec<(usize, Recorded)>, Settled)> = stream::iter(work)
         .buffer_unordered(store.max_in_flight)
         .try_collect()
         .await?;
@@ -377,8 +668,9 @@ pub(super) async fn record_batch(
         recorded: vec![Recorded::Duplicate(DuplicateReason::SameHit); candidates.len()],
         ..Default::default()
     };
-    for (recorded, recredited) in done {
-        out.recredited += recredited;
+    for (recorded, settled) in done {
+        out.recredited += settled.recredited;
+        out.displaced += settled.displaced;
         for (i, r) in recorded {
             out.recorded[i] = r;
         }
