@@ -23,6 +23,40 @@ use super::{instant, nanos, touchpoint_from_row, uuid_col, write_credits};
 use crate::domain::{credit_split, Conversion, Model, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, StoreError};
 
+/// A visitor's touchpoints at or after `?3`.
+const VISITOR_TOUCHPOINTS: &str =
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3";
+
+/// Every candidate holding an order id for a goal, earliest first. Not
+/// DISTINCT: SQLite would then walk the visitor index, every candidate of
+/// the goal (quadratic).
+const ORDER_CANDIDATES: &str =
+    "SELECT hit_id, vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3
+     ORDER BY at_ns, hit_id";
+
+/// A (site, goal, visitor) group's candidates, earliest first, and whether
+/// each is counted. Every counted conversion has its candidate (`count`
+/// inserts only candidates; version 3 made candidates of older
+/// conversions), so the join finds what is counted without an index of
+/// its own.
+const GROUP_CANDIDATES: &str =
+    "SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
+            c.model, c.window_days, c.once_per_visitor, v.hit_id IS NOT NULL
+     FROM candidates c
+     LEFT JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
+     WHERE c.site = ?1 AND c.goal_id = ?2 AND c.vid = ?3 ORDER BY c.at_ns, c.hit_id";
+
+/// A visitor's counted conversions at or after `?3`, through the
+/// candidates' visitor index (a conversion and its candidate share site,
+/// visitor and time).
+const VISITOR_CONVERSIONS: &str =
+    "SELECT v.hit_id, v.goal_id, v.site, v.vid, v.at_ns, v.value, v.currency, v.order_id,
+            v.model, v.window_days
+     FROM candidates c
+     JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
+     WHERE c.site = ?1 AND c.vid = ?2 AND c.at_ns >= ?3";
+
 /// (site, goal id, order id).
 type OrderKey = (String, String, String);
 
@@ -51,10 +85,7 @@ impl Batch<'_, '_> {
             .get(&key)
             .is_some_and(|(since, _)| *since <= since_ns);
         if !fresh {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
-                 FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
-            )?;
+            let mut stmt = self.tx.prepare_cached(VISITOR_TOUCHPOINTS)?;
             let rows = stmt
                 .query_map(params![site, vid, since_ns], touchpoint_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -75,12 +106,7 @@ impl Batch<'_, '_> {
         goal: &str,
         order: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        // Not DISTINCT: SQLite would then walk the (site, goal, vid)
-        // index, every candidate of the goal (quadratic).
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT hit_id, vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3
-             ORDER BY at_ns, hit_id",
-        )?;
+        let mut stmt = self.tx.prepare_cached(ORDER_CANDIDATES)?;
         let rows = stmt
             .query_map(params![site, goal, order], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -189,17 +215,8 @@ fn settle(
     verdicts: &mut HashMap<(String, String), Recorded>,
     out: &mut BatchRecorded,
 ) -> Result<(), StoreError> {
-    // Every counted conversion has its candidate (`count` inserts only
-    // candidates; version 3 made candidates of older conversions), so the
-    // join finds what is counted without an index of its own.
     let rows: Vec<GroupRow> = {
-        let mut stmt = b.tx.prepare_cached(
-            "SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
-                    c.model, c.window_days, c.once_per_visitor, v.hit_id IS NOT NULL
-             FROM candidates c
-             LEFT JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
-             WHERE c.site = ?1 AND c.goal_id = ?2 AND c.vid = ?3 ORDER BY c.at_ns, c.hit_id",
-        )?;
+        let mut stmt = b.tx.prepare_cached(GROUP_CANDIDATES)?;
         let rows = stmt
             .query_map(params![site, goal, vid], |r| {
                 Ok((conversion_from_row(r)?, r.get(10)?, r.get(11)?))
@@ -259,15 +276,7 @@ fn recredit_visitor(
         return Ok(0);
     };
     let convs: Vec<(Conversion, String)> = {
-        // Through the candidates' visitor index: every counted conversion
-        // has its candidate, with the same site, visitor and time.
-        let mut stmt = b.tx.prepare_cached(
-            "SELECT v.hit_id, v.goal_id, v.site, v.vid, v.at_ns, v.value, v.currency, v.order_id,
-                    v.model, v.window_days
-             FROM candidates c
-             JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
-             WHERE c.site = ?1 AND c.vid = ?2 AND c.at_ns >= ?3",
-        )?;
+        let mut stmt = b.tx.prepare_cached(VISITOR_CONVERSIONS)?;
         let rows = stmt
             .query_map(params![site, vid, nanos(earliest)?], conversion_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -436,4 +445,54 @@ pub(super) fn record_batch_in(
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each batch read finds its rows through an index on the columns it
+    /// is given, never by scanning a table: a scan here is paid per
+    /// candidate or visitor, so a batch would cost as much as the store is
+    /// large.
+    #[test]
+    fn batch_reads_search_an_index_on_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::open_connection(&dir.path().join("t.sqlite3")).unwrap();
+        super::super::apply_migrations(&mut conn).unwrap();
+        let expected = [
+            (
+                VISITOR_TOUCHPOINTS,
+                "touchpoints_visitor (site=? AND vid=? AND at_ns>?)",
+            ),
+            (
+                ORDER_CANDIDATES,
+                "candidates_order (site=? AND goal_id=? AND order_id=?)",
+            ),
+            (
+                GROUP_CANDIDATES,
+                "candidates_by_visitor (site=? AND vid=? AND goal_id=?)",
+            ),
+            (
+                VISITOR_CONVERSIONS,
+                "candidates_by_visitor (site=? AND vid=?)",
+            ),
+        ];
+        for (sql, index) in expected {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params!["s", "x", 0], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN")),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
 }
