@@ -4,7 +4,7 @@
 //! compiles its URL pattern) so a stored `Goal` always matches cleanly.
 //! Matching is pure: it never touches the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use regex::Regex;
@@ -251,6 +251,16 @@ impl Goal {
     /// A `verified_only` goal never matches an unverified hit, so such a
     /// hit never reaches the order-id or once-per-visitor claims for it.
     pub fn matches(&self, hit: &Hit) -> bool {
+        let path = match (&self.matcher.url, hit.kind) {
+            (Some(_), HitKind::Pageview) => hit.path(),
+            _ => None,
+        };
+        self.matches_with_path(hit, path.as_deref())
+    }
+
+    /// [`Goal::matches`] with the hit's URL path already parsed (`None`:
+    /// no parsable URL), so a hit tried on many URL goals is parsed once.
+    pub fn matches_with_path(&self, hit: &Hit, path: Option<&str>) -> bool {
         if hit.site != self.site || (self.verified_only && !hit.verified) || !self.props_match(hit)
         {
             return false;
@@ -262,14 +272,14 @@ impl Goal {
         let (Some(pattern), HitKind::Pageview) = (&m.url, hit.kind) else {
             return false;
         };
-        let Some(path) = hit.path() else {
+        let Some(path) = path else {
             return false;
         };
         match m.op.unwrap_or_default() {
-            UrlOp::Exact => path == *pattern,
+            UrlOp::Exact => path == pattern.as_str(),
             UrlOp::Prefix => path.starts_with(pattern.as_str()),
             UrlOp::Wildcard | UrlOp::Regex => {
-                self.compiled.as_ref().is_some_and(|r| r.is_match(&path))
+                self.compiled.as_ref().is_some_and(|r| r.is_match(path))
             }
         }
     }
@@ -285,6 +295,71 @@ impl Goal {
     /// The conversion's value: the hit's own, else the goal's default.
     pub fn value_for(&self, hit: &Hit) -> f64 {
         hit.value.or(self.value).unwrap_or(0.0)
+    }
+}
+
+/// A site's goals indexed for matching: event goals by event name, URL
+/// goals in a list of their own, so a hit is tried only on the goals of
+/// its kind (an event on those with its name) and its URL is parsed once,
+/// however many goals the site has. Same answers as trying every goal's
+/// [`Goal::matches`], in the same order.
+#[derive(Debug, Clone, Default)]
+pub struct GoalSet {
+    goals: Vec<Goal>,
+    /// Positions in `goals` of the event goals, by event name, ascending.
+    by_event: HashMap<String, Vec<usize>>,
+    /// Positions in `goals` of the URL goals, ascending.
+    by_url: Vec<usize>,
+}
+
+impl GoalSet {
+    pub fn new(goals: Vec<Goal>) -> GoalSet {
+        let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_url = Vec::new();
+        for (i, g) in goals.iter().enumerate() {
+            match (&g.matcher.event, &g.matcher.url) {
+                (Some(event), _) => by_event.entry(event.clone()).or_default().push(i),
+                (None, Some(_)) => by_url.push(i),
+                // Neither: matches nothing (`Goal::from_draft` refuses it).
+                (None, None) => {}
+            }
+        }
+        GoalSet {
+            goals,
+            by_event,
+            by_url,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.goals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.goals.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Goal> {
+        self.goals.iter()
+    }
+
+    /// The goals `hit` completes, in the order the set was built from.
+    pub fn matching<'a>(&'a self, hit: &'a Hit) -> impl Iterator<Item = &'a Goal> + 'a {
+        let (tried, path): (&[usize], Option<String>) = match hit.kind {
+            HitKind::Event => (
+                hit.name
+                    .as_deref()
+                    .and_then(|n| self.by_event.get(n))
+                    .map_or(&[], Vec::as_slice),
+                None,
+            ),
+            HitKind::Pageview if !self.by_url.is_empty() => (&self.by_url, hit.path()),
+            HitKind::Pageview => (&[], None),
+        };
+        tried
+            .iter()
+            .filter_map(|&i| self.goals.get(i))
+            .filter(move |g| g.matches_with_path(hit, path.as_deref()))
     }
 }
 
@@ -487,5 +562,102 @@ mod tests {
             "https://x.example/a/b",
             serde_json::json!(null)
         )));
+    }
+    #[test]
+    fn goal_set_finds_what_trying_every_goal_finds_in_the_same_order() {
+        let goals: Vec<Goal> = [
+            serde_json::json!({"match": {"event": "buy"}}),
+            serde_json::json!({"match": {"url": "/thanks"}}),
+            serde_json::json!({"match": {"event": "buy", "props": {"plan": "pro"}}}),
+            serde_json::json!({"match": {"url": "/shop/**", "op": "wildcard"}}),
+            serde_json::json!({"match": {"event": "signup"}}),
+            serde_json::json!({"match": {"url": "^/shop/[0-9]+$", "op": "regex"}}),
+            serde_json::json!({"match": {"event": "buy"}, "verified_only": true}),
+            serde_json::json!({"match": {"url": "/sh", "op": "prefix"}}),
+        ]
+        .into_iter()
+        .map(|j| goal(j).unwrap())
+        .collect();
+        let set = GoalSet::new(goals.clone());
+        assert_eq!(set.len(), goals.len());
+        let mut verified = hit(
+            "event",
+            Some("buy"),
+            "https://x.example/",
+            serde_json::json!(null),
+        );
+        verified.verified = true;
+        let mut other_site = hit(
+            "event",
+            Some("buy"),
+            "https://x.example/",
+            serde_json::json!(null),
+        );
+        other_site.site = "s_2".into();
+        let hits = [
+            hit(
+                "event",
+                Some("buy"),
+                "https://x.example/",
+                serde_json::json!({"plan": "pro"}),
+            ),
+            hit(
+                "event",
+                Some("buy"),
+                "https://x.example/shop/1",
+                serde_json::json!(null),
+            ),
+            hit(
+                "event",
+                Some("signup"),
+                "https://x.example/",
+                serde_json::json!(null),
+            ),
+            hit(
+                "event",
+                Some("other"),
+                "https://x.example/thanks",
+                serde_json::json!(null),
+            ),
+            hit(
+                "pageview",
+                None,
+                "https://x.example/thanks?x=1",
+                serde_json::json!(null),
+            ),
+            hit(
+                "pageview",
+                None,
+                "https://x.example/shop/12",
+                serde_json::json!(null),
+            ),
+            hit(
+                "pageview",
+                None,
+                "https://x.example/shop/a/b",
+                serde_json::json!(null),
+            ),
+            hit(
+                "pageview",
+                None,
+                "https://x.example/about",
+                serde_json::json!(null),
+            ),
+            verified,
+            other_site,
+        ];
+        let mut matched = 0;
+        for h in &hits {
+            let want: Vec<Uuid> = goals
+                .iter()
+                .filter(|g| g.matches(h))
+                .map(|g| g.id)
+                .collect();
+            let got: Vec<Uuid> = set.matching(h).map(|g| g.id).collect();
+            assert_eq!(got, want, "{:?} {:?}", h.kind, h.url);
+            matched += got.len();
+        }
+        // Every kind of goal matched something above.
+        assert_eq!(matched, 12);
     }
 }

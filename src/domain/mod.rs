@@ -12,7 +12,7 @@ pub mod report;
 pub mod site;
 
 pub use attribution::{attribute, credit_split, Conversion, Credit, Model, Touchpoint};
-pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, UrlOp};
+pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, GoalSet, UrlOp};
 pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp, VisitorSalt};
 pub use hit_lines::{HitKey, HitLines, LineError};
 pub use report::{ClickRow, CreditRow, GroupKey, Report, ReportQuery, ReportRow};

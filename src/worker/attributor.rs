@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::goals::GoalCache;
-use crate::domain::{attribute, CountMode, Hit, HitLines, Touchpoint};
+use crate::domain::{attribute, CountMode, GoalSet, Hit, HitLines, Touchpoint};
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue, QueueError};
@@ -83,7 +83,7 @@ impl Attributor {
     /// goal (replay).
     async fn writes(&self, hits: &[Hit], only_goal: Option<Uuid>) -> Result<Writes, StoreError> {
         let mut w = Writes::default();
-        let mut site: Option<(&str, Arc<[crate::domain::Goal]>)> = None;
+        let mut site: Option<(&str, Arc<GoalSet>)> = None;
         for (i, hit) in hits.iter().enumerate() {
             if let Some(tp) = Touchpoint::from_hit(hit) {
                 w.touchpoints.push((i, tp));
@@ -98,9 +98,8 @@ impl Attributor {
                 }
             };
             for goal in goals
-                .iter()
+                .matching(hit)
                 .filter(|g| only_goal.is_none_or(|id| g.id == id))
-                .filter(|g| g.matches(hit))
             {
                 // Credits are left to the store, which sees every touchpoint.
                 w.candidates.push((

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::Goal;
+use crate::domain::GoalSet;
 use crate::store::{Store, StoreError};
 
 /// How old a site's cached goals may be before the next batch reads them
@@ -24,7 +24,7 @@ pub const GOAL_REFRESH: Duration = Duration::from_secs(1);
 const MAX_SITES: usize = 10_000;
 
 struct Entry {
-    goals: Arc<[Goal]>,
+    goals: Arc<GoalSet>,
     fetched: Instant,
 }
 
@@ -47,7 +47,7 @@ impl GoalCache {
         }
     }
 
-    fn cached(&self, site: &str) -> Option<Arc<[Goal]>> {
+    fn cached(&self, site: &str) -> Option<Arc<GoalSet>> {
         let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         sites
             .get(site)
@@ -55,15 +55,16 @@ impl GoalCache {
             .map(|e| e.goals.clone())
     }
 
-    /// The site's goals, compiled, at most [`GOAL_REFRESH`] old.
-    pub async fn goals(&self, site: &str) -> Result<Arc<[Goal]>, StoreError> {
+    /// The site's goals, compiled and indexed for matching, at most
+    /// [`GOAL_REFRESH`] old.
+    pub async fn goals(&self, site: &str) -> Result<Arc<GoalSet>, StoreError> {
         if let Some(goals) = self.cached(site) {
             return Ok(goals);
         }
         // Read outside the lock; two batches racing here both read, which
         // is harmless.
         let fetched = Instant::now();
-        let goals: Arc<[Goal]> = self.store.goals(site).await?.into();
+        let goals = Arc::new(GoalSet::new(self.store.goals(site).await?));
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         if sites.len() >= MAX_SITES {
             let refresh = self.refresh;
@@ -83,7 +84,7 @@ impl GoalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{GoalDraft, Site};
+    use crate::domain::{Goal, GoalDraft, Site};
     use crate::metrics::Metrics;
     use crate::store::sqlite::SqliteStore;
     use chrono::Utc;

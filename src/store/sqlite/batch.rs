@@ -6,6 +6,14 @@
 //! candidate the store holds, so the result is a function of the hits and
 //! never of the order batches arrived in. This module must never commit
 //! or roll back: the caller owns the transaction.
+//!
+//! Cost: every statement is prepared once per connection
+//! (`prepare_cached`; preparing costs more than running one of these), and
+//! what a batch reads more than once is read once into [`Batch`]: an order
+//! id's holder, found with the groups it touches; a visitor's touchpoints,
+//! shared by that visitor's conversions. Both stay valid for the whole
+//! call because the batch writes all its touchpoints and candidates before
+//! it reads either.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -15,21 +23,115 @@ use super::{instant, nanos, touchpoint_from_row, uuid_col, write_credits};
 use crate::domain::{credit_split, Conversion, Model, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, StoreError};
 
-/// A visitor's touchpoints at or after `since_ns`.
-fn visitor_touchpoints(
-    tx: &Transaction<'_>,
-    site: &str,
-    vid: &str,
-    since_ns: i64,
-) -> Result<Vec<Touchpoint>, StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
-         FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
-    )?;
-    let rows = stmt
-        .query_map(params![site, vid, since_ns], touchpoint_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+/// A visitor's touchpoints at or after `?3`.
+const VISITOR_TOUCHPOINTS: &str =
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3";
+
+/// Every candidate holding an order id for a goal, earliest first. Not
+/// DISTINCT: SQLite would then walk the visitor index, every candidate of
+/// the goal (quadratic).
+const ORDER_CANDIDATES: &str =
+    "SELECT hit_id, vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3
+     ORDER BY at_ns, hit_id";
+
+/// A (site, goal, visitor) group's candidates, earliest first, and whether
+/// each is counted. Every counted conversion has its candidate (`count`
+/// inserts only candidates; version 3 made candidates of older
+/// conversions), so the join finds what is counted without an index of
+/// its own.
+const GROUP_CANDIDATES: &str =
+    "SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
+            c.model, c.window_days, c.once_per_visitor, v.hit_id IS NOT NULL
+     FROM candidates c
+     LEFT JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
+     WHERE c.site = ?1 AND c.goal_id = ?2 AND c.vid = ?3 ORDER BY c.at_ns, c.hit_id";
+
+/// A visitor's counted conversions at or after `?3`, through the
+/// candidates' visitor index (a conversion and its candidate share site,
+/// visitor and time).
+const VISITOR_CONVERSIONS: &str =
+    "SELECT v.hit_id, v.goal_id, v.site, v.vid, v.at_ns, v.value, v.currency, v.order_id,
+            v.model, v.window_days
+     FROM candidates c
+     JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
+     WHERE c.site = ?1 AND c.vid = ?2 AND c.at_ns >= ?3";
+
+/// (site, goal id, order id).
+type OrderKey = (String, String, String);
+
+/// One `record_batch_in` call: its transaction and what it has read.
+struct Batch<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    /// The hit that holds each order id looked at so far (see
+    /// [`Batch::order_holder`]).
+    holders: HashMap<OrderKey, Option<String>>,
+    /// Each visitor's touchpoints at or after the instant kept beside them.
+    touchpoints: HashMap<(String, String), (i64, Vec<Touchpoint>)>,
+}
+
+impl Batch<'_, '_> {
+    /// A visitor's touchpoints at or after `since_ns` (and maybe earlier
+    /// ones, which [`credit_split`] leaves out by window anyway).
+    fn visitor_touchpoints(
+        &mut self,
+        site: &str,
+        vid: &str,
+        since_ns: i64,
+    ) -> Result<&[Touchpoint], StoreError> {
+        let key = (site.to_owned(), vid.to_owned());
+        let fresh = self
+            .touchpoints
+            .get(&key)
+            .is_some_and(|(since, _)| *since <= since_ns);
+        if !fresh {
+            let mut stmt = self.tx.prepare_cached(VISITOR_TOUCHPOINTS)?;
+            let rows = stmt
+                .query_map(params![site, vid, since_ns], touchpoint_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            self.touchpoints.insert(key.clone(), (since_ns, rows));
+        }
+        Ok(self
+            .touchpoints
+            .get(&key)
+            .map_or(&[][..], |(_, tps)| tps.as_slice()))
+    }
+
+    /// Every candidate holding `order` for this goal, earliest first by
+    /// (`at`, hit id): (hit id, visitor). Ids are hyphenated lower-case
+    /// UUID text, which sorts as the UUIDs do.
+    fn order_candidates(
+        &self,
+        site: &str,
+        goal: &str,
+        order: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(ORDER_CANDIDATES)?;
+        let rows = stmt
+            .query_map(params![site, goal, order], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The hit that owns `order` for this goal: the earliest candidate.
+    fn order_holder(
+        &mut self,
+        site: &str,
+        goal: &str,
+        order: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = (site.to_owned(), goal.to_owned(), order.to_owned());
+        if let Some(holder) = self.holders.get(&key) {
+            return Ok(holder.clone());
+        }
+        let holder = self
+            .order_candidates(site, goal, order)?
+            .into_iter()
+            .next()
+            .map(|(hit, _)| hit);
+        self.holders.insert(key, holder.clone());
+        Ok(holder)
+    }
 }
 
 fn model_of(text: &str) -> Result<Model, StoreError> {
@@ -61,129 +163,101 @@ pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Co
 
 /// Inserts a counted conversion with credits computed from the visitor's
 /// touchpoints as the store holds them now.
-fn count(tx: &Transaction<'_>, mut c: Conversion) -> Result<(), StoreError> {
-    let tps = visitor_touchpoints(
-        tx,
-        &c.site,
-        &c.vid,
-        nanos(c.window_start()).unwrap_or(i64::MIN),
-    )?;
-    c.credits = credit_split(&c, &tps);
-    tx.execute(
+fn count(b: &mut Batch<'_, '_>, mut c: Conversion) -> Result<(), StoreError> {
+    let since = nanos(c.window_start()).unwrap_or(i64::MIN);
+    c.credits = credit_split(&c, b.visitor_touchpoints(&c.site, &c.vid, since)?);
+    b.tx.prepare_cached(
         "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            c.hit_id.to_string(),
-            c.goal_id.to_string(),
-            c.site,
-            c.vid,
-            nanos(c.at)?,
-            c.value,
-            c.currency,
-            c.order_id,
-            c.model.as_str(),
-            c.window_days
-        ],
-    )?;
-    write_credits(tx, &c)
+    )?
+    .execute(params![
+        c.hit_id.to_string(),
+        c.goal_id.to_string(),
+        c.site,
+        c.vid,
+        nanos(c.at)?,
+        c.value,
+        c.currency,
+        c.order_id,
+        c.model.as_str(),
+        c.window_days
+    ])?;
+    write_credits(b.tx, &c)
+}
+
+/// Deletes a conversion's credit rows (before they are written again, or
+/// with the conversion).
+fn delete_credits(tx: &Transaction<'_>, hit: &str, goal: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2")?
+        .execute(params![hit, goal])?;
+    Ok(())
 }
 
 /// Removes a conversion that an earlier candidate displaced.
 fn uncount(tx: &Transaction<'_>, hit: &str, goal: &str) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2",
-        params![hit, goal],
-    )?;
-    tx.execute(
-        "DELETE FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
-        params![hit, goal],
-    )?;
+    delete_credits(tx, hit, goal)?;
+    tx.prepare_cached("DELETE FROM conversions WHERE hit_id = ?1 AND goal_id = ?2")?
+        .execute(params![hit, goal])?;
     Ok(())
-}
-
-/// The hit that owns `order` for this goal: the earliest candidate by
-/// (`at`, hit id). Ids are hyphenated lower-case UUID text, which sorts as
-/// the UUIDs do.
-fn order_holder(
-    tx: &Transaction<'_>,
-    site: &str,
-    goal: &str,
-    order: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(tx
-        .query_row(
-            "SELECT hit_id FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3
-             ORDER BY at_ns, hit_id LIMIT 1",
-            params![site, goal, order],
-            |r| r.get(0),
-        )
-        .optional()?)
 }
 
 type Group = (String, String, String);
 
+/// A stored candidate of a group: the conversion it would be, its stored
+/// model, whether its goal counts once per visitor, whether it is counted.
+type GroupRow = ((Conversion, String), bool, bool);
+
 /// Brings one (site, goal, visitor) group's counted conversions in line
 /// with its candidates; records why each candidate does or does not count.
 fn settle(
-    tx: &Transaction<'_>,
+    b: &mut Batch<'_, '_>,
     (site, goal, vid): &Group,
     verdicts: &mut HashMap<(String, String), Recorded>,
     out: &mut BatchRecorded,
 ) -> Result<(), StoreError> {
-    let rows: Vec<((Conversion, String), bool)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days,
-                    once_per_visitor
-             FROM candidates WHERE site = ?1 AND goal_id = ?2 AND vid = ?3 ORDER BY at_ns, hit_id",
-        )?;
+    let rows: Vec<GroupRow> = {
+        let mut stmt = b.tx.prepare_cached(GROUP_CANDIDATES)?;
         let rows = stmt
             .query_map(params![site, goal, vid], |r| {
-                Ok((conversion_from_row(r)?, r.get::<_, bool>(10)?))
+                Ok((conversion_from_row(r)?, r.get(10)?, r.get(11)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows
     };
-    let mut want: BTreeMap<String, Conversion> = BTreeMap::new();
     let mut visitor_counted = false;
-    for ((mut c, model), once) in rows {
+    for ((mut c, model), once, counted) in rows {
         let hit = c.hit_id.to_string();
-        if let Some(order) = &c.order_id {
-            if order_holder(tx, site, goal, order)?.as_deref() != Some(hit.as_str()) {
-                verdicts.insert(
-                    (hit, goal.clone()),
-                    Recorded::Duplicate(DuplicateReason::OrderId),
-                );
-                continue;
-            }
-        }
-        if once && visitor_counted {
+        let order_taken = match c.order_id.as_deref() {
+            Some(order) => b.order_holder(site, goal, order)?.as_deref() != Some(hit.as_str()),
+            None => false,
+        };
+        let counts = if order_taken {
             verdicts.insert(
-                (hit, goal.clone()),
+                (hit.clone(), goal.clone()),
+                Recorded::Duplicate(DuplicateReason::OrderId),
+            );
+            false
+        } else if once && visitor_counted {
+            verdicts.insert(
+                (hit.clone(), goal.clone()),
                 Recorded::Duplicate(DuplicateReason::Visitor),
             );
-            continue;
-        }
-        visitor_counted = true;
-        c.model = model_of(&model)?;
-        verdicts.insert((hit.clone(), goal.clone()), Recorded::Inserted);
-        want.insert(hit, c);
-    }
-    let have: BTreeSet<String> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT hit_id FROM conversions WHERE site = ?1 AND goal_id = ?2 AND vid = ?3",
-        )?;
-        let rows = stmt
-            .query_map(params![site, goal, vid], |r| r.get::<_, String>(0))?
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        rows
-    };
-    for hit in have.iter().filter(|h| !want.contains_key(*h)) {
-        uncount(tx, hit, goal)?;
-        out.displaced += 1;
-    }
-    for (hit, c) in want {
-        if !have.contains(&hit) {
-            count(tx, c)?;
+            false
+        } else {
+            visitor_counted = true;
+            verdicts.insert((hit.clone(), goal.clone()), Recorded::Inserted);
+            true
+        };
+        match (counts, counted) {
+            (true, false) => {
+                c.model = model_of(&model)?;
+                count(b, c)?;
+            }
+            (false, true) => {
+                uncount(b.tx, &hit, goal)?;
+                out.displaced += 1;
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -193,7 +267,7 @@ fn settle(
 /// stored touchpoint precedes inside their window. Returns how many
 /// changed.
 fn recredit_visitor(
-    tx: &Transaction<'_>,
+    b: &mut Batch<'_, '_>,
     site: &str,
     vid: &str,
     new: &[Touchpoint],
@@ -202,10 +276,7 @@ fn recredit_visitor(
         return Ok(0);
     };
     let convs: Vec<(Conversion, String)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days
-             FROM conversions WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
-        )?;
+        let mut stmt = b.tx.prepare_cached(VISITOR_CONVERSIONS)?;
         let rows = stmt
             .query_map(params![site, vid, nanos(earliest)?], conversion_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -217,15 +288,11 @@ fn recredit_visitor(
             continue;
         }
         c.model = model_of(&model)?;
-        let tps = visitor_touchpoints(tx, site, vid, nanos(c.window_start()).unwrap_or(i64::MIN))?;
-        c.credits = credit_split(&c, &tps);
-        let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
+        let since = nanos(c.window_start()).unwrap_or(i64::MIN);
+        c.credits = credit_split(&c, b.visitor_touchpoints(site, vid, since)?);
         // Same keys (hit, goal, ord): a report never sees both splits.
-        tx.execute(
-            "DELETE FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2",
-            params![hit, goal],
-        )?;
-        write_credits(tx, &c)?;
+        delete_credits(b.tx, &c.hit_id.to_string(), &c.goal_id.to_string())?;
+        write_credits(b.tx, &c)?;
         changed += 1;
     }
     Ok(changed)
@@ -233,32 +300,26 @@ fn recredit_visitor(
 
 /// What a candidate the store already holds amounts to: a redelivery of a
 /// counted one, or the reason it does not count.
-fn redelivered(tx: &Transaction<'_>, c: &Conversion) -> Result<Recorded, StoreError> {
+fn redelivered(b: &mut Batch<'_, '_>, c: &Conversion) -> Result<Recorded, StoreError> {
     let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
-    let counted: Option<i64> = tx
-        .query_row(
-            "SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
-            params![hit, goal],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let counted: Option<i64> =
+        b.tx.prepare_cached("SELECT 1 FROM conversions WHERE hit_id = ?1 AND goal_id = ?2")?
+            .query_row(params![hit, goal], |r| r.get(0))
+            .optional()?;
     if counted.is_some() {
         return Ok(Recorded::Duplicate(DuplicateReason::SameHit));
     }
-    let stored_order: Option<String> = tx.query_row(
-        "SELECT order_id FROM candidates WHERE hit_id = ?1 AND goal_id = ?2",
-        params![hit, goal],
-        |r| r.get(0),
-    )?;
+    let stored_order: Option<String> =
+        b.tx.prepare_cached("SELECT order_id FROM candidates WHERE hit_id = ?1 AND goal_id = ?2")?
+            .query_row(params![hit, goal], |r| r.get(0))?;
     if let Some(order) = stored_order {
-        if order_holder(tx, &c.site, &goal, &order)?.as_deref() != Some(hit.as_str()) {
+        if b.order_holder(&c.site, &goal, &order)?.as_deref() != Some(hit.as_str()) {
             return Ok(Recorded::Duplicate(DuplicateReason::OrderId));
         }
     }
     Ok(Recorded::Duplicate(DuplicateReason::Visitor))
 }
 
-/// The whole batch, inside `tx`.
 /// Inserts a touchpoint unless its hit id is stored already (the first
 /// write wins; a redelivery is a no-op).
 pub(super) const INSERT_TOUCHPOINT: &str = "INSERT OR IGNORE INTO touchpoints
@@ -285,12 +346,18 @@ pub(super) fn insert_touchpoint(
     ])?)
 }
 
+/// The whole batch, inside `tx`.
 pub(super) fn record_batch_in(
     tx: &Transaction<'_>,
     touchpoints: &[Touchpoint],
     candidates: &[Candidate],
 ) -> Result<BatchRecorded, StoreError> {
     let mut out = BatchRecorded::default();
+    let mut b = Batch {
+        tx,
+        holders: HashMap::new(),
+        touchpoints: HashMap::new(),
+    };
     // 1. Touchpoints; remember those new to the store, by visitor.
     let mut fresh: BTreeMap<(String, String), Vec<Touchpoint>> = BTreeMap::new();
     {
@@ -308,20 +375,23 @@ pub(super) fn record_batch_in(
     // 2. Re-credit what was recorded before these touchpoints arrived.
     //    Before step 3, so conversions counted below are not done twice.
     for ((site, vid), new) in &fresh {
-        out.recredited += recredit_visitor(tx, site, vid, new)?;
+        out.recredited += recredit_visitor(&mut b, site, vid, new)?;
     }
     // 3. Candidates: store each once, then settle every group they touch.
     let mut same_hit: BTreeSet<usize> = BTreeSet::new();
     let mut dirty: BTreeSet<Group> = BTreeSet::new();
-    for (i, cand) in candidates.iter().enumerate() {
-        let c = &cand.conversion;
-        let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
-        let n = tx.execute(
+    let mut orders: BTreeSet<OrderKey> = BTreeSet::new();
+    {
+        let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO candidates
                (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days, once_per_visitor)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                hit,
+        )?;
+        for (i, cand) in candidates.iter().enumerate() {
+            let c = &cand.conversion;
+            let goal = c.goal_id.to_string();
+            let n = insert.execute(params![
+                c.hit_id.to_string(),
                 goal,
                 c.site,
                 c.vid,
@@ -332,47 +402,97 @@ pub(super) fn record_batch_in(
                 c.model.as_str(),
                 c.window_days,
                 cand.once_per_visitor
-            ],
-        )?;
-        if n == 0 {
-            same_hit.insert(i);
-            continue;
+            ])?;
+            if n == 0 {
+                same_hit.insert(i);
+                continue;
+            }
+            if let Some(order) = &c.order_id {
+                orders.insert((c.site.clone(), goal.clone(), order.clone()));
+            }
+            dirty.insert((c.site.clone(), goal, c.vid.clone()));
         }
-        dirty.insert((c.site.clone(), goal.clone(), c.vid.clone()));
-        if let Some(order) = &c.order_id {
-            // The order's previous holder may be another visitor's: its
-            // group changes too.
-            let mut stmt = tx.prepare_cached(
-                // Not DISTINCT: SQLite would then walk the (site, goal,
-                // vid) index, every candidate of the goal (quadratic).
-                "SELECT vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3",
-            )?;
-            let vids = stmt
-                .query_map(params![c.site, goal, order], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            dirty.extend(vids.into_iter().map(|v| (c.site.clone(), goal.clone(), v)));
+    }
+    // The order's previous holder may be another visitor's: its group
+    // changes too. Read once all candidates are in, so the holder found
+    // here is the one settling must use.
+    for (site, goal, order) in orders {
+        let rows = b.order_candidates(&site, &goal, &order)?;
+        let holder = rows.first().map(|(hit, _)| hit.clone());
+        for (_, vid) in rows {
+            dirty.insert((site.clone(), goal.clone(), vid));
         }
+        b.holders.insert((site, goal, order), holder);
     }
     let mut verdicts: HashMap<(String, String), Recorded> = HashMap::new();
     for group in &dirty {
-        settle(tx, group, &mut verdicts, &mut out)?;
+        settle(&mut b, group, &mut verdicts, &mut out)?;
     }
     out.recorded = candidates
         .iter()
         .enumerate()
         .map(|(i, cand)| {
+            if same_hit.contains(&i) {
+                return redelivered(&mut b, &cand.conversion);
+            }
             let key = (
                 cand.conversion.hit_id.to_string(),
                 cand.conversion.goal_id.to_string(),
             );
-            if same_hit.contains(&i) {
-                return redelivered(tx, &cand.conversion);
-            }
             Ok(verdicts
-                .get(&key)
-                .cloned()
+                .remove(&key)
                 .unwrap_or(Recorded::Duplicate(DuplicateReason::SameHit)))
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each batch read finds its rows through an index on the columns it
+    /// is given, never by scanning a table: a scan here is paid per
+    /// candidate or visitor, so a batch would cost as much as the store is
+    /// large.
+    #[test]
+    fn batch_reads_search_an_index_on_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::open_connection(&dir.path().join("t.sqlite3")).unwrap();
+        super::super::apply_migrations(&mut conn).unwrap();
+        let expected = [
+            (
+                VISITOR_TOUCHPOINTS,
+                "touchpoints_visitor (site=? AND vid=? AND at_ns>?)",
+            ),
+            (
+                ORDER_CANDIDATES,
+                "candidates_order (site=? AND goal_id=? AND order_id=?)",
+            ),
+            (
+                GROUP_CANDIDATES,
+                "candidates_by_visitor (site=? AND vid=? AND goal_id=?)",
+            ),
+            (
+                VISITOR_CONVERSIONS,
+                "candidates_by_visitor (site=? AND vid=?)",
+            ),
+        ];
+        for (sql, index) in expected {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params!["s", "x", 0], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN")),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
 }
