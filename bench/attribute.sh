@@ -15,7 +15,7 @@ export HITS=${HITS:-100000}
 # Cassandra is slower per hit; a smaller backlog keeps the run short.
 cass_hits=${CASSANDRA_HITS:-$HITS}
 cargo build --release --quiet --example attribute_bench
-bin=target/release/examples/attribute_bench
+bin="${CARGO_TARGET_DIR:-target}/release/examples/attribute_bench"
 
 echo "baseline (issue 14, before this work; release build, 2 cores): one tally worker drained 100,000 hits at 2,253 hits/s on SQLite and 328 hits/s on Cassandra 4.0; /collect accepts 20-25k hits/s"
 echo "targets: SQLite >= 50,000 hits/s; Cassandra >= 1,600 hits/s (5x), bounded by the server's CPU"

@@ -20,7 +20,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 bin=${TALLY_BIN:-}
 if [ -z "$bin" ]; then
   cargo build --release --quiet
-  bin=./target/release/tally
+  bin="${CARGO_TARGET_DIR:-target}/release/tally"
 fi
 
 work=$(mktemp -d)

@@ -44,7 +44,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # TALLY_BIN runs another build (e.g. a copy of the previous commit's binary)
 # through the same script, so before/after compare like with like.
 TALLY_BIN=${TALLY_BIN:-}
-if [ -z "$TALLY_BIN" ]; then cargo build --release --quiet; TALLY_BIN="$TALLY_BIN"; fi
+if [ -z "$TALLY_BIN" ]; then cargo build --release --quiet; TALLY_BIN="${CARGO_TARGET_DIR:-target}/release/tally"; fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
