@@ -23,6 +23,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub conversions_written: IntCounter,
     pub conversions_duplicate: IntCounterVec,
+    pub conversions_recredited: IntCounter,
+    pub conversions_displaced: IntCounter,
     pub touchpoints_written: IntCounter,
     pub archived_hits: IntCounter,
     pub archive_objects: IntCounter,
@@ -117,6 +119,16 @@ impl Metrics {
                 &["reason"],
             ),
             touchpoints_written: counter(&r, "touchpoints_written_total", "Touchpoints recorded."),
+            conversions_recredited: counter(
+                &r,
+                "conversions_recredited_total",
+                "Conversions recorded earlier whose credits a touchpoint processed later changed.",
+            ),
+            conversions_displaced: counter(
+                &r,
+                "conversions_displaced_total",
+                "Conversions recorded earlier that an earlier hit processed later took over (same order id, or once per visitor).",
+            ),
             archived_hits: counter(&r, "archived_hits_total", "Hits written to the archive."),
             archive_objects: counter(&r, "archive_objects_total", "Archive objects written."),
             archive_bytes: counter(

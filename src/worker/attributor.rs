@@ -197,6 +197,8 @@ impl Attributor {
             }
         }
         if out.recredited > 0 || out.displaced > 0 {
+            self.metrics.conversions_recredited.inc_by(out.recredited);
+            self.metrics.conversions_displaced.inc_by(out.displaced);
             debug!(
                 recredited = out.recredited,
                 displaced = out.displaced,
@@ -447,6 +449,45 @@ mod tests {
         }
         let attributor = Attributor::new(store.clone(), metrics);
         (dir, store, attributor, site.key)
+    }
+
+    #[tokio::test]
+    async fn late_hits_that_settle_earlier_conversions_again_are_counted_in_metrics() {
+        let (_dir, _store, attributor, site) = fresh().await;
+        let metric = |name: &str| {
+            attributor
+                .metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        };
+        // Visitor 0 converts (hit 1, no order id) before its landing
+        // (hit 0, a minute earlier) is processed: three goals re-credited.
+        attributor
+            .process(&[hit(&site, 1, &(0, 0, true))], None)
+            .await
+            .unwrap();
+        assert_eq!(metric("tally_conversions_recredited_total"), Some(0));
+        let out = attributor
+            .process(&[hit(&site, 0, &(0, 0, false))], None)
+            .await
+            .unwrap();
+        assert_eq!(out.recredited, 3);
+        assert_eq!(metric("tally_conversions_recredited_total"), Some(3));
+        // Order `o3`: hit 24 (visitor 1) counts, then hit 3 (visitor 2,
+        // earlier) takes the order over on all three goals.
+        attributor
+            .process(&[hit(&site, 24, &(1, 0, true))], None)
+            .await
+            .unwrap();
+        assert_eq!(metric("tally_conversions_displaced_total"), Some(0));
+        let out = attributor
+            .process(&[hit(&site, 3, &(2, 0, true))], None)
+            .await
+            .unwrap();
+        assert_eq!(out.displaced, 3);
+        assert_eq!(metric("tally_conversions_displaced_total"), Some(3));
     }
 
     /// Goals of the order-independence property, with fixed ids so two
