@@ -2035,7 +2035,7 @@ pub(crate) mod live {
         // before the per-hit row and the complete registration.
         cass.store_candidate(&cand).await.unwrap();
         cass.register(&c, false).await.unwrap();
-        cass.write_credit_rows(&c, 0).await.unwrap();
+        cass.write_credit_rows(&c).await.unwrap();
         assert!(store
             .conversions_for_hit(&c.site, c.hit_id)
             .await

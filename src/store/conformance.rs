@@ -710,7 +710,7 @@ pub async fn earliest_candidate_is_the_one_per_visitor(store: Arc<dyn Store>) {
 pub async fn racing_calls_leave_exactly_the_earliest_counted(store: Arc<dyn Store>) {
     let site = new_site(&store).await;
     let (g_order, g_once) = (Uuid::now_v7(), Uuid::now_v7());
-    const ROUNDS: usize = 16;
+    const ROUNDS: usize = 48;
     for round in 0..ROUNDS {
         let order = format!("o-{round}");
         let later = t0() + Duration::minutes(1);

@@ -31,53 +31,55 @@
 //!    visitors with counted conversions), read what is registered, remove
 //!    what is no longer wanted, write what is wanted and missing or
 //!    differently credited; then read the snapshot again. Stop when a
-//!    snapshot equals the one acted on, or after [`SETTLE_ROUNDS`].
+//!    snapshot equals the one acted on. A snapshot still changing after
+//!    [`SETTLE_ROUNDS`] fails the call as unavailable, so the batch is
+//!    retried after a back-off.
 //!
-//! # Why the last writer sees the full set, and what it relies on
+//! # Conversions are written and removed as units
 //!
-//! Every writer completes its candidate writes before its first snapshot
-//! read, and reads again after it acted. Take the candidate write of a
-//! group (or of an order it depends on) that completed last: its writer
-//! reads after it, so it reads every candidate and computes the wanted set
-//! from the full set. A worker that acted on an older snapshot reads again
-//! after acting; if its actions landed after the full-set writer read what
-//! was registered, that re-read comes after the last candidate write, sees
-//! a different snapshot and settles again with the full set; if they landed
-//! before, the full-set writer saw and corrected them. The decision is a
-//! pure function of the set, so every worker that saw the full set writes
-//! the same rows. Stopping after [`SETTLE_ROUNDS`] is safe for the same
-//! reason: whoever changed the snapshot under us settles after its write.
-//! Touchpoints follow the rule the re-crediting always had: a touchpoint
-//! writer reads registered conversions after writing it (step 2), a
-//! conversion writer registers before its last touchpoint read (step 4's
-//! re-read), so one of them sees the other.
+//! A conversion's rows (its registration in `conversions_by_visitor`, its
+//! credit rows, its `conversions_by_hit` row) are written by one logged
+//! batch and removed by another. Every statement of a batch carries the
+//! same write timestamp and the batch log applies all of them, so each
+//! conversion is, row by row, in the state of the unit with the latest
+//! timestamp: all there or all gone, never a registration missing while a
+//! counted row stays (which separate statements allowed when a removal
+//! raced a write), and a report sees a re-credit's old split or its new
+//! one, never a mix.
+//!
+//! # Why the result is the full set's decision
+//!
+//! The decision is a pure function of the stored candidates and
+//! touchpoints, so it is enough that the unit acting last on each
+//! conversion was decided from the full set. Take the last unit on a
+//! conversion, issued by worker P from snapshot S. After its act P reads
+//! the snapshot again. If a candidate or touchpoint missing from S was
+//! written before that re-read, P sees a different snapshot and settles
+//! again: it reads the registration (which the unit left exactly) and acts
+//! if the full set wants otherwise, so P's unit was not the last. If it was
+//! written after the re-read, its writer reads the snapshot and then the
+//! registration after P's unit completed, and acts if the full set wants
+//! otherwise: again P's unit was not the last. Touchpoints follow the same
+//! rule: a touchpoint writer reads registrations after writing it (step
+//! 2). Stopping after [`SETTLE_ROUNDS`] would break this argument (a
+//! worker that acted on a stale snapshot would leave its unit unchecked),
+//! hence the retry.
 //!
 //! This relies on two properties of the cluster. (a) Read-your-writes:
 //! reads and writes at a consistency where R + W > RF (the default
-//! `LOCAL_QUORUM` both ways; `ONE` with RF > 1 breaks it). (b) Deletes and
-//! inserts of the same row by different workers are ordered by their write
-//! timestamps (last write wins, a delete winning a tie); the driver lets the
-//! coordinator stamp them, so we rely on coordinators' clocks agreeing (NTP)
-//! to better than the time between a read and the write that follows it. A
-//! correction is always issued after the read that found the wrong row, so
-//! it carries the later timestamp. Every write is a whole-row `INSERT` or a
-//! `DELETE`, never an `UPDATE`, so a stale write can never leave half a row.
+//! `LOCAL_QUORUM` both ways; `ONE` with RF > 1 breaks it). (b) Units are
+//! ordered by their write timestamps (last write wins, a delete winning a
+//! tie); the driver lets the coordinator stamp them, so we rely on
+//! coordinators' clocks agreeing (NTP) to better than the time between a
+//! read and the unit that follows it.
 //!
-//! # What a report sees
-//!
-//! A conversion is written as: registered incomplete, credit rows (one
-//! partition, one batch: all or none), the `conversions_by_hit` row marked
-//! complete, registered complete. It is removed as: registered incomplete,
-//! credit rows deleted (one range delete), `conversions_by_hit` row deleted,
-//! registration deleted. So the registration exists whenever any row does,
-//! and a crash at any point leaves it incomplete for the next settle (the
-//! redelivery) to finish. Removals run before writes, so while an order
-//! changes hands a report may miss it for a moment but never counts it
-//! twice; a re-credit rewrites the credit rows in one batch, never a mix.
-//!
+//! Every row is written whole by an `INSERT` or removed by a `DELETE`,
+//! never an `UPDATE`. A registration marked incomplete was left by a crash
+//! in the middle of a write of an older version (which wrote rows one by
+//! one): the next settle of its group rewrites or removes it as a unit.
 //! A registered conversion without a stored candidate predates schema 5
-//! (first-processed-wins claims): it is left as it is, neither displaced nor
-//! re-credited. This module must never take a lightweight transaction.
+//! (first-processed-wins claims): it is left as it is, neither displaced
+//! nor re-credited. This module must never take a lightweight transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -87,7 +89,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::try_join_all;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
-use scylla::value::CqlValue;
+use scylla::value::{CqlTimestamp, CqlValue};
 use tracing::debug;
 use uuid::Uuid;
 
@@ -96,9 +98,11 @@ use super::{corrupt, credit_bucket, join_time, split_time, CassandraStore};
 use crate::domain::{credit_split, Conversion, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, StoreError};
 
-/// Settle rounds one call runs before it leaves the rest to the workers
-/// whose writes keep changing the snapshot (each settles after its write).
-const SETTLE_ROUNDS: usize = 4;
+/// Settle rounds one call runs before it gives up and lets the batch be
+/// retried. A round's snapshot changes only when another batch wrote one
+/// of its candidates or touchpoints meanwhile, so this allows about as
+/// many batches touching one visitor at once as there are rounds.
+const SETTLE_ROUNDS: usize = 8;
 
 /// A (goal, visitor) group of one site.
 type GroupKey = (Uuid, String);
@@ -174,6 +178,17 @@ fn decisions(snap: &Snapshot, dirty: &BTreeSet<GroupKey>) -> Decisions {
             (key.clone(), decide(&members, &holders))
         })
         .collect()
+}
+
+/// The key columns of a conversion's credit rows.
+fn credit_key(c: &Conversion) -> Vec<Option<CqlValue>> {
+    vec![
+        Some(CqlValue::Text(c.site.clone())),
+        Some(CqlValue::Date(c.at.date_naive().into())),
+        Some(CqlValue::Int(credit_bucket(c.hit_id))),
+        Some(CqlValue::Uuid(c.goal_id)),
+        Some(CqlValue::Uuid(c.hit_id)),
+    ]
 }
 
 fn body_of(c: &Conversion) -> Result<String, StoreError> {
@@ -304,6 +319,9 @@ impl CassandraStore {
         Ok(out)
     }
 
+    /// Registers `c` alone, as a crash in the middle of a pre-unit write
+    /// left it: only the recovery tests do this now.
+    #[cfg(test)]
     pub(super) async fn register(&self, c: &Conversion, complete: bool) -> Result<(), StoreError> {
         let st = self.st().await?;
         let (at, _) = split_time(c.at);
@@ -322,35 +340,35 @@ impl CassandraStore {
         .await
     }
 
-    /// Writes a conversion's credit rows under their keys, dropping rows
-    /// past the split's length when `had` more: one partition, so the
-    /// batch applies atomically and a report sees the old split or the
-    /// new one, never a mix.
-    pub(super) async fn write_credit_rows(
+    /// Writes a conversion's credit rows under their keys and drops any
+    /// row past the split's length. Only the crash-recovery tests call it
+    /// alone: the attributor writes credit rows inside [`Self::put_unit`].
+    #[cfg(test)]
+    pub(super) async fn write_credit_rows(&self, c: &Conversion) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::new();
+        self.credit_statements(c, &mut batch, &mut values).await?;
+        self.timed(self.session.batch(&batch, values))
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    /// Appends `c`'s credit rows to `batch`, and a range delete of every
+    /// row past the split's length: whatever split an earlier write of the
+    /// same conversion left, the batch's rows replace it whole.
+    async fn credit_statements(
         &self,
         c: &Conversion,
-        had: usize,
+        batch: &mut Batch,
+        values: &mut Vec<Vec<Option<CqlValue>>>,
     ) -> Result<(), StoreError> {
         let st = self.st().await?;
-        let day = c.at.date_naive();
-        let bucket = credit_bucket(c.hit_id);
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        // Rows of different shapes in one batch: values as CQL values.
+        let key = credit_key(c);
         let text = |t: &Option<String>| t.clone().map(CqlValue::Text);
-        let key = || {
-            vec![
-                Some(CqlValue::Text(c.site.clone())),
-                Some(CqlValue::Date(day.into())),
-                Some(CqlValue::Int(bucket)),
-                Some(CqlValue::Uuid(c.goal_id)),
-                Some(CqlValue::Uuid(c.hit_id)),
-            ]
-        };
-        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
         for (idx, credit) in c.credits.iter().enumerate() {
             batch.append_statement(st.insert_credit.clone());
-            let mut row = key();
+            let mut row = key.clone();
             row.extend([
                 Some(CqlValue::Int(idx as i32)),
                 Some(CqlValue::Text(credit.source.clone())),
@@ -362,68 +380,73 @@ impl CassandraStore {
             ]);
             values.push(row);
         }
-        if had > c.credits.len() {
+        batch.append_statement(st.delete_credits_from.clone());
+        let mut row = key;
+        row.push(Some(CqlValue::Int(c.credits.len() as i32)));
+        values.push(row);
+        Ok(())
+    }
+
+    /// Writes (`put`) or removes a conversion as one unit: its
+    /// registration, credit rows and `conversions_by_hit` row in one logged
+    /// batch. Cassandra gives every statement of a batch the same write
+    /// timestamp and applies all of it or (after a crash, from the batch
+    /// log) eventually all of it, so when two workers act on the same
+    /// conversion at once every row ends as the later unit left it. Written
+    /// as separate statements, a removal racing a write could delete the
+    /// registration after the write's last statement yet leave its
+    /// `conversions_by_hit` row behind, counted but no longer registered,
+    /// which no later settle would find (CI caught this in
+    /// `racing_calls_leave_exactly_the_earliest_counted`).
+    async fn put_unit(&self, c: &Conversion, put: bool) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let mut batch = Batch::new(BatchType::Logged);
+        // Replaying a unit is harmless: its rows are whole-row inserts or
+        // deletes, and the settle that issued it reads again afterwards.
+        batch.set_is_idempotent(true);
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
+        let (at, _) = split_time(c.at);
+        let at = Some(CqlValue::Timestamp(CqlTimestamp(at.timestamp_millis())));
+        let (hit, goal) = (
+            Some(CqlValue::Uuid(c.hit_id)),
+            Some(CqlValue::Uuid(c.goal_id)),
+        );
+        if put {
+            let body = body_of(c)?;
+            self.credit_statements(c, &mut batch, &mut values).await?;
+            batch.append_statement(st.insert_conversion.clone());
+            values.push(vec![
+                text(&c.site),
+                hit.clone(),
+                goal.clone(),
+                text(&body),
+                Some(CqlValue::Boolean(true)),
+            ]);
+            batch.append_statement(st.insert_conversion_by_visitor.clone());
+            values.push(vec![
+                text(&c.site),
+                text(&c.vid),
+                at,
+                hit,
+                goal,
+                text(&body),
+                Some(CqlValue::Boolean(true)),
+            ]);
+        } else {
             batch.append_statement(st.delete_credits_from.clone());
-            let mut row = key();
-            row.push(Some(CqlValue::Int(c.credits.len() as i32)));
+            let mut row = credit_key(c);
+            row.push(Some(CqlValue::Int(0)));
             values.push(row);
-        }
-        if values.is_empty() {
-            return Ok(());
+            batch.append_statement(st.delete_conversion.clone());
+            values.push(vec![text(&c.site), hit.clone(), goal.clone()]);
+            batch.append_statement(st.delete_conversion_by_visitor.clone());
+            values.push(vec![text(&c.site), text(&c.vid), at, hit, goal]);
         }
         self.timed(self.session.batch(&batch, values))
             .await
             .map_err(|e| self.failed(e))?;
         Ok(())
-    }
-
-    /// Counts `c` (credits computed), or rewrites its credits: see the
-    /// module doc for the order of the writes.
-    async fn write_conversion(
-        &self,
-        c: &Conversion,
-        had: Option<&Registered>,
-    ) -> Result<(), StoreError> {
-        let st = self.st().await?;
-        if had.is_none() {
-            self.register(c, false).await?;
-        }
-        let had_rows = had.map_or(0, |r| r.conversion.credits.len());
-        self.write_credit_rows(c, had_rows).await?;
-        self.exec(
-            &st.insert_conversion,
-            (&c.site, c.hit_id, c.goal_id, body_of(c)?, true),
-        )
-        .await?;
-        self.register(c, true).await
-    }
-
-    /// Removes a conversion an earlier candidate displaced: see the module
-    /// doc for the order of the deletes.
-    async fn remove_conversion(&self, r: &Registered) -> Result<(), StoreError> {
-        let st = self.st().await?;
-        let c = &r.conversion;
-        self.register(c, false).await?;
-        self.exec(
-            &st.delete_credits_from,
-            (
-                &c.site,
-                c.at.date_naive(),
-                credit_bucket(c.hit_id),
-                c.goal_id,
-                c.hit_id,
-                0_i32,
-            ),
-        )
-        .await?;
-        self.exec(&st.delete_conversion, (&c.site, c.hit_id, c.goal_id))
-            .await?;
-        let (at, _) = split_time(c.at);
-        self.exec(
-            &st.delete_conversion_by_visitor,
-            (&c.site, &c.vid, at, c.hit_id, c.goal_id),
-        )
-        .await
     }
 
     /// Reads what the groups in `dirty` depend on. The order partitions of
@@ -501,7 +524,7 @@ impl CassandraStore {
         let regs = try_join_all(vids.iter().map(|vid| self.registered(site, vid))).await?;
         let regs: BTreeMap<&String, _> = vids.into_iter().zip(regs).collect();
         let mut removals: Vec<&Registered> = Vec::new();
-        let mut writes: Vec<(Conversion, Option<&Registered>)> = Vec::new();
+        let mut writes: Vec<Conversion> = Vec::new();
         for ((goal, vid), verdicts) in &decided {
             let members: BTreeMap<Uuid, &Stored> = group(snap, &(*goal, vid.clone()))
                 .into_iter()
@@ -529,14 +552,19 @@ impl CassandraStore {
                         if reg.is_some_and(|r| r.complete) && !own.contains(&(*hit, *goal)) {
                             out.recredited += 1;
                         }
-                        writes.push((c, reg));
+                        writes.push(c);
                     }
                 }
             }
         }
         out.displaced += removals.len() as u64;
-        try_join_all(removals.into_iter().map(|r| self.remove_conversion(r))).await?;
-        try_join_all(writes.iter().map(|(c, reg)| self.write_conversion(c, *reg))).await?;
+        try_join_all(
+            removals
+                .into_iter()
+                .map(|r| self.put_unit(&r.conversion, false)),
+        )
+        .await?;
+        try_join_all(writes.iter().map(|c| self.put_unit(c, true))).await?;
         Ok(())
     }
 
@@ -560,9 +588,11 @@ impl CassandraStore {
                 debug!(
                     site,
                     rounds = round,
-                    "Snapshot still changing; the writers changing it settle it."
+                    "Snapshot still changing; retrying later."
                 );
-                break;
+                return Err(StoreError::Unavailable(format!(
+                    "conversions of site {site} still changing after {round} settle rounds"
+                )));
             }
             self.act(site, &dirty, &snap, own, &mut out).await?;
             acted = Some(snap);
