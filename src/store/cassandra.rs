@@ -2058,6 +2058,78 @@ pub(crate) mod live {
             .is_empty());
     }
 
+    /// A conversion written and removed by two workers at once ends, row
+    /// by row, as one of the two units left it: registered, with its
+    /// per-hit row and every credit row, or none of them. Written as
+    /// separate statements (stop 19), a removal racing a write could leave
+    /// the per-hit row counted without a registration, which no later
+    /// settle finds.
+    #[tokio::test]
+    async fn a_write_and_a_removal_racing_leave_all_rows_or_none() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let cass = Arc::new(
+            CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
+                .await
+                .unwrap(),
+        );
+        let site = "s_t";
+        let (mut both, mut neither) = (0, 0);
+        for round in 0..64 {
+            let mut c = conversion(
+                site,
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                None,
+                &format!("v{round}"),
+            );
+            let half = Credit {
+                credit: 0.5,
+                ..c.credits[0].clone()
+            };
+            c.credits = vec![
+                half.clone(),
+                Credit {
+                    source: "google".into(),
+                    ..half
+                },
+            ];
+            let units: Vec<_> = [true, false]
+                .into_iter()
+                .map(|put| {
+                    let (cass, c) = (cass.clone(), c.clone());
+                    tokio::spawn(async move { cass.put_unit(&c, put).await })
+                })
+                .collect();
+            for u in units {
+                u.await.unwrap().unwrap();
+            }
+            let registered = cass
+                .registered(site, &c.vid)
+                .await
+                .unwrap()
+                .contains_key(&(c.hit_id, c.goal_id));
+            let by_hit = store
+                .conversions_for_hit(site, c.hit_id)
+                .await
+                .unwrap()
+                .len();
+            let day = c.at.date_naive();
+            let credits = store
+                .credit_rows(site, day, day, Some(c.goal_id))
+                .await
+                .unwrap()
+                .len();
+            match (registered, by_hit, credits) {
+                (true, 1, 2) => both += 1,
+                (false, 0, 0) => neither += 1,
+                state => panic!("round {round}: half a conversion left: {state:?}"),
+            }
+        }
+        eprintln!("units racing: the write won {both} times, the removal {neither}");
+    }
+
     #[tokio::test]
     async fn redelivery_after_a_crash_mid_write_completes_the_conversion_once() {
         let Some((store, _guard)) = cassandra_store().await else {
