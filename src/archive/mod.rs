@@ -3,7 +3,7 @@
 //! by Athena, Spark or DuckDB.
 //!
 //! An adapter only stores and lists opaque objects under relative keys;
-//! the object format and key layout live in [`format`], shared by every
+//! the object format and key layout live in [`format`](mod@format), shared by every
 //! adapter so `tally replay` reads any of them. A `put` returns only once
 //! the object is durable, and putting the same key again replaces it
 //! (never a second copy). Adapters: [`local::LocalArchive`] and

@@ -245,7 +245,7 @@ impl Marketing {
 /// A stamped, valid hit: what the queue carries and the archive keeps.
 ///
 /// On the wire it is one flat JSON object: the marketing fields sit beside
-/// the others. Read and written through [`HitWire`] / [`HitWireRef`]
+/// the others. Read and written through `HitWire` / `HitWireRef`
 /// rather than `#[serde(flatten)]`, whose reader buffers every field of
 /// every hit into an intermediate tree first (each consumer reads every
 /// hit, so that was most of their decoding time).

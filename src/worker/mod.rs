@@ -45,7 +45,7 @@ const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// what it holds, then `Closed`) is taken without lingering, so the batch
 /// in hand reaches the archive or the store instead of waiting in the
 /// queue for the next start; it stops once the queue is closed or idle
-/// for [`DRAIN_IDLE`]. The outer shutdown deadline bounds the whole drain.
+/// for `DRAIN_IDLE`. The outer shutdown deadline bounds the whole drain.
 pub async fn next_batch_or_stop(
     sub: &mut dyn Subscription,
     max: usize,
