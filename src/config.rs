@@ -108,6 +108,12 @@ pub struct Settings {
     /// HTTP worker threads (`WEB_CONCURRENCY`, which Heroku sets by dyno
     /// size); `None` lets actix-web use one per physical core.
     pub http_workers: Option<usize>,
+    /// The nice value (0-19) of the consumers' threads in `tally all`
+    /// (`CONSUMER_NICE`, default 19): there they share the cores with
+    /// `/collect`, and a hit's answer should not wait behind a batch being
+    /// counted. The queue holds what they have not reached yet. 0 runs
+    /// them beside the web threads as equals; `tally worker` always does.
+    pub consumer_nice: u8,
     /// What the HTTP edge trusts and limits.
     pub edge: EdgeSettings,
 }
@@ -165,6 +171,7 @@ impl Settings {
             log_format: LogFormat::Pretty,
             shutdown_grace: Duration::from_secs(25),
             http_workers: None,
+            consumer_nice: 19,
             edge: EdgeSettings::default(),
         }
     }
@@ -262,6 +269,16 @@ impl Settings {
                 });
             }
             s.http_workers = Some(n);
+        }
+        if let Some(v) = get("CONSUMER_NICE") {
+            s.consumer_nice = parse("CONSUMER_NICE", &v)?;
+            if s.consumer_nice > 19 {
+                return Err(ConfigError::Invalid {
+                    var: "CONSUMER_NICE",
+                    reason: "must be 0 to 19 (higher runs the consumers at a lower priority)"
+                        .into(),
+                });
+            }
         }
         if let Some(v) = get("TRUSTED_PROXY_HOPS") {
             s.edge.trusted_proxy_hops = parse("TRUSTED_PROXY_HOPS", &v)?;
@@ -415,6 +432,16 @@ mod tests {
             from(&[("WEB_CONCURRENCY", "3")]).unwrap().http_workers,
             Some(3)
         );
+    }
+
+    #[test]
+    fn consumer_nice_defaults_to_19_and_stays_within_nice_values() {
+        assert_eq!(from(&[]).unwrap().consumer_nice, 19);
+        assert_eq!(from(&[("CONSUMER_NICE", "0")]).unwrap().consumer_nice, 0);
+        for bad in ["20", "-1", "low"] {
+            let err = from(&[("CONSUMER_NICE", bad)]).unwrap_err().to_string();
+            assert!(err.contains("CONSUMER_NICE"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! compresses them without decoding a hit; the attributor decodes each
 //! line once. The only fields read on the way are a line's [`HitKey`] (id
 //! and `received_at`, which name and partition archive objects), parsed
-//! without allocating. A line is exactly what `serde_json` writes for a
+//! without allocating, once: the queue reads them to check a message and
+//! the lines keep them for the archiver. A line is exactly what `serde_json` writes for a
 //! [`Hit`]: compact JSON, so it never holds a raw newline.
 //!
 //! This module must never change a line's bytes once encoded: the archive
@@ -42,13 +43,25 @@ pub struct LineError {
     pub error: serde_json::Error,
 }
 
-/// NDJSON of hits with each line's end, and optionally each line's key.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// NDJSON of hits with each line's end, and the keys of the first lines
+/// as far as they are known (so a key read once, when the queue checks a
+/// message, is not read again by the archiver).
+#[derive(Debug, Clone, Default)]
 pub struct HitLines {
     /// Every line followed by `\n`.
     text: Vec<u8>,
     /// `ends[i]`: the offset just past line `i`'s newline.
     ends: Vec<usize>,
+    /// `keys[i]`: line `i`'s key, for the first `keys.len()` lines.
+    keys: Vec<HitKey>,
+}
+
+/// Lines are equal when their bytes are: which keys are known already is
+/// a cache, not part of the value.
+impl PartialEq for HitLines {
+    fn eq(&self, other: &HitLines) -> bool {
+        self.text == other.text && self.ends == other.ends
+    }
 }
 
 impl HitLines {
@@ -62,6 +75,7 @@ impl HitLines {
             // A stamped hit is about 300-500 bytes of JSON.
             text: Vec::with_capacity(hits.len() * 512),
             ends: Vec::with_capacity(hits.len()),
+            keys: Vec::with_capacity(hits.len()),
         };
         for hit in hits {
             lines.push(hit)?;
@@ -77,6 +91,12 @@ impl HitLines {
             return Err(e);
         }
         self.text.push(b'\n');
+        if self.keys.len() == self.ends.len() {
+            self.keys.push(HitKey {
+                id: hit.id,
+                received_at: hit.received_at,
+            });
+        }
         self.ends.push(self.text.len());
         Ok(())
     }
@@ -110,7 +130,11 @@ impl HitLines {
         if range.is_empty() {
             return;
         }
-        let _ = self.extend_ndjson(other.ndjson(range));
+        let keyed = self.keys.len() == self.ends.len() && range.end <= other.keys.len();
+        let _ = self.extend_ndjson(other.ndjson(range.clone()));
+        if keyed {
+            self.keys.extend_from_slice(&other.keys[range]);
+        }
     }
 
     /// Keeps the first `n` lines.
@@ -118,6 +142,7 @@ impl HitLines {
         if n < self.len() {
             self.text.truncate(self.start(n));
             self.ends.truncate(n);
+            self.keys.truncate(n);
         }
     }
 
@@ -170,29 +195,45 @@ impl HitLines {
         (0..self.len()).map(|i| self.decode_line(i)).collect()
     }
 
-    /// Checks that lines `range` are hits as far as their keys go (see
-    /// [`HitLines::keys`]), without collecting them.
-    pub fn check_keys(&self, range: Range<usize>) -> Result<(), LineError> {
+    /// Reads line `i`'s key. Reading a key checks the whole line is JSON
+    /// but builds nothing besides the id and the time.
+    fn read_key(&self, i: usize) -> Result<HitKey, LineError> {
+        serde_json::from_slice::<KeyWire>(self.line(i))
+            .map(|k| HitKey {
+                id: k.id,
+                received_at: k.received_at,
+            })
+            .map_err(|error| LineError { index: i, error })
+    }
+
+    /// Checks that lines `range` are hits as far as their keys go, and
+    /// keeps the keys read when they extend the known ones (as they do
+    /// when the queue checks the lines it just appended).
+    pub fn check_keys(&mut self, range: Range<usize>) -> Result<(), LineError> {
+        let keep = range.start <= self.keys.len();
         for i in range {
-            serde_json::from_slice::<KeyWire>(self.line(i))
-                .map_err(|error| LineError { index: i, error })?;
+            let key = self.read_key(i)?;
+            if keep && i == self.keys.len() {
+                self.keys.push(key);
+            }
         }
         Ok(())
     }
 
-    /// Each line's key. Reading a key checks the whole line is JSON but
-    /// builds nothing besides the id and the time.
+    /// Each line's key: those already known, the rest read now (see
+    /// [`HitLines::check_keys`]).
     pub fn keys(&self) -> Result<Vec<HitKey>, LineError> {
-        (0..self.len())
-            .map(|i| {
-                serde_json::from_slice::<KeyWire>(self.line(i))
-                    .map(|k| HitKey {
-                        id: k.id,
-                        received_at: k.received_at,
-                    })
-                    .map_err(|error| LineError { index: i, error })
-            })
-            .collect()
+        let mut keys = Vec::with_capacity(self.len());
+        keys.extend_from_slice(&self.keys);
+        for i in self.keys.len()..self.len() {
+            keys.push(self.read_key(i)?);
+        }
+        Ok(keys)
+    }
+
+    /// How many lines' keys are known without reading them.
+    pub fn known_keys(&self) -> usize {
+        self.keys.len()
     }
 }
 
@@ -237,6 +278,38 @@ mod tests {
         let whole = lines.as_ndjson();
         assert_eq!(back.extend_ndjson(&whole[..whole.len() - 1]), None);
         assert_eq!(back.len(), 4);
+    }
+
+    #[test]
+    fn keys_are_read_once_and_kept_through_copies() {
+        let hits = test_hits(4, "r-4");
+        let lines = HitLines::encode(&hits).unwrap();
+        assert_eq!(lines.known_keys(), 4, "encoding knows every key");
+        let want = lines.keys().unwrap();
+        // Read back as the queue does: appended bytes, then checked.
+        let mut back = HitLines::new();
+        back.extend_ndjson(lines.as_ndjson()).unwrap();
+        assert_eq!(back.known_keys(), 0);
+        back.check_keys(0..2).unwrap();
+        assert_eq!(back.known_keys(), 2);
+        back.check_keys(2..4).unwrap();
+        assert_eq!(back.known_keys(), 4);
+        assert_eq!(back.keys().unwrap(), want);
+        // A gap is not filled out of order, and copies keep what is known.
+        let mut gap = HitLines::new();
+        gap.extend_ndjson(lines.as_ndjson()).unwrap();
+        gap.check_keys(1..4).unwrap();
+        assert_eq!(gap.known_keys(), 0);
+        assert_eq!(gap.keys().unwrap(), want);
+        let mut copy = HitLines::new();
+        copy.extend_from(&back, 1..3);
+        assert_eq!(copy.known_keys(), 2);
+        copy.extend_from(&gap, 3..4);
+        assert_eq!(copy.known_keys(), 2);
+        assert_eq!(copy.keys().unwrap(), want[1..4]);
+        copy.truncate(1);
+        assert_eq!(copy.known_keys(), 1);
+        assert_eq!(copy.keys().unwrap(), want[1..2]);
     }
 
     #[test]

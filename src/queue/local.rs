@@ -160,18 +160,26 @@ impl Shared {
             .min()
             .unwrap_or(0);
         self.min_acked.fetch_max(min_acked, Ordering::AcqRel);
-        let mut segments = lock(&self.segments);
-        // A segment ends where the next begins; the last one is active.
-        while segments.len() > 1 && segments[1] <= min_acked {
-            let start = segments[0];
-            let path = segment_path(&self.dir, start);
-            match fs::remove_file(&path) {
+        // Taken off the list first and deleted after the lock is released:
+        // the writer takes this lock to start a segment, and a consumer
+        // (which may run at a low priority) must not hold it across
+        // syscalls. A file left by a failed delete is found at the next open.
+        let consumed: Vec<u64> = {
+            let mut segments = lock(&self.segments);
+            // A segment ends where the next begins; the last one is active.
+            let n = segments
+                .partition_point(|&s| s <= min_acked)
+                .saturating_sub(1);
+            let n = n.min(segments.len().saturating_sub(1));
+            segments.drain(..n).collect()
+        };
+        for start in consumed {
+            match fs::remove_file(segment_path(&self.dir, start)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
             debug!(segment = start, "Deleted a fully consumed queue segment.");
-            segments.remove(0);
         }
         Ok(())
     }
