@@ -289,10 +289,10 @@ impl Application {
 
 /// A runtime whose threads (workers and blocking pool alike: SQLite
 /// batches, queue reads, archive writes) run at nice `nice`, for the
-/// consumers of `tally all`. Under load the kernel then runs `/collect`
-/// first and counts in the gaps; the durable queue holds the difference.
-/// Measured pinned to one core (GET pixel, 64 connections): p99 9.0 ms
-/// and 31k hits/s with equal priority, 6.5 ms and 38k/s at nice 19.
+/// consumers of `tally all` when `CONSUMER_NICE` asks for it. Under load
+/// the kernel then runs `/collect` first and counts in the gaps; the
+/// durable queue holds the difference (see `Settings::consumer_nice` for
+/// what that costs).
 fn consumer_runtime(nice: u8) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name("tally-consumer")

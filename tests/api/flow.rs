@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, today};
+use crate::helpers::{spawn_app, spawn_app_with, today};
 
 #[tokio::test]
 async fn ad_click_then_signup_is_one_conversion_credited_to_the_campaign() {
@@ -43,6 +43,28 @@ async fn ad_click_then_signup_is_one_conversion_credited_to_the_campaign() {
     assert_eq!(explained["touchpoints"][0]["source"], "google");
     assert_eq!(explained["touchpoints"][0]["medium"], "cpc");
     assert_eq!(explained["touchpoints"][0]["credit"], 1.0);
+}
+
+/// `CONSUMER_NICE`: the consumers on their own runtime at a lower
+/// priority still count everything, and stop with the app.
+#[tokio::test]
+async fn consumers_at_a_lower_priority_still_count_and_stop_with_the_app() {
+    let app = spawn_app_with(|s| s.consumer_nice = 19).await;
+    app.create_goal(json!({"match": {"event": "signup"}, "value": 7}))
+        .await;
+    app.collect_ok(&app.pageview("https://shop.example/?utm_source=news", "n1"))
+        .await;
+    app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "signup", "vid": "n1"}))
+        .await;
+    let report = app.wait_for_conversions("source", 1.0).await;
+    assert_eq!(
+        report["rows"],
+        json!([{"source": "news", "clicks": 1, "conversions": 1.0, "value": 7.0}])
+    );
+    let archived = app.wait_for_metric("tally_archived_hits_total", 2.0).await;
+    assert_eq!(archived, 2.0);
+    // Shutdown joins the consumers on their runtime and returns.
+    app.stop().await;
 }
 
 #[tokio::test]
