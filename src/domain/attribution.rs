@@ -17,6 +17,34 @@ pub const TIME_DECAY_HALF_LIFE_DAYS: f64 = 7.0;
 /// Shares of the first and the last touchpoint under `position_based`.
 pub const POSITION_ENDS: f64 = 0.4;
 pub const DIRECT: &str = "(direct)";
+/// Most touchpoints one conversion is credited to: the first in its window
+/// and the latest ones. A longer path loses touchpoints from its middle
+/// (under `linear` each would get less than 1/20 anyway). The bound keeps
+/// every conversion's rows small enough to be written as one unit: on
+/// Cassandra one logged batch, which the server refuses past its
+/// `batch_size_fail_threshold` (50 KiB by default). Measured on Cassandra
+/// 5.0 with the largest conversion a hit can make (visitor and order ids
+/// of 2,048 bytes, every label at [`MAX_DIMENSION_BYTES`]): written when
+/// credited to 24 touchpoints, refused at 28 (each credit is in the unit
+/// three times: a credit row and two JSON bodies).
+pub const MAX_CREDITED: usize = 20;
+/// Longest source, medium, campaign or ad a touchpoint keeps, in bytes
+/// (cut at a character boundary). Google Analytics cuts parameter values
+/// at 100 characters; a utm value is a label, and an unbounded one would
+/// multiply into every credit row of every conversion it earns.
+pub const MAX_DIMENSION_BYTES: usize = 100;
+
+/// `s` cut to at most [`MAX_DIMENSION_BYTES`], at a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_DIMENSION_BYTES {
+        let mut end = MAX_DIMENSION_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,10 +105,10 @@ impl Touchpoint {
             site: hit.site.clone(),
             vid: hit.vid.clone(),
             at: hit.received_at,
-            source: m.source().unwrap_or_else(|| "(not set)".to_owned()),
-            medium: m.medium(),
-            campaign: m.utm_campaign.clone(),
-            ad: m.ad(),
+            source: bounded(m.source().unwrap_or_else(|| "(not set)".to_owned())),
+            medium: m.medium().map(bounded),
+            campaign: m.utm_campaign.clone().map(bounded),
+            ad: m.ad().map(bounded),
             click_id: m
                 .first_click_id()
                 .map(|(param, _, v)| (param.to_owned(), v.clone())),
@@ -225,6 +253,10 @@ fn split(c: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit>
     // Order by time, then id, so ties resolve the same way on every run.
     window.sort_by_key(|t| (t.at, t.hit_id));
     window.dedup_by_key(|t| t.hit_id);
+    if window.len() > MAX_CREDITED {
+        // The first and the latest MAX_CREDITED - 1.
+        window.drain(1..window.len() - (MAX_CREDITED - 1));
+    }
 
     if window.is_empty() {
         return vec![Credit {
@@ -317,6 +349,61 @@ mod tests {
             ad: None,
             click_id: None,
         }
+    }
+
+    #[test]
+    fn a_long_path_is_credited_to_its_first_and_latest_touchpoints() {
+        let path: Vec<Touchpoint> = (0..120)
+            .map(|i| tp(&format!("s{i}"), f64::from(120 - i) / 24.0))
+            .collect();
+        for model in ALL_MODELS {
+            let c = attribute(&goal(model, 30), &conversion_hit(t0()), &path);
+            let credited: Vec<Option<Uuid>> = c.credits.iter().map(|c| c.touchpoint).collect();
+            assert!(credited.len() <= MAX_CREDITED, "{model:?}");
+            let total: f64 = c.credits.iter().map(|c| c.credit).sum();
+            assert!((total - 1.0).abs() < 1e-9, "{model:?}: {total}");
+            // Every credited touchpoint is the first or one of the latest.
+            let kept: Vec<Uuid> = std::iter::once(path[0].hit_id)
+                .chain(path[120 - (MAX_CREDITED - 1)..].iter().map(|t| t.hit_id))
+                .collect();
+            assert!(credited
+                .iter()
+                .all(|t| t.is_some_and(|t| kept.contains(&t))));
+        }
+        let linear = attribute(&goal(Model::Linear, 30), &conversion_hit(t0()), &path);
+        assert_eq!(linear.credits.len(), MAX_CREDITED);
+        assert_eq!(linear.credits[0].touchpoint, Some(path[0].hit_id));
+        assert_eq!(
+            linear.credits[MAX_CREDITED - 1].touchpoint,
+            Some(path[119].hit_id)
+        );
+        let first = attribute(&goal(Model::FirstClick, 30), &conversion_hit(t0()), &path);
+        assert_eq!(first.credits[0].touchpoint, Some(path[0].hit_id));
+    }
+
+    #[test]
+    fn touchpoint_labels_are_cut_at_a_character_boundary() {
+        let long = format!("{}é{}", "a".repeat(99), "b".repeat(300));
+        let raw = RawHit {
+            site: Some("s_1".into()),
+            url: Some(format!(
+                "https://shop.example/?utm_source={long}&utm_campaign=short&utm_medium={long}"
+            )),
+            vid: Some("v1".into()),
+            ..Default::default()
+        };
+        let stamp = Stamp {
+            received_at: t0(),
+            user_agent: None,
+            ip: None,
+            request_id: None,
+            keep_full_ip: false,
+        };
+        let t = Touchpoint::from_hit(&Hit::stamp(raw, &stamp).unwrap()).unwrap();
+        // 99 bytes, then a 2-byte character that would end at byte 101.
+        assert_eq!(t.source, "a".repeat(99));
+        assert_eq!(t.medium.as_deref(), Some("a".repeat(99).as_str()));
+        assert_eq!(t.campaign.as_deref(), Some("short"));
     }
 
     fn shares(c: &Conversion) -> Vec<(String, f64)> {

@@ -21,6 +21,8 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use uuid::Uuid;
 
 use super::{Candidate, DuplicateReason, Recorded, Store};
+use crate::domain::attribution::{MAX_CREDITED, MAX_DIMENSION_BYTES};
+use crate::domain::hit::MAX_FIELD_LEN;
 use crate::domain::{
     credit_split, ApiKey, Conversion, Credit, Goal, GoalDraft, Model, Site, Touchpoint,
 };
@@ -52,6 +54,7 @@ macro_rules! store_conformance_tests {
             daily_salt_is_shared_and_earlier_days_are_deleted,
             clicks_are_counted_per_day_and_keys_once_per_hit,
             converted_hits_are_the_range_newest_first,
+            a_long_path_of_long_labels_is_counted_in_full,
         );
     };
     // Earliest-wins dedup (a later-processed, earlier hit takes the order
@@ -905,4 +908,56 @@ pub async fn converted_hits_are_the_range_newest_first(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(one, vec![newer.hit_id]);
+}
+
+/// The largest conversion a hit can make: a visitor id and an order id
+/// as long as a hit may carry, credited (linear) over a path longer than
+/// [`MAX_CREDITED`] whose labels are all as long as a touchpoint keeps
+/// them. It is counted, with every credit row, and explained in full (on
+/// Cassandra its unit is one logged batch, which the server refuses past
+/// 50 KiB: with [`MAX_CREDITED`] at 28 or more this case failed there
+/// with "Batch too large").
+pub async fn a_long_path_of_long_labels_is_counted_in_full(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let vid = "v".repeat(MAX_FIELD_LEN);
+    let label = |i: usize, what: &str| {
+        let s = format!("{what}-{i}-");
+        format!("{s}{}", "x".repeat(MAX_DIMENSION_BYTES - s.len()))
+    };
+    let path: Vec<Touchpoint> = (0..120)
+        .map(|i| Touchpoint {
+            medium: Some(label(i, "medium")),
+            campaign: Some(label(i, "campaign")),
+            ad: Some(label(i, "ad")),
+            ..touchpoint(
+                &site.key,
+                &vid,
+                t0() - Duration::minutes(200 - i as i64),
+                &label(i, "source"),
+            )
+        })
+        .collect();
+    store.record_batch(&path, &[]).await.unwrap();
+    let mut c = with_order(
+        conversion(&site.key, Uuid::now_v7(), &vid, t0()),
+        &"o".repeat(MAX_FIELD_LEN),
+    );
+    c.model = Model::Linear;
+    assert_eq!(record(&store, &c, false).await, INSERTED);
+    let explained = store
+        .conversions_for_hit(&site.key, c.hit_id)
+        .await
+        .unwrap();
+    assert_eq!(explained.len(), 1);
+    let credits = &explained[0].credits;
+    assert_eq!(credits.len(), MAX_CREDITED);
+    assert_eq!(credits[0].touchpoint, Some(path[0].hit_id));
+    assert_eq!(credits[MAX_CREDITED - 1].touchpoint, Some(path[119].hit_id));
+    assert_eq!(credits[1].source, label(120 - (MAX_CREDITED - 1), "source"));
+    let day = t0().date_naive();
+    let rows = store
+        .credit_rows(&site.key, day, day, Some(c.goal_id))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), MAX_CREDITED);
 }

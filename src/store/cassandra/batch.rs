@@ -51,14 +51,16 @@
 //! apply, and its size grows with the touchpoints a conversion is credited
 //! to (each adds a credit to two JSON bodies and a credit row): past
 //! `batch_size_warn_threshold` (5 KiB by default) the server logs a
-//! warning; past `batch_size_fail_threshold` (50 KiB) it refuses the unit
-//! and the hit is dead-lettered with the reason. Measured on Cassandra
-//! 5.0 with typical utm values (about 190 bytes of body per credit): a
-//! conversion credited to 80 touchpoints was written, one credited to 100
-//! refused; only a visitor with about 100 ad clicks inside one conversion
-//! window gets there. Writing
-//! each unit's statements with one client-chosen timestamp would lift the
-//! limit; not done yet.
+//! warning; past `batch_size_fail_threshold` (50 KiB) it refuses the
+//! unit. The domain bounds what a unit can hold: at most
+//! [`MAX_CREDITED`](crate::domain::attribution::MAX_CREDITED) credits,
+//! labels of at most
+//! [`MAX_DIMENSION_BYTES`](crate::domain::attribution::MAX_DIMENSION_BYTES),
+//! and the conformance case `a_long_path_of_long_labels_is_counted_in_full`
+//! writes the largest unit a hit can make (measured: written at 24
+//! credits, refused at 28). A cluster whose fail threshold is set below
+//! the default can still refuse one; the hit is then dead-lettered with
+//! the server's reason.
 //!
 //! # Why the result is the full set's decision
 //!
