@@ -67,6 +67,64 @@ async fn consumers_at_a_lower_priority_still_count_and_stop_with_the_app() {
     app.stop().await;
 }
 
+/// A visitor's 25 ad clicks before a signup: the conversion is credited
+/// to the first and the 19 latest (at most 20), and a 300-byte utm value
+/// is kept as its first 100 bytes, in the explain view and the report.
+#[tokio::test]
+async fn a_long_path_is_credited_to_twenty_touchpoints_with_labels_cut_to_100_bytes() {
+    let app = spawn_app().await;
+    app.create_goal(json!({"match": {"event": "signup"}, "value": 20, "model": "linear"}))
+        .await;
+    let long = "x".repeat(300);
+    for i in 0..25 {
+        app.collect_ok(&app.pageview(
+            &format!("https://shop.example/?utm_source={long}&utm_campaign=c{i}"),
+            "path",
+        ))
+        .await;
+    }
+    let signup = app
+        .collect_ok(
+            &json!({"site": app.site_key, "type": "event", "name": "signup", "vid": "path"}),
+        )
+        .await;
+    let report = app.wait_for_conversions("campaign", 1.0).await;
+    let explained: serde_json::Value = app
+        .api(Method::GET, &format!("/api/v1/conversions/{}", signup[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let touchpoints = explained["touchpoints"].as_array().unwrap();
+    let campaigns: Vec<&str> = touchpoints
+        .iter()
+        .map(|t| t["campaign"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = std::iter::once(0)
+        .chain(6..25)
+        .map(|i| format!("c{i}"))
+        .collect();
+    assert_eq!(campaigns, want);
+    assert!(touchpoints
+        .iter()
+        .all(|t| t["source"] == "x".repeat(100) && t["credit"] == 0.05));
+    // Credited campaigns split the one conversion; c1-c5 keep their clicks.
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 25);
+    for row in rows {
+        let credited = want.iter().any(|c| row["campaign"] == c.as_str());
+        let share = if credited { 0.05 } else { 0.0 };
+        assert_eq!(row["clicks"], 1, "{row}");
+        assert!(
+            (row["conversions"].as_f64().unwrap() - share).abs() < 1e-9,
+            "{row}"
+        );
+    }
+    assert_eq!(report["total"]["conversions"], 1.0);
+}
+
 #[tokio::test]
 async fn group_by_day_goal_medium_and_ad_and_goal_filter() {
     let app = spawn_app().await;
