@@ -2130,6 +2130,50 @@ pub(crate) mod live {
         eprintln!("units racing: the write won {both} times, the removal {neither}");
     }
 
+    /// A conversion counted before schema 5 has no stored candidate, so
+    /// earliest-wins cannot see it: an earlier hit with its order id
+    /// counts beside it. Replaying its hit (`tally replay`) stores the
+    /// candidate, and the order goes to the earliest hit alone.
+    #[tokio::test]
+    async fn a_conversion_counted_before_schema_5_joins_earliest_wins_once_replayed() {
+        let Some((store, _guard)) = cassandra_store().await else {
+            return;
+        };
+        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let goal = Uuid::now_v7();
+        let mut late = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-late");
+        let mut early = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-early");
+        early.at = late.at - chrono::Duration::hours(1);
+        // What schema 4 left: the conversion's rows, no candidate.
+        cass.put_unit(&late, true).await.unwrap();
+        let day = late.at.date_naive();
+        let counted = || async {
+            let mut hits: Vec<Uuid> = Vec::new();
+            for h in [early.hit_id, late.hit_id] {
+                if !store
+                    .conversions_for_hit("s_t", h)
+                    .await
+                    .unwrap()
+                    .is_empty()
+                {
+                    hits.push(h);
+                }
+            }
+            let rows = store.credit_rows("s_t", early.at.date_naive(), day, Some(goal));
+            (hits, rows.await.unwrap().len())
+        };
+        assert_eq!(rec(&store, &early, false).await, Recorded::Inserted);
+        assert_eq!(counted().await, (vec![early.hit_id, late.hit_id], 2));
+        // The replay of the late hit.
+        assert_eq!(
+            rec(&store, &late, false).await,
+            Recorded::Duplicate(DuplicateReason::OrderId)
+        );
+        assert_eq!(counted().await, (vec![early.hit_id], 1));
+    }
+
     #[tokio::test]
     async fn redelivery_after_a_crash_mid_write_completes_the_conversion_once() {
         let Some((store, _guard)) = cassandra_store().await else {

@@ -94,7 +94,8 @@
 //! one): the next settle of its group rewrites or removes it as a unit.
 //! A registered conversion without a stored candidate predates schema 5
 //! (first-processed-wins claims): it is left as it is, neither displaced
-//! nor re-credited. This module must never take a lightweight transaction.
+//! nor re-credited, until its hit comes again (`tally replay` over its
+//! day), which stores its candidate like any other. This module must never take a lightweight transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
