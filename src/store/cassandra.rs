@@ -2143,7 +2143,7 @@ pub(crate) mod live {
             .await
             .unwrap();
         let goal = Uuid::now_v7();
-        let mut late = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-late");
+        let late = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-late");
         let mut early = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-early");
         early.at = late.at - chrono::Duration::hours(1);
         // What schema 4 left: the conversion's rows, no candidate.
