@@ -179,8 +179,8 @@ impl Application {
         } = self;
         let workers_stop = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
-        // In `tally all` the consumers get their own runtime at a lower
-        // priority; elsewhere they run on this one.
+        // With `CONSUMER_NICE` above 0, `tally all`'s consumers get their
+        // own runtime at that priority; otherwise they run on this one.
         let consumer_runtime = match role {
             Role::All if settings.consumer_nice > 0 => {
                 Some(consumer_runtime(settings.consumer_nice)?)

@@ -35,15 +35,8 @@ pub const MAX_CREDITED: usize = 20;
 pub const MAX_DIMENSION_BYTES: usize = 100;
 
 /// `s` cut to at most [`MAX_DIMENSION_BYTES`], at a character boundary.
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_DIMENSION_BYTES {
-        let mut end = MAX_DIMENSION_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
+fn bounded(s: String) -> String {
+    super::hit::cut_to(s, MAX_DIMENSION_BYTES)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -495,9 +495,14 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> HitError {
     }
 }
 
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_FIELD_LEN {
-        let mut end = MAX_FIELD_LEN;
+fn truncate(s: String) -> String {
+    cut_to(s, MAX_FIELD_LEN)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut_to(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }

@@ -166,11 +166,12 @@ impl Shared {
         // syscalls. A file left by a failed delete is found at the next open.
         let consumed: Vec<u64> = {
             let mut segments = lock(&self.segments);
-            // A segment ends where the next begins; the last one is active.
+            // A segment ends where the next begins, so all but the last
+            // one starting at or before `min_acked` are consumed; the last
+            // segment of all is active and never among them.
             let n = segments
                 .partition_point(|&s| s <= min_acked)
                 .saturating_sub(1);
-            let n = n.min(segments.len().saturating_sub(1));
             segments.drain(..n).collect()
         };
         for start in consumed {

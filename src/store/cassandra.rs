@@ -1846,6 +1846,16 @@ pub(crate) mod live {
         settings: CassandraSettings,
     }
 
+    impl KeyspaceGuard {
+        /// Another store on the test's keyspace, to play a second worker
+        /// (or a crashed one) with the adapter's own methods.
+        pub async fn second_handle(&self) -> CassandraStore {
+            CassandraStore::connect(&self.settings, Arc::new(Metrics::new()))
+                .await
+                .expect("a second handle on the test keyspace")
+        }
+    }
+
     impl Drop for KeyspaceGuard {
         fn drop(&mut self) {
             let settings = self.settings.clone();
@@ -2069,11 +2079,7 @@ pub(crate) mod live {
         let Some((store, _guard)) = cassandra_store().await else {
             return;
         };
-        let cass = Arc::new(
-            CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
-                .await
-                .unwrap(),
-        );
+        let cass = Arc::new(_guard.second_handle().await);
         let site = "s_t";
         let (mut both, mut neither) = (0, 0);
         for round in 0..64 {
@@ -2139,9 +2145,7 @@ pub(crate) mod live {
         let Some((store, _guard)) = cassandra_store().await else {
             return;
         };
-        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
-            .await
-            .unwrap();
+        let cass = _guard.second_handle().await;
         let goal = Uuid::now_v7();
         let late = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-late");
         let mut early = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-early");
@@ -2180,9 +2184,7 @@ pub(crate) mod live {
             return;
         };
         // A second handle on the same keyspace, to play the crashed delivery.
-        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
-            .await
-            .unwrap();
+        let cass = _guard.second_handle().await;
         let c = conversion("s_t", Uuid::now_v7(), Uuid::now_v7(), Some("o-9"), "v1");
         let cand = Candidate {
             conversion: c.clone(),
@@ -2220,9 +2222,7 @@ pub(crate) mod live {
         let Some((store, _guard)) = cassandra_store().await else {
             return;
         };
-        let cass = CassandraStore::connect(&_guard.settings, Arc::new(Metrics::new()))
-            .await
-            .unwrap();
+        let cass = _guard.second_handle().await;
         let (site, goal) = ("s_t", Uuid::now_v7());
         let mut late = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
         late.at += chrono::Duration::minutes(5);

@@ -280,14 +280,7 @@ async fn recent_conversions_are_listed_newest_first_with_their_path() {
     app.wait_for_conversions("source", 1.0).await;
     landing_then_signup(&app, "v2", "fbclid=f1").await;
     app.wait_for_conversions("source", 2.0).await;
-    let body: Value = app
-        .api(Method::GET, "/api/v1/conversions/recent?limit=10")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_json("/api/v1/conversions/recent?limit=10").await;
     let list = body["conversions"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{body}");
     assert_eq!(list[0]["touchpoints"][0]["source"], "facebook");
@@ -325,14 +318,7 @@ async fn a_draft_goal_is_previewed_on_recent_hits_without_being_saved() {
     };
     assert_eq!(preview["of"], 3, "{preview}");
     assert_eq!(preview["matched"], 2, "{preview}");
-    let goals: Value = app
-        .api(Method::GET, "/api/v1/goals")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let goals: Value = app.get_json("/api/v1/goals").await;
     assert_eq!(goals, json!([]));
     let bad = app
         .api(Method::POST, "/api/v1/goals/preview")

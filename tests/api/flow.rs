@@ -31,13 +31,8 @@ async fn ad_click_then_signup_is_one_conversion_credited_to_the_campaign() {
     );
 
     let explained: serde_json::Value = app
-        .api(Method::GET, &format!("/api/v1/conversions/{}", first[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/conversions/{}", first[0]))
+        .await;
     assert_eq!(explained["value"], 49.0);
     assert_eq!(explained["model"], "last_click");
     assert_eq!(explained["touchpoints"][0]["source"], "google");
@@ -90,13 +85,8 @@ async fn a_long_path_is_credited_to_twenty_touchpoints_with_labels_cut_to_100_by
         .await;
     let report = app.wait_for_conversions("campaign", 1.0).await;
     let explained: serde_json::Value = app
-        .api(Method::GET, &format!("/api/v1/conversions/{}", signup[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/conversions/{}", signup[0]))
+        .await;
     let touchpoints = explained["touchpoints"].as_array().unwrap();
     let campaigns: Vec<&str> = touchpoints
         .iter()

@@ -15,14 +15,7 @@ async fn goal_crud_round_trip() {
     assert_eq!(goal["model"], "last_click");
     assert_eq!(goal["window_days"], 30);
     assert_eq!(goal["count"], "every");
-    let list: serde_json::Value = app
-        .api(Method::GET, "/api/v1/goals")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.get_json("/api/v1/goals").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     let res = app
         .api(Method::PUT, &format!("/api/v1/goals/{id}"))
@@ -31,14 +24,7 @@ async fn goal_crud_round_trip() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let got: serde_json::Value = app
-        .api(Method::GET, &format!("/api/v1/goals/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: serde_json::Value = app.get_json(&format!("/api/v1/goals/{id}")).await;
     assert_eq!(got["name"], "Thanks page");
     assert_eq!(got["match"]["op"], "prefix");
     assert_eq!(got["model"], "linear");

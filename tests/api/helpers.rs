@@ -148,6 +148,18 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// `GET path` with the site's API key, its body as JSON (whatever the
+    /// status: callers assert on the body).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.api(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Polls the report (today, with `group_by`) until `total.conversions`
     /// reaches `want` or the deadline passes; returns the last report.
     pub async fn wait_for_conversions(&self, group_by: &str, want: f64) -> Value {
