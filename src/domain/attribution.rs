@@ -39,7 +39,9 @@ fn bounded(s: String) -> String {
     super::hit::cut_to(s, MAX_DIMENSION_BYTES)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Model {
     #[default]
@@ -239,9 +241,27 @@ pub fn recredit(conversion: &Conversion, model: Model, candidates: &[Touchpoint]
     split(conversion, model, candidates)
 }
 
-/// The split of `c` under `model` over the touchpoints in its window.
+/// The split of `c` under `model` over the touchpoints in its window:
+/// the steps of its path that earn something.
 fn split(c: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit> {
-    let at = c.at;
+    let mut credits = credits_from_path(c.at, model, &window_steps(c, candidates));
+    credits.retain(|cr| cr.credit > 0.0);
+    credits
+}
+
+/// A conversion's path: the touchpoints in its window that can earn
+/// credit (the first and the latest, at most [`MAX_CREDITED`]), oldest
+/// first, each with its credit under `c.model`, zero included when the
+/// model gives it nothing; or the one `(direct)` step when the window is
+/// empty. Stores keep the path rather than one model's split, so the
+/// credits under every model ([`credits_from_path`]) follow from what they
+/// hold.
+pub fn window_path(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
+    credits_from_path(c.at, c.model, &window_steps(c, candidates))
+}
+
+/// The path's steps with no credit yet (see [`window_path`]).
+fn window_steps(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
     let mut window: Vec<&Touchpoint> = candidates.iter().filter(|t| c.is_credited_by(t)).collect();
     // Order by time, then id, so ties resolve the same way on every run.
     window.sort_by_key(|t| (t.at, t.hit_id));
@@ -250,7 +270,6 @@ fn split(c: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit>
         // The first and the latest MAX_CREDITED - 1.
         window.drain(1..window.len() - (MAX_CREDITED - 1));
     }
-
     if window.is_empty() {
         return vec![Credit {
             touchpoint: None,
@@ -262,24 +281,58 @@ fn split(c: &Conversion, model: Model, candidates: &[Touchpoint]) -> Vec<Credit>
             credit: 1.0,
         }];
     }
-    let ages: Vec<f64> = window
-        .iter()
-        .map(|t| (at - t.at).num_milliseconds() as f64 / 86_400_000.0)
-        .collect();
     window
         .iter()
-        .zip(weights(model, &ages))
-        .filter(|(_, w)| *w > 0.0)
-        .map(|(t, w)| Credit {
+        .map(|t| Credit {
             touchpoint: Some(t.hit_id),
             source: t.source.clone(),
             medium: t.medium.clone(),
             campaign: t.campaign.clone(),
             ad: t.ad.clone(),
             at: Some(t.at),
-            credit: w,
+            credit: 0.0,
         })
         .collect()
+}
+
+/// The credits of a conversion made at `at` under `model`, from its path
+/// as [`window_path`] built it (the credits the path carries are ignored).
+/// One step per path step, in time order, zero-credit steps kept. A
+/// `(direct)` path (no touchpoint) is always credited 1.
+pub fn credits_from_path(at: DateTime<Utc>, model: Model, path: &[Credit]) -> Vec<Credit> {
+    let mut steps: Vec<Credit> = path.to_vec();
+    if steps.iter().all(|s| s.touchpoint.is_none()) {
+        steps.truncate(1);
+        if let Some(s) = steps.first_mut() {
+            s.credit = 1.0;
+        }
+        return steps;
+    }
+    steps.retain(|s| s.touchpoint.is_some());
+    steps.sort_by_key(|s| (s.at, s.touchpoint));
+    let ages: Vec<f64> = steps
+        .iter()
+        .map(|s| {
+            s.at.map_or(0.0, |t| (at - t).num_milliseconds() as f64 / 86_400_000.0)
+        })
+        .collect();
+    for (s, w) in steps.iter_mut().zip(weights(model, &ages)) {
+        s.credit = w;
+    }
+    steps
+}
+
+impl Conversion {
+    /// This conversion with its credits under `model`, derived from the
+    /// path the store keeps in `credits`; steps that earn nothing under
+    /// `model` are left out (what explain shows).
+    pub fn under(mut self, model: Model) -> Conversion {
+        let mut credits = credits_from_path(self.at, model, &self.credits);
+        credits.retain(|cr| cr.credit > 0.0);
+        self.credits = credits;
+        self.model = model;
+        self
+    }
 }
 
 /// Every model, in the order the API and dashboard show them.

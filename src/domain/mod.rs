@@ -9,9 +9,12 @@ pub mod goal;
 pub mod hit;
 pub mod hit_lines;
 pub mod report;
+pub mod rollup;
 pub mod site;
 
-pub use attribution::{attribute, credit_split, Conversion, Credit, Model, Touchpoint};
+pub use attribution::{
+    attribute, credit_split, credits_from_path, window_path, Conversion, Credit, Model, Touchpoint,
+};
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, GoalSet, UrlOp};
 pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp, VisitorSalt};
 pub use hit_lines::{HitKey, HitLines, LineError};

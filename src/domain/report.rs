@@ -10,6 +10,8 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::{Goal, Model};
+
 /// Longest range one report may span; keeps a report's scan bounded.
 pub const MAX_REPORT_DAYS: i64 = 366;
 
@@ -81,6 +83,220 @@ pub struct ReportQuery {
     pub to: NaiveDate,
     pub goal: Option<Uuid>,
     pub group_by: Vec<GroupKey>,
+    /// Credit every conversion under this model; `None`: each goal's own.
+    pub model: Option<Model>,
+}
+
+impl ReportQuery {
+    fn has(&self, key: GroupKey) -> bool {
+        self.group_by.contains(&key)
+    }
+}
+
+/// The values of the keys a report groups by; a key it does not group by
+/// is `None`. Stores return rows already grouped this way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels {
+    pub day: Option<NaiveDate>,
+    pub goal: Option<Uuid>,
+    pub source: Option<String>,
+    pub medium: Option<Option<String>>,
+    pub campaign: Option<Option<String>>,
+    pub ad: Option<Option<String>>,
+}
+
+/// Credited conversions summed from a store's per-day rollups, in the
+/// integer units of [`crate::domain::rollup`] (exact as `f64` up to 2^53).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRow {
+    pub labels: Labels,
+    pub conversions: f64,
+    pub value: f64,
+}
+
+/// Ad clicks (touchpoints) summed from a store's per-day click rollups.
+/// Clicks belong to no goal: `labels.goal` is always `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickTotal {
+    pub labels: Labels,
+    pub clicks: u64,
+}
+
+/// The goals a report reads and the model each is credited under: every
+/// live goal (or the one asked for) under `query.model`, else its own.
+pub fn report_goals(query: &ReportQuery, goals: &[Goal]) -> Vec<(Uuid, Model)> {
+    goals
+        .iter()
+        .filter(|g| query.goal.is_none_or(|id| id == g.id))
+        .map(|g| (g.id, query.model.unwrap_or(g.model)))
+        .collect()
+}
+
+/// The report from rows the store summed: rows with the same labels (one
+/// per goal read) merge; a group that had clicks but no conversion still
+/// gets a row (conversion rate 0); rows come out sorted by their labels,
+/// so reports are stable. Clicks ignore the `goal` filter, and a report
+/// grouped by goal counts them only in its total.
+pub fn assemble(
+    query: &ReportQuery,
+    rows: impl IntoIterator<Item = RollupRow>,
+    clicks: impl IntoIterator<Item = ClickTotal>,
+) -> Report {
+    let by_goal = query.has(GroupKey::Goal);
+    let mut groups: BTreeMap<Labels, (f64, f64, u64)> = BTreeMap::new();
+    let (mut conversions, mut value, mut total_clicks) = (0.0, 0.0, 0u64);
+    for r in rows {
+        if !(r.conversions.is_finite() && r.value.is_finite()) {
+            continue;
+        }
+        conversions += r.conversions;
+        value += r.value;
+        let slot = groups.entry(r.labels).or_default();
+        slot.0 += r.conversions;
+        slot.1 += r.value;
+    }
+    for c in clicks {
+        total_clicks += c.clicks;
+        if by_goal {
+            continue;
+        }
+        groups.entry(c.labels).or_default().2 += c.clicks;
+    }
+    let rows = if conversions == 0.0 && total_clicks == 0 && query.group_by.is_empty() {
+        Vec::new()
+    } else {
+        groups
+            .into_iter()
+            .map(|(l, (c, v, k))| ReportRow {
+                day: l.day.map(|d| d.to_string()),
+                goal: l.goal.map(|g| g.to_string()),
+                source: l.source,
+                medium: l.medium,
+                campaign: l.campaign,
+                ad: l.ad,
+                clicks: (!by_goal).then_some(k),
+                conversions: units_to_conversions(c),
+                value: units_to_value(v),
+            })
+            .collect()
+    };
+    Report {
+        rows,
+        total: Totals {
+            clicks: total_clicks,
+            conversions: units_to_conversions(conversions),
+            value: units_to_value(value),
+        },
+    }
+}
+
+/// Rollup rows from raw credit rows (each conversion's credits under one
+/// model), filtered by `query`'s range and goal: what a report sums when
+/// it is recomputed from scratch rather than read from rollups. A row no
+/// report should sum (a value outside 0..=1e12, a credit outside 0..=1,
+/// which only data written before tally checked them can hold) is left
+/// out, so it cannot turn a report into `null`.
+pub fn rollup_rows_from_credits(
+    query: &ReportQuery,
+    rows: impl IntoIterator<Item = CreditRow>,
+) -> Vec<RollupRow> {
+    use crate::domain::rollup::{CREDIT_UNITS, VALUE_UNITS};
+    rows.into_iter()
+        .filter(|r| {
+            r.day >= query.from
+                && r.day <= query.to
+                && query.goal.is_none_or(|g| g == r.goal)
+                && crate::domain::hit::valid_value(r.value)
+                && (0.0..=1.0).contains(&r.credit)
+        })
+        .map(|r| {
+            let key = crate::domain::rollup::RollupKey {
+                model: query.model.unwrap_or_default(),
+                source: r.source.clone(),
+                medium: r.medium.clone(),
+                campaign: r.campaign.clone(),
+                ad: r.ad.clone(),
+            };
+            RollupRow {
+                labels: label(query, r.day, r.goal, &key),
+                conversions: r.credit * CREDIT_UNITS as f64,
+                value: r.credit * r.value * VALUE_UNITS,
+            }
+        })
+        .collect()
+}
+
+/// Click totals from per-day click rows, filtered by `query`'s range.
+pub fn click_totals_from_rows(
+    query: &ReportQuery,
+    clicks: impl IntoIterator<Item = ClickRow>,
+) -> Vec<ClickTotal> {
+    clicks
+        .into_iter()
+        .filter(|c| c.day >= query.from && c.day <= query.to)
+        .map(|c| ClickTotal {
+            labels: click_labels(query, &c),
+            clicks: c.clicks,
+        })
+        .collect()
+}
+
+/// A report recomputed from raw credit rows (see
+/// [`rollup_rows_from_credits`]).
+pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>) -> Report {
+    aggregate_with_clicks(query, rows, std::iter::empty())
+}
+
+/// [`aggregate`] with ad clicks beside the credits.
+pub fn aggregate_with_clicks(
+    query: &ReportQuery,
+    rows: impl IntoIterator<Item = CreditRow>,
+    clicks: impl IntoIterator<Item = ClickRow>,
+) -> Report {
+    assemble(
+        query,
+        rollup_rows_from_credits(query, rows),
+        click_totals_from_rows(query, clicks),
+    )
+}
+
+fn units_to_conversions(units: f64) -> f64 {
+    tidy(units / crate::domain::rollup::CREDIT_UNITS as f64)
+}
+
+fn units_to_value(units: f64) -> f64 {
+    tidy(units / crate::domain::rollup::VALUE_UNITS)
+}
+
+/// Rows of one conversion's contributions, labelled as `query` groups
+/// them: what a store's rollups hold for it, for stores and tests that sum
+/// contributions themselves.
+pub fn label(
+    query: &ReportQuery,
+    day: NaiveDate,
+    goal: Uuid,
+    key: &crate::domain::rollup::RollupKey,
+) -> Labels {
+    Labels {
+        day: query.has(GroupKey::Day).then_some(day),
+        goal: query.has(GroupKey::Goal).then_some(goal),
+        source: query.has(GroupKey::Source).then(|| key.source.clone()),
+        medium: query.has(GroupKey::Medium).then(|| key.medium.clone()),
+        campaign: query.has(GroupKey::Campaign).then(|| key.campaign.clone()),
+        ad: query.has(GroupKey::Ad).then(|| key.ad.clone()),
+    }
+}
+
+/// The labels of a click row under `query`'s grouping.
+pub fn click_labels(query: &ReportQuery, c: &ClickRow) -> Labels {
+    Labels {
+        day: query.has(GroupKey::Day).then_some(c.day),
+        goal: None,
+        source: query.has(GroupKey::Source).then(|| c.source.clone()),
+        medium: query.has(GroupKey::Medium).then(|| c.medium.clone()),
+        campaign: query.has(GroupKey::Campaign).then(|| c.campaign.clone()),
+        ad: query.has(GroupKey::Ad).then(|| c.ad.clone()),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -118,15 +334,6 @@ pub struct Report {
     pub total: Totals,
 }
 
-type Key = (
-    Option<NaiveDate>,
-    Option<Uuid>,
-    Option<String>,
-    Option<Option<String>>,
-    Option<Option<String>>,
-    Option<Option<String>>,
-);
-
 /// Rounds away float dust (0.1 + 0.2) so sums of shares read cleanly.
 /// Never makes a number non-finite (JSON would print it as `null`): past
 /// 1e6 there is no dust worth rounding at nine decimals anyway.
@@ -138,102 +345,6 @@ fn tidy(x: f64) -> f64 {
         return x;
     }
     (x * 1e9).round() / 1e9
-}
-
-/// The worth of a credit row, or `None` for a row no report should sum: a
-/// value outside 0..=1e12 or a credit outside 0..=1 can only have been
-/// stored before tally checked them, and one such row must not turn a
-/// whole report into `null`.
-fn worth(r: &CreditRow) -> Option<f64> {
-    let sane = crate::domain::hit::valid_value(r.value) && (0.0..=1.0).contains(&r.credit);
-    sane.then_some(r.credit * r.value)
-}
-
-/// Groups rows that fall in the query's range (and goal) by its keys.
-/// Rows come out sorted by their key, so reports are stable.
-pub fn aggregate(query: &ReportQuery, rows: impl IntoIterator<Item = CreditRow>) -> Report {
-    aggregate_with_clicks(query, rows, std::iter::empty())
-}
-
-/// [`aggregate`] with ad clicks beside the credits: a group that had clicks
-/// but no conversion still gets a row (conversion rate 0), and the total
-/// counts every click in range. Clicks ignore the `goal` filter.
-pub fn aggregate_with_clicks(
-    query: &ReportQuery,
-    rows: impl IntoIterator<Item = CreditRow>,
-    clicks: impl IntoIterator<Item = ClickRow>,
-) -> Report {
-    let has = |k| query.group_by.contains(&k);
-    let by_goal = has(GroupKey::Goal);
-    let mut groups: BTreeMap<Key, (f64, f64, u64)> = BTreeMap::new();
-    let mut total = Totals::default();
-    for r in rows {
-        if r.day < query.from || r.day > query.to || query.goal.is_some_and(|g| g != r.goal) {
-            continue;
-        }
-        let Some(worth) = worth(&r) else {
-            continue;
-        };
-        total.conversions += r.credit;
-        total.value += worth;
-        let key: Key = (
-            has(GroupKey::Day).then_some(r.day),
-            has(GroupKey::Goal).then_some(r.goal),
-            has(GroupKey::Source).then(|| r.source.clone()),
-            has(GroupKey::Medium).then(|| r.medium.clone()),
-            has(GroupKey::Campaign).then(|| r.campaign.clone()),
-            has(GroupKey::Ad).then(|| r.ad.clone()),
-        );
-        let slot = groups.entry(key).or_default();
-        slot.0 += r.credit;
-        slot.1 += worth;
-    }
-    for c in clicks {
-        if c.day < query.from || c.day > query.to {
-            continue;
-        }
-        total.clicks += c.clicks;
-        if by_goal {
-            continue;
-        }
-        let key: Key = (
-            has(GroupKey::Day).then_some(c.day),
-            None,
-            has(GroupKey::Source).then(|| c.source.clone()),
-            has(GroupKey::Medium).then(|| c.medium.clone()),
-            has(GroupKey::Campaign).then(|| c.campaign.clone()),
-            has(GroupKey::Ad).then(|| c.ad.clone()),
-        );
-        groups.entry(key).or_default().2 += c.clicks;
-    }
-    let rows = if total.conversions == 0.0 && total.clicks == 0 && query.group_by.is_empty() {
-        Vec::new()
-    } else {
-        groups
-            .into_iter()
-            .map(
-                |((day, goal, source, medium, campaign, ad), (c, v, k))| ReportRow {
-                    day: day.map(|d| d.to_string()),
-                    goal: goal.map(|g| g.to_string()),
-                    source,
-                    medium,
-                    campaign,
-                    ad,
-                    clicks: (!by_goal).then_some(k),
-                    conversions: tidy(c),
-                    value: tidy(v),
-                },
-            )
-            .collect()
-    };
-    Report {
-        rows,
-        total: Totals {
-            clicks: total.clicks,
-            conversions: tidy(total.conversions),
-            value: tidy(total.value),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -259,6 +370,7 @@ mod tests {
             to: NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
             goal: None,
             group_by: GroupKey::parse_list(group_by).unwrap(),
+            model: None,
         }
     }
 

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::domain::goal::MAX_GOALS_PER_SITE;
-use crate::domain::report::{aggregate_with_clicks, MAX_REPORT_DAYS};
-use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
+use crate::domain::report::{Report, MAX_REPORT_DAYS};
+use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, Model, ReportQuery};
 
 /// The site an authenticated request acts for.
 pub struct SiteAuth {
@@ -153,6 +153,7 @@ pub struct ReportParams {
     to: Option<String>,
     goal: Option<String>,
     group_by: Option<String>,
+    model: Option<String>,
 }
 
 /// A report day: `YYYY-MM-DD` in years 1970 to 9999. chrono parses years
@@ -198,13 +199,34 @@ impl ReportParams {
             .transpose()?;
         let group_by = GroupKey::parse_list(self.group_by.as_deref().unwrap_or(""))
             .map_err(ApiError::BadRequest)?;
+        let model = self
+            .model
+            .as_deref()
+            .map(|m| {
+                Model::parse(m).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown model `{m}` (use last_click, first_click, linear, time_decay, position_based)"
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(ReportQuery {
             from,
             to,
             goal,
             group_by,
+            model,
         })
     }
+}
+
+/// A report as `/api/v1/conversions` answers it (see [`crate::store::report`]).
+pub async fn build_report(
+    state: &AppState,
+    site: &str,
+    query: &ReportQuery,
+) -> Result<Report, ApiError> {
+    Ok(crate::store::report(state.store.as_ref(), site, query).await?)
 }
 
 pub async fn conversions(
@@ -214,26 +236,7 @@ pub async fn conversions(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let query = params.query()?;
-    let mut rows = state
-        .store
-        .credit_rows(&auth.site, query.from, query.to, query.goal)
-        .await?;
-    // A deleted goal leaves every report. Its conversion rows are kept
-    // (the explain endpoint still shows them) and dropped here, at read
-    // time, so deleting stays one small write.
-    let live: std::collections::HashSet<Uuid> = state
-        .store
-        .goals(&auth.site)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    rows.retain(|r| live.contains(&r.goal));
-    let clicks = state
-        .store
-        .click_rows(&auth.site, query.from, query.to)
-        .await?;
-    Ok(HttpResponse::Ok().json(aggregate_with_clicks(&query, rows, clicks)))
+    Ok(HttpResponse::Ok().json(build_report(&state, &auth.site, &query).await?))
 }
 
 #[derive(Serialize)]
@@ -252,8 +255,14 @@ pub struct Explained {
     touchpoints: Vec<crate::domain::Credit>,
 }
 
+/// A stored conversion explained under its goal's model (the one reports
+/// use; a deleted goal's conversion keeps the model it was recorded with):
+/// the touchpoints that earn credit under it.
 pub async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Explained, ApiError> {
-    let goal_name = state.store.goal(site, c.goal_id).await?.map(|g| g.name);
+    let goal = state.store.goal(site, c.goal_id).await?;
+    let model = goal.as_ref().map_or(c.model, |g| g.model);
+    let c = c.under(model);
+    let goal_name = goal.map(|g| g.name);
     Ok(Explained {
         hit_id: c.hit_id,
         goal: c.goal_id,

@@ -11,21 +11,17 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::api::{explained, Bearer, Explained, ReportParams};
 use super::{ApiError, AppState};
-use crate::domain::attribution::{recredit, ALL_MODELS};
-use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Touchpoint};
+use crate::domain::attribution::ALL_MODELS;
+use crate::domain::report::{assemble, report_goals, Labels};
+use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Model};
 
-/// Most conversions one model comparison recomputes; past it the answer
-/// says `truncated` (each costs a touchpoint read).
-pub const MAX_COMPARED: usize = 10_000;
-/// Conversions read concurrently while comparing models.
-const COMPARE_CONCURRENCY: usize = 16;
 /// How often an idle live stream sends a comment, and re-checks that its
 /// key (and session) still stand.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -37,19 +33,16 @@ struct ByModel {
 }
 
 impl ByModel {
-    fn add(&mut self, model: &'static str, credit: f64, value: f64) {
-        *self.conversions.entry(model).or_default() += credit;
-        *self.value.entry(model).or_default() += credit * value;
+    fn add(&mut self, model: &'static str, conversions: f64, value: f64) {
+        *self.conversions.entry(model).or_default() += conversions;
+        *self.value.entry(model).or_default() += value;
     }
 
-    fn tidy(mut self) -> Self {
+    /// Every model present (zero where nothing was credited).
+    fn complete(mut self) -> Self {
         for m in ALL_MODELS {
-            let (c, v) = (
-                self.conversions.entry(m.as_str()).or_default(),
-                self.value.entry(m.as_str()).or_default(),
-            );
-            *c = (*c * 1e9).round() / 1e9;
-            *v = (*v * 1e9).round() / 1e9;
+            self.conversions.entry(m.as_str()).or_default();
+            self.value.entry(m.as_str()).or_default();
         }
         self
     }
@@ -69,24 +62,17 @@ struct ModelRow {
     credited: ByModel,
 }
 
-type ModelKey = (
-    Option<String>,
-    Option<Option<String>>,
-    Option<Option<String>>,
-    Option<Option<String>>,
-);
-
 /// `GET /api/v1/models?from&to[&goal][&group_by=source,medium,campaign,ad]`:
-/// the same conversions credited under all five models side by side. Each
-/// conversion is re-credited at read time from the visitor's touchpoints,
-/// with the window and rules it was recorded under.
+/// every conversion in the range credited under all five models side by
+/// side, summed from the store's per-day rollups (which keep every
+/// model), so it is never truncated and costs what a report costs.
 pub async fn models(
     state: web::Data<AppState>,
     auth: Bearer,
     params: web::Query<ReportParams>,
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
-    let query = params.query()?;
+    let mut query = params.query()?;
     if query
         .group_by
         .iter()
@@ -97,70 +83,50 @@ pub async fn models(
         ));
     }
     let site = auth.site.as_str();
-    let live_goals: std::collections::HashSet<Uuid> = state
-        .store
-        .goals(site)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    let hits = state
-        .store
-        .converted_hits(site, query.from, query.to, MAX_COMPARED)
-        .await?;
-    let truncated = hits.len() >= MAX_COMPARED;
-    let store = &state.store;
-    let per_hit: Vec<Vec<(crate::domain::Conversion, Vec<Touchpoint>)>> = stream::iter(hits)
-        .map(|hit| async move {
-            let mut out = Vec::new();
-            for c in store.conversions_for_hit(site, hit).await? {
-                let since = c.at - chrono::Duration::days(i64::from(c.window_days));
-                let tps = store.touchpoints(site, &c.vid, since).await?;
-                out.push((c, tps));
-            }
-            Ok::<_, ApiError>(out)
-        })
-        .buffer_unordered(COMPARE_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let has = |k| query.group_by.contains(&k);
-    let mut groups: BTreeMap<ModelKey, ByModel> = BTreeMap::new();
+    let goals = state.store.goals(site).await?;
+    let mut groups: BTreeMap<Labels, ByModel> = BTreeMap::new();
     let mut total = ByModel::default();
-    let mut conversions = 0usize;
-    for (c, tps) in per_hit.into_iter().flatten() {
-        let day = c.at.date_naive();
-        if !live_goals.contains(&c.goal_id)
-            || day < query.from
-            || day > query.to
-            || query.goal.is_some_and(|g| g != c.goal_id)
-        {
-            continue;
+    for model in ALL_MODELS {
+        query.model = Some(model);
+        let report = assemble(
+            &query,
+            state
+                .store
+                .report_rows(site, &query, &report_goals(&query, &goals))
+                .await?,
+            std::iter::empty(),
+        );
+        for row in report.rows {
+            let labels = Labels {
+                source: row.source,
+                medium: row.medium,
+                campaign: row.campaign,
+                ad: row.ad,
+                ..Labels::default()
+            };
+            groups
+                .entry(labels)
+                .or_default()
+                .add(model.as_str(), row.conversions, row.value);
         }
-        conversions += 1;
-        for model in ALL_MODELS {
-            for credit in recredit(&c, model, &tps) {
-                let key: ModelKey = (
-                    has(GroupKey::Source).then(|| credit.source.clone()),
-                    has(GroupKey::Medium).then(|| credit.medium.clone()),
-                    has(GroupKey::Campaign).then(|| credit.campaign.clone()),
-                    has(GroupKey::Ad).then(|| credit.ad.clone()),
-                );
-                groups
-                    .entry(key)
-                    .or_default()
-                    .add(model.as_str(), credit.credit, c.value);
-                total.add(model.as_str(), credit.credit, c.value);
-            }
-        }
+        total.add(model.as_str(), report.total.conversions, report.total.value);
     }
+    // Every model credits each conversion exactly once in all.
+    let conversions = total
+        .conversions
+        .get(Model::LastClick.as_str())
+        .copied()
+        .unwrap_or(0.0)
+        .round()
+        .max(0.0) as u64;
     let rows: Vec<ModelRow> = groups
         .into_iter()
-        .map(|((source, medium, campaign, ad), credited)| ModelRow {
-            source,
-            medium,
-            campaign,
-            ad,
-            credited: credited.tidy(),
+        .map(|(l, credited)| ModelRow {
+            source: l.source,
+            medium: l.medium,
+            campaign: l.campaign,
+            ad: l.ad,
+            credited: credited.complete(),
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
@@ -168,9 +134,9 @@ pub async fn models(
         "from": query.from.to_string(),
         "to": query.to.to_string(),
         "conversions": conversions,
-        "truncated": truncated,
+        "truncated": false,
         "rows": rows,
-        "total": total.tidy(),
+        "total": total.complete(),
     })))
 }
 

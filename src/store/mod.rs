@@ -17,7 +17,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::domain::{ApiKey, ClickRow, Conversion, CreditRow, Goal, Site, Touchpoint};
+use crate::domain::report::{ClickTotal, RollupRow};
+use crate::domain::{
+    ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
+};
 
 // Declared first: its macro is used by the adapters' tests below.
 #[cfg(test)]
@@ -92,6 +95,27 @@ pub struct BatchRecorded {
     pub displaced: u64,
 }
 
+/// A report as the API answers it: each live goal (or the one asked for)
+/// under `query.model` or its own model, summed from the store's per-day
+/// rollups, with the clicks beside them. A deleted goal leaves every
+/// report: its rows are kept (explain still shows them) and not read.
+pub async fn report(
+    store: &dyn Store,
+    site: &str,
+    query: &ReportQuery,
+) -> Result<crate::domain::Report, StoreError> {
+    let goals = crate::domain::report::report_goals(query, &store.goals(site).await?);
+    let rows = if goals.is_empty() {
+        Vec::new()
+    } else {
+        store.report_rows(site, query, &goals).await?
+    };
+    let clicks = store
+        .click_totals(site, query.from, query.to, &query.group_by)
+        .await?;
+    Ok(crate::domain::report::assemble(query, rows, clicks))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates or upgrades the schema. Idempotent.
@@ -163,7 +187,10 @@ pub trait Store: Send + Sync + 'static {
     /// derived id cannot be recomputed once its day is over.
     async fn daily_salt(&self, day: NaiveDate, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
-    /// Credit rows of conversions on UTC days `from..=to`.
+    /// Credit rows of conversions on UTC days `from..=to` as recorded
+    /// (each under its own model, steps that earn nothing left out): the
+    /// raw data rollups are summed from, for checking them and for
+    /// explaining, never for a report.
     async fn credit_rows(
         &self,
         site: &str,
@@ -172,14 +199,53 @@ pub trait Store: Send + Sync + 'static {
         goal: Option<Uuid>,
     ) -> Result<Vec<CreditRow>, StoreError>;
     /// Ad clicks (touchpoints) on UTC days `from..=to`, counted per day and
-    /// marketing keys (source, medium, campaign, ad). Idempotent by hit id,
-    /// like the touchpoints they count.
+    /// marketing keys (source, medium, campaign, ad): the raw data click
+    /// rollups are summed from.
     async fn click_rows(
         &self,
         site: &str,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<ClickRow>, StoreError>;
+    /// Credited conversions and value on UTC days `query.from..=to` of
+    /// `goals`, each under the model given beside it, summed from the
+    /// per-day rollups and grouped by `query.group_by` (every other label
+    /// `None`). What it reads grows with the days and groups, never with
+    /// the conversions behind them. `query.goal` and `query.model` are
+    /// already applied in `goals`.
+    async fn report_rows(
+        &self,
+        site: &str,
+        query: &ReportQuery,
+        goals: &[(Uuid, Model)],
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        // Adapters without rollups sum the recorded credit rows.
+        let wanted: std::collections::HashSet<Uuid> = goals.iter().map(|(g, _)| *g).collect();
+        let mut rows = self.credit_rows(site, query.from, query.to, None).await?;
+        rows.retain(|r| wanted.contains(&r.goal));
+        Ok(crate::domain::report::rollup_rows_from_credits(query, rows))
+    }
+    /// Ad clicks (touchpoints) on UTC days `from..=to`, summed from the
+    /// per-day click rollups and grouped by `group_by` (`goal` ignored).
+    async fn click_totals(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<ClickTotal>, StoreError> {
+        let query = ReportQuery {
+            from,
+            to,
+            goal: None,
+            group_by: group_by.to_vec(),
+            model: None,
+        };
+        Ok(crate::domain::report::click_totals_from_rows(
+            &query,
+            self.click_rows(site, from, to).await?,
+        ))
+    }
     /// Ids of the hits that converted on UTC days `from..=to`, each once,
     /// newest first (ids are UUID v7), at most `limit`.
     async fn converted_hits(

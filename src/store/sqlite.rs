@@ -86,8 +86,10 @@ use uuid::Uuid;
 use super::{BatchRecorded, Candidate, Store, StoreError};
 
 mod batch;
+mod rollups;
+use crate::domain::report::{ClickTotal, RollupRow};
 use crate::domain::{
-    ApiKey, ClickRow, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint,
+    ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
 };
 use crate::metrics::Metrics;
 
@@ -238,7 +240,50 @@ DROP INDEX conversions_visitor;
 DROP INDEX candidates_visitor;
 CREATE INDEX candidates_by_visitor ON candidates (site, vid, goal_id, at_ns, hit_id);
 "#,
+    // 6: per-day rollups, which reports read instead of every credit row
+    // (`sqlite/rollups.rs`), and a conversion's whole path in
+    // `conversion_credits` (zero-credit steps too), from which every
+    // model's credits follow. Clicks are backfilled here; the credit
+    // rollups and paths by `rollups::backfill`, in the same transaction.
+    // The latest conversions are found by site and time.
+    r#"
+CREATE TABLE credit_rollups (
+    site        TEXT NOT NULL,
+    goal_id     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    day         TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    medium      TEXT NOT NULL,
+    campaign    TEXT NOT NULL,
+    ad          TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    currency    TEXT NOT NULL,
+    conversions INTEGER NOT NULL,
+    value       INTEGER NOT NULL,
+    PRIMARY KEY (site, goal_id, model, day, source, medium, campaign, ad, channel, currency)
+) WITHOUT ROWID;
+CREATE TABLE click_rollups (
+    site     TEXT NOT NULL,
+    day      TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    medium   TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    ad       TEXT NOT NULL,
+    channel  TEXT NOT NULL,
+    clicks   INTEGER NOT NULL,
+    PRIMARY KEY (site, day, source, medium, campaign, ad, channel)
+) WITHOUT ROWID;
+INSERT INTO click_rollups
+    SELECT site, date(at_ns / 1000000000, 'unixepoch'), source, coalesce(medium, ''),
+           coalesce(campaign, ''), coalesce(ad, ''), '', COUNT(*)
+    FROM touchpoints GROUP BY 1, 2, 3, 4, 5, 6;
+CREATE INDEX conversions_site_time ON conversions (site, at_ns);
+DROP INDEX conversion_credits_day;
+"#,
 ];
+
+/// The migration after which the credit rollups are backfilled.
+const ROLLUPS_VERSION: i64 = 6;
 
 fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -328,9 +373,30 @@ fn apply_migrations(conn: &mut Connection) -> Result<(), StoreError> {
     while version < schema_version() {
         tx.execute_batch(MIGRATIONS[version as usize])?;
         version += 1;
+        if version == ROLLUPS_VERSION {
+            backfill_with_progress(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version)?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// [`rollups::backfill`] with a progress bar on a terminal (none when
+/// standard error is not one).
+fn backfill_with_progress(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "rollups {bar:40} {pos}/{len} conversions ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    rollups::backfill(tx, &mut |total, done| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -417,8 +483,8 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
     })
 }
 
-/// Writes a counted conversion's credit rows (keyed by hit, goal and
-/// position), inside the caller's transaction.
+/// Writes a counted conversion's path, `c.credits` (keyed by hit, goal and
+/// position), and adds it to the rollups, inside the caller's transaction.
 fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError> {
     let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
     let day = day_text(c.at.date_naive());
@@ -445,7 +511,7 @@ fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError>
             c.value
         ])?;
     }
-    Ok(())
+    rollups::apply(tx, c, 1)
 }
 
 impl SqliteStore {
@@ -687,7 +753,7 @@ impl Store for SqliteStore {
             {
                 let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
                 for tp in &tps {
-                    batch::insert_touchpoint(&mut insert, tp)?;
+                    batch::insert_touchpoint(&tx, &mut insert, tp)?;
                 }
             }
             tx.commit()?;
@@ -768,17 +834,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<CreditRow>, StoreError> {
         let site = site.to_owned();
         let goal = goal.map(|g| g.to_string());
-        // Days compare as text, which orders only four-digit years; stored
-        // days are within 1677..2262, so clamping loses nothing.
-        let (first, last) = (day_text(from), day_text(to));
+        let start = day_start_ns(from);
+        let end = to.succ_opt().map(day_start_ns).unwrap_or(i64::MAX);
         self.read("credit_rows", move |conn| {
+            // Through the conversions' (site, at_ns) index; a path's steps
+            // that earn nothing under the recorded model are not credits.
             let mut stmt = conn.prepare_cached(
-                "SELECT day, goal_id, source, medium, campaign, ad, credit, value
-                 FROM conversion_credits
-                 WHERE site = ?1 AND day BETWEEN ?2 AND ?3 AND (?4 IS NULL OR goal_id = ?4)",
+                "SELECT cc.day, cc.goal_id, cc.source, cc.medium, cc.campaign, cc.ad, cc.credit, cc.value
+                 FROM conversions c
+                 JOIN conversion_credits cc ON cc.hit_id = c.hit_id AND cc.goal_id = c.goal_id
+                 WHERE c.site = ?1 AND c.at_ns >= ?2 AND c.at_ns < ?3
+                   AND (?4 IS NULL OR c.goal_id = ?4) AND cc.credit > 0",
             )?;
             let rows = stmt
-                .query_map(params![site, first, last, goal], credit_row_from_row)?
+                .query_map(params![site, start, end, goal], credit_row_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -823,6 +892,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn report_rows(
+        &self,
+        site: &str,
+        query: &ReportQuery,
+        goals: &[(Uuid, Model)],
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let (site, query, goals) = (site.to_owned(), query.clone(), goals.to_vec());
+        self.read("report_rows", move |conn| {
+            rollups::report_rows(conn, &site, &query, &goals)
+        })
+        .await
+    }
+
+    async fn click_totals(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<ClickTotal>, StoreError> {
+        let (site, group_by) = (site.to_owned(), group_by.to_vec());
+        self.read("click_totals", move |conn| {
+            rollups::click_totals(conn, &site, from, to, &group_by)
+        })
+        .await
+    }
+
     async fn converted_hits(
         &self,
         site: &str,
@@ -831,17 +927,20 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         let site = site.to_owned();
-        let (first, last) = (day_text(from), day_text(to));
+        let start = day_start_ns(from);
+        let end = to.succ_opt().map(day_start_ns).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("converted_hits", move |conn| {
-            // UUID v7 text sorts by time, so the newest come first.
+            // Newest first, through (site, at_ns): reads about `limit`
+            // rows however many conversions the range holds. A hit that
+            // completed several goals is one row per goal, hence DISTINCT.
             let mut stmt = conn.prepare_cached(
-                "SELECT DISTINCT hit_id FROM conversion_credits
-                 WHERE site = ?1 AND day BETWEEN ?2 AND ?3
-                 ORDER BY hit_id DESC LIMIT ?4",
+                "SELECT DISTINCT hit_id FROM conversions
+                 WHERE site = ?1 AND at_ns >= ?2 AND at_ns < ?3
+                 ORDER BY at_ns DESC, hit_id DESC LIMIT ?4",
             )?;
             let rows = stmt
-                .query_map(params![site, first, last, limit], |r| uuid_col(r, 0))?
+                .query_map(params![site, start, end, limit], |r| uuid_col(r, 0))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -868,38 +967,11 @@ impl Store for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?;
                 rows
             };
-            let mut stmt = tx.prepare_cached(
-                "SELECT touchpoint, source, medium, campaign, ad, at_ns, credit
-                 FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2 ORDER BY ord",
-            )?;
             for (c, model) in &mut convs {
                 c.model = Model::parse(model).ok_or_else(|| {
                     StoreError::Rejected(format!("stored model `{model}` is unknown"))
                 })?;
-                c.credits = stmt
-                    .query_map(params![hit, c.goal_id.to_string()], |r| {
-                        let tp: Option<String> = r.get(0)?;
-                        let touchpoint = tp
-                            .map(|s| Uuid::parse_str(&s))
-                            .transpose()
-                            .map_err(|e| {
-                                rusqlite::Error::FromSqlConversionFailure(
-                                    0,
-                                    rusqlite::types::Type::Text,
-                                    Box::new(e),
-                                )
-                            })?;
-                        Ok(Credit {
-                            touchpoint,
-                            source: r.get(1)?,
-                            medium: r.get(2)?,
-                            campaign: r.get(3)?,
-                            ad: r.get(4)?,
-                            at: r.get::<_, Option<i64>>(5)?.map(instant),
-                            credit: r.get(6)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                c.credits = rollups::stored_path(&tx, &hit, &c.goal_id.to_string())?;
             }
             Ok(convs.into_iter().map(|(c, _)| c).collect())
         })
@@ -910,6 +982,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Credit;
     use crate::store::conformance::Guard;
 
     async fn sqlite() -> Option<(Arc<dyn Store>, Guard)> {
@@ -923,6 +996,10 @@ mod tests {
     mod earliest_wins {
         use super::sqlite;
         store_conformance_tests!(earliest_wins sqlite);
+    }
+    mod rollups {
+        use super::sqlite;
+        store_conformance_tests!(rollups sqlite);
     }
 
     #[tokio::test]

@@ -361,7 +361,7 @@ fn decode(lines: &HitLines) -> (Vec<Hit>, Option<(HitLines, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::report::{aggregate, ReportQuery};
+    use crate::domain::report::ReportQuery;
     use crate::domain::{Conversion, Goal, GoalDraft, GroupKey, RawHit, Site, Stamp};
     use crate::store::sqlite::SqliteStore;
     use chrono::Duration;
@@ -412,10 +412,12 @@ mod tests {
             to: day + Duration::days(1),
             goal: None,
             group_by: vec![GroupKey::Source, GroupKey::Goal],
+            model: None,
         };
-        let rows = store.credit_rows(site, q.from, q.to, None).await.unwrap();
         // Compare to 1e-6: float sums in another order differ in the last bits.
-        aggregate(&q, rows)
+        crate::store::report(store.as_ref(), site, &q)
+            .await
+            .unwrap()
             .rows
             .into_iter()
             .map(|r| {
@@ -588,9 +590,11 @@ mod tests {
             to: from + Duration::days(60),
             goal: None,
             group_by: vec![GroupKey::Source, GroupKey::Goal],
+            model: None,
         };
-        let rows = store.credit_rows(site, q.from, q.to, None).await.unwrap();
-        let report = aggregate(&q, rows)
+        let report = crate::store::report(store.as_ref(), site, &q)
+            .await
+            .unwrap()
             .rows
             .into_iter()
             .map(|r| {

@@ -460,3 +460,69 @@ async fn on_the_web_and_worker_pair_live_events_cross_rabbitmq() {
     .unwrap();
     q.delete_topology().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_report_credits_every_conversion_under_the_model_asked_for() {
+    let app = spawn_app().await;
+    app.create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 100.0}))
+        .await;
+    app.collect_ok(&app.pageview(
+        "https://shop.example/?utm_source=newsletter&utm_campaign=nov",
+        "v1",
+    ))
+    .await;
+    landing_then_signup(&app, "v1", "gclid=g1&utm_campaign=bf").await;
+    app.wait_for_conversions("source", 1.0).await;
+    let d = today();
+    let sources = |report: Value| -> Vec<(String, f64, f64)> {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["conversions"].as_f64().unwrap() > 0.0)
+            .map(|r| {
+                (
+                    r["source"].as_str().unwrap().to_owned(),
+                    r["conversions"].as_f64().unwrap(),
+                    r["value"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The goal's own model (last click) without `model`.
+    let own = app
+        .report(&format!("from={d}&to={d}&group_by=source"))
+        .await;
+    assert_eq!(sources(own), vec![("google".into(), 1.0, 100.0)]);
+    let first = app
+        .report(&format!(
+            "from={d}&to={d}&group_by=source&model=first_click"
+        ))
+        .await;
+    assert_eq!(sources(first), vec![("newsletter".into(), 1.0, 100.0)]);
+    let linear = app
+        .report(&format!("from={d}&to={d}&group_by=source&model=linear"))
+        .await;
+    assert_eq!(
+        sources(linear),
+        vec![
+            ("google".into(), 0.5, 50.0),
+            ("newsletter".into(), 0.5, 50.0)
+        ]
+    );
+    let res = app
+        .api(
+            Method::GET,
+            &format!("/api/v1/conversions?from={d}&to={d}&model=data_drivn"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("data_drivn"),
+        "{body}"
+    );
+    app.stop().await;
+}

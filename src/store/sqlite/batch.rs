@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{instant, nanos, touchpoint_from_row, uuid_col, write_credits};
-use crate::domain::{credit_split, Conversion, Model, Touchpoint};
+use crate::domain::{window_path, Conversion, Model, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, StoreError};
 
 /// A visitor's touchpoints at or after `?3`.
@@ -72,7 +72,7 @@ struct Batch<'t, 'c> {
 
 impl Batch<'_, '_> {
     /// A visitor's touchpoints at or after `since_ns` (and maybe earlier
-    /// ones, which [`credit_split`] leaves out by window anyway).
+    /// ones, which [`window_path`] leaves out by window anyway).
     fn visitor_touchpoints(
         &mut self,
         site: &str,
@@ -165,7 +165,7 @@ pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Co
 /// touchpoints as the store holds them now.
 fn count(b: &mut Batch<'_, '_>, mut c: Conversion) -> Result<(), StoreError> {
     let since = nanos(c.window_start()).unwrap_or(i64::MIN);
-    c.credits = credit_split(&c, b.visitor_touchpoints(&c.site, &c.vid, since)?);
+    c.credits = window_path(&c, b.visitor_touchpoints(&c.site, &c.vid, since)?);
     b.tx.prepare_cached(
         "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -185,9 +185,13 @@ fn count(b: &mut Batch<'_, '_>, mut c: Conversion) -> Result<(), StoreError> {
     write_credits(b.tx, &c)
 }
 
-/// Deletes a conversion's credit rows (before they are written again, or
-/// with the conversion).
+/// Deletes a conversion's credit rows and takes its contributions out of
+/// the rollups (before they are written again, or with the conversion).
+/// The conversion row must still be there.
 fn delete_credits(tx: &Transaction<'_>, hit: &str, goal: &str) -> Result<(), StoreError> {
+    if let Some(stored) = super::rollups::stored_conversion(tx, hit, goal)? {
+        super::rollups::apply(tx, &stored, -1)?;
+    }
     tx.prepare_cached("DELETE FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2")?
         .execute(params![hit, goal])?;
     Ok(())
@@ -289,7 +293,7 @@ fn recredit_visitor(
         }
         c.model = model_of(&model)?;
         let since = nanos(c.window_start()).unwrap_or(i64::MIN);
-        c.credits = credit_split(&c, b.visitor_touchpoints(site, vid, since)?);
+        c.credits = window_path(&c, b.visitor_touchpoints(site, vid, since)?);
         // Same keys (hit, goal, ord): a report never sees both splits.
         delete_credits(b.tx, &c.hit_id.to_string(), &c.goal_id.to_string())?;
         write_credits(b.tx, &c)?;
@@ -326,13 +330,15 @@ pub(super) const INSERT_TOUCHPOINT: &str = "INSERT OR IGNORE INTO touchpoints
    (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-/// Runs [`INSERT_TOUCHPOINT`] for `tp`; returns 1 when it is new.
+/// Runs [`INSERT_TOUCHPOINT`] for `tp` and counts it as a click when it
+/// is new; returns 1 when it is new.
 pub(super) fn insert_touchpoint(
+    tx: &rusqlite::Connection,
     insert: &mut rusqlite::CachedStatement<'_>,
     tp: &Touchpoint,
 ) -> Result<usize, StoreError> {
     let (param, value) = tp.click_id.clone().unzip();
-    Ok(insert.execute(params![
+    let n = insert.execute(params![
         tp.hit_id.to_string(),
         tp.site,
         tp.vid,
@@ -343,7 +349,11 @@ pub(super) fn insert_touchpoint(
         tp.ad,
         param,
         value
-    ])?)
+    ])?;
+    if n > 0 {
+        super::rollups::add_click(tx, tp)?;
+    }
+    Ok(n)
 }
 
 /// The whole batch, inside `tx`.
@@ -363,7 +373,7 @@ pub(super) fn record_batch_in(
     {
         let mut insert = tx.prepare_cached(INSERT_TOUCHPOINT)?;
         for tp in touchpoints {
-            let n = insert_touchpoint(&mut insert, tp)?;
+            let n = insert_touchpoint(tx, &mut insert, tp)?;
             if n > 0 {
                 fresh
                     .entry((tp.site.clone(), tp.vid.clone()))

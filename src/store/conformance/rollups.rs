@@ -1,0 +1,230 @@
+//! Conformance of the per-day rollups: on random histories, written in
+//! random batches and orders with redeliveries, every report the store
+//! answers from its rollups equals the report recomputed from scratch:
+//! each counted conversion credited, under the model asked for, over every
+//! touchpoint of its visitor, and every touchpoint counted as a click.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{Duration, NaiveDate};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+use super::{goal, new_site, t0, Candidate, Store};
+use crate::domain::attribution::{recredit, ALL_MODELS};
+use crate::domain::report::{aggregate_with_clicks, Report};
+use crate::domain::{ClickRow, Conversion, CreditRow, GroupKey, Model, ReportQuery, Touchpoint};
+
+const SOURCES: [&str; 4] = ["google", "facebook", "bing", "newsletter"];
+
+struct History {
+    touchpoints: Vec<Touchpoint>,
+    candidates: Vec<Candidate>,
+}
+
+/// A random history of one site: visitors with 0-4 touchpoints and 0-3
+/// conversion candidates over ten days, some sharing order ids.
+fn history(rng: &mut StdRng, site: &str, goals: &[(Uuid, Model, bool)]) -> History {
+    let start = t0() - Duration::days(10);
+    let at =
+        |rng: &mut StdRng| start + Duration::milliseconds(rng.random_range(0..10 * 86_400_000));
+    let mut h = History {
+        touchpoints: Vec::new(),
+        candidates: Vec::new(),
+    };
+    for v in 0..14 {
+        let vid = format!("v{v}");
+        for _ in 0..rng.random_range(0..5) {
+            let source = SOURCES[rng.random_range(0..SOURCES.len())];
+            h.touchpoints.push(Touchpoint {
+                hit_id: Uuid::now_v7(),
+                site: site.into(),
+                vid: vid.clone(),
+                at: at(rng),
+                source: source.into(),
+                medium: rng.random_bool(0.7).then(|| "cpc".into()),
+                campaign: rng
+                    .random_bool(0.6)
+                    .then(|| format!("c{}", rng.random_range(0..3))),
+                ad: rng
+                    .random_bool(0.3)
+                    .then(|| format!("ad{}", rng.random_range(0..2))),
+                click_id: None,
+            });
+        }
+        for _ in 0..rng.random_range(0..4) {
+            let (goal_id, model, once) = goals[rng.random_range(0..goals.len())];
+            let conversion = Conversion {
+                hit_id: Uuid::now_v7(),
+                goal_id,
+                site: site.into(),
+                vid: vid.clone(),
+                at: at(rng),
+                value: f64::from(rng.random_range(0..20_000)) / 100.0,
+                currency: None,
+                order_id: rng
+                    .random_bool(0.3)
+                    .then(|| format!("o{}", rng.random_range(0..4))),
+                model,
+                window_days: 7,
+                credits: Vec::new(),
+            };
+            h.candidates.push(Candidate {
+                conversion,
+                once_per_visitor: once,
+            });
+        }
+    }
+    h
+}
+
+/// The report recomputed from scratch: what the store counts (asked hit
+/// by hit), credited over every touchpoint of the history.
+async fn recomputed(
+    store: &Arc<dyn Store>,
+    site: &str,
+    h: &History,
+    query: &ReportQuery,
+    goal_models: &[(Uuid, Model, bool)],
+) -> Report {
+    let mut credits = Vec::new();
+    let hits: BTreeSet<Uuid> = h.candidates.iter().map(|c| c.conversion.hit_id).collect();
+    for hit in hits {
+        for c in store.conversions_for_hit(site, hit).await.unwrap() {
+            let own = goal_models
+                .iter()
+                .find(|(g, _, _)| *g == c.goal_id)
+                .map(|(_, m, _)| *m)
+                .unwrap();
+            let model = query.model.unwrap_or(own);
+            for cr in recredit(&c, model, &h.touchpoints) {
+                credits.push(CreditRow {
+                    day: c.at.date_naive(),
+                    goal: c.goal_id,
+                    source: cr.source,
+                    medium: cr.medium,
+                    campaign: cr.campaign,
+                    ad: cr.ad,
+                    credit: cr.credit,
+                    value: c.value,
+                });
+            }
+        }
+    }
+    let clicks = h.touchpoints.iter().map(|t| ClickRow {
+        day: t.at.date_naive(),
+        source: t.source.clone(),
+        medium: t.medium.clone(),
+        campaign: t.campaign.clone(),
+        ad: t.ad.clone(),
+        clicks: 1,
+    });
+    aggregate_with_clicks(query, credits, clicks)
+}
+
+fn assert_same(got: &Report, want: &Report, what: &str) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    assert_eq!(
+        got.rows.len(),
+        want.rows.len(),
+        "{what}: {got:?} vs {want:?}"
+    );
+    assert_eq!(got.total.clicks, want.total.clicks, "{what}");
+    assert!(
+        close(got.total.conversions, want.total.conversions)
+            && close(got.total.value, want.total.value),
+        "{what}: totals {:?} vs {:?}",
+        got.total,
+        want.total
+    );
+    for (g, w) in got.rows.iter().zip(&want.rows) {
+        let (mut g0, mut w0) = (g.clone(), w.clone());
+        assert!(
+            close(g.conversions, w.conversions) && close(g.value, w.value),
+            "{what}: {g:?} vs {w:?}"
+        );
+        (g0.conversions, g0.value, w0.conversions, w0.value) = (0.0, 0.0, 0.0, 0.0);
+        assert_eq!(g0, w0, "{what}");
+    }
+}
+
+pub async fn reports_equal_a_recomputation_on_random_histories(store: Arc<dyn Store>) {
+    for seed in 0..4u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let site = new_site(&store).await;
+        let mut goals = Vec::new();
+        for (event, model, once) in [
+            ("signup", Model::LastClick, false),
+            ("lead", Model::Linear, true),
+            ("buy", Model::TimeDecay, false),
+        ] {
+            let mut g = goal(&site.key, event, model);
+            g.window_days = 7;
+            store.put_goal(&g).await.unwrap();
+            goals.push((g.id, model, once));
+        }
+        let h = history(&mut rng, &site.key, &goals);
+        // Random batches of touchpoints and candidates, in random order,
+        // some of them delivered twice.
+        let mut events: Vec<(Option<Touchpoint>, Option<Candidate>)> = h
+            .touchpoints
+            .iter()
+            .map(|t| (Some(t.clone()), None))
+            .chain(h.candidates.iter().map(|c| (None, Some(c.clone()))))
+            .collect();
+        for i in (1..events.len()).rev() {
+            events.swap(i, rng.random_range(0..=i));
+        }
+        let mut rest = &events[..];
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(6));
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            let tps: Vec<Touchpoint> = batch.iter().filter_map(|e| e.0.clone()).collect();
+            let cands: Vec<Candidate> = batch.iter().filter_map(|e| e.1.clone()).collect();
+            let times = if rng.random_bool(0.2) { 2 } else { 1 };
+            for _ in 0..times {
+                store.record_batch(&tps, &cands).await.unwrap();
+            }
+        }
+        let first: NaiveDate = (t0() - Duration::days(10)).date_naive();
+        let last: NaiveDate = t0().date_naive();
+        let groupings = [
+            "",
+            "day",
+            "source,campaign",
+            "goal,source,medium,campaign,ad",
+            "day,ad",
+        ];
+        for group_by in groupings {
+            for model in std::iter::once(None).chain(ALL_MODELS.map(Some)) {
+                for (from, to, goal) in [
+                    (first, last, None),
+                    (first + Duration::days(3), last - Duration::days(2), None),
+                    (first, last, Some(goals[1].0)),
+                ] {
+                    let query = ReportQuery {
+                        from,
+                        to,
+                        goal,
+                        group_by: GroupKey::parse_list(group_by).unwrap(),
+                        model,
+                    };
+                    let got = crate::store::report(store.as_ref(), &site.key, &query)
+                        .await
+                        .unwrap();
+                    let want = recomputed(&store, &site.key, &h, &query, &goals).await;
+                    assert_same(
+                        &got,
+                        &want,
+                        &format!(
+                            "seed {seed}, group_by {group_by:?}, {model:?}, {from}..{to}, {goal:?}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Per-day rollups on SQLite: what reports read instead of every credit
+//! row, kept current inside the attributor's own transaction.
+//!
+//! `credit_rollups` holds, per site, goal, model, UTC day and labels, the
+//! credited conversions and value in the integer units of
+//! [`crate::domain::rollup`]; `click_rollups` holds the touchpoints per
+//! site, day and labels. A conversion's contributions are added when its
+//! path is written and the same integers subtracted when it is removed or
+//! re-credited (the path read back from `conversion_credits` gives them
+//! again exactly), all in the transaction that changes the conversion, so
+//! a rollup is always the sum over what is counted and a redelivered write
+//! changes nothing (the store's dedup turns it into a no-op first). A row
+//! that falls to zero is deleted, so a report never shows a group that no
+//! longer has anything in it.
+//!
+//! A label that is `None` is kept as `''` (primary key columns cannot be
+//! NULL; marketing labels are never empty strings, `Marketing` drops
+//! empty values). Channel and currency are part of the key already.
+//!
+//! This module must never commit or roll back: the caller owns the
+//! transaction.
+
+use chrono::NaiveDate;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use uuid::Uuid;
+
+use super::{day_text, instant, nanos};
+use crate::domain::report::{ClickTotal, Labels, RollupRow};
+use crate::domain::rollup::contributions;
+use crate::domain::{window_path, Conversion, Credit, GroupKey, Model, ReportQuery, Touchpoint};
+use crate::store::StoreError;
+
+fn key_text(label: &Option<String>) -> &str {
+    label.as_deref().unwrap_or("")
+}
+
+fn label_of(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// Adds (`sign` 1) or subtracts (`sign` -1) a counted conversion's
+/// contributions under every model; `c.credits` is its path.
+pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(), StoreError> {
+    let (goal, day) = (c.goal_id.to_string(), day_text(c.at.date_naive()));
+    let currency = c.currency.as_deref().unwrap_or("");
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO credit_rollups
+           (site, goal_id, model, day, source, medium, campaign, ad, channel, currency, conversions, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', ?9, ?10, ?11)
+         ON CONFLICT (site, goal_id, model, day, source, medium, campaign, ad, channel, currency)
+         DO UPDATE SET conversions = conversions + excluded.conversions,
+                       value = value + excluded.value",
+    )?;
+    let mut prune = tx.prepare_cached(
+        "DELETE FROM credit_rollups
+         WHERE site = ?1 AND goal_id = ?2 AND model = ?3 AND day = ?4 AND source = ?5
+           AND medium = ?6 AND campaign = ?7 AND ad = ?8 AND channel = '' AND currency = ?9
+           AND conversions = 0",
+    )?;
+    for part in contributions(c.at, c.value, &c.credits) {
+        let k = &part.key;
+        let key = params![
+            c.site,
+            goal,
+            k.model.as_str(),
+            day,
+            k.source,
+            key_text(&k.medium),
+            key_text(&k.campaign),
+            key_text(&k.ad),
+            currency
+        ];
+        upsert.execute(params![
+            c.site,
+            goal,
+            k.model.as_str(),
+            day,
+            k.source,
+            key_text(&k.medium),
+            key_text(&k.campaign),
+            key_text(&k.ad),
+            currency,
+            sign * part.conversions,
+            sign * part.value
+        ])?;
+        if sign < 0 {
+            prune.execute(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts a new touchpoint on its day.
+pub(super) fn add_click(tx: &Connection, tp: &Touchpoint) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO click_rollups (site, day, source, medium, campaign, ad, channel, clicks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', 1)
+         ON CONFLICT (site, day, source, medium, campaign, ad, channel)
+         DO UPDATE SET clicks = clicks + 1",
+    )?
+    .execute(params![
+        tp.site,
+        day_text(tp.at.date_naive()),
+        tp.source,
+        key_text(&tp.medium),
+        key_text(&tp.campaign),
+        key_text(&tp.ad)
+    ])?;
+    Ok(())
+}
+
+/// The path stored for a conversion, oldest step first.
+pub(super) fn stored_path(
+    conn: &Connection,
+    hit: &str,
+    goal: &str,
+) -> Result<Vec<Credit>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT touchpoint, source, medium, campaign, ad, at_ns, credit
+         FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2 ORDER BY ord",
+    )?;
+    let rows = stmt
+        .query_map(params![hit, goal], |r| {
+            let tp: Option<String> = r.get(0)?;
+            let touchpoint = tp.map(|s| Uuid::parse_str(&s)).transpose().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            Ok(Credit {
+                touchpoint,
+                source: r.get(1)?,
+                medium: r.get(2)?,
+                campaign: r.get(3)?,
+                ad: r.get(4)?,
+                at: r.get::<_, Option<i64>>(5)?.map(instant),
+                credit: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A counted conversion as stored, with its path, if it is counted.
+pub(super) fn stored_conversion(
+    conn: &Connection,
+    hit: &str,
+    goal: &str,
+) -> Result<Option<Conversion>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days
+             FROM conversions WHERE hit_id = ?1 AND goal_id = ?2",
+        )?
+        .query_row(params![hit, goal], super::batch::conversion_from_row)
+        .optional()?;
+    let Some((mut c, model)) = row else {
+        return Ok(None);
+    };
+    c.model = Model::parse(&model)
+        .ok_or_else(|| StoreError::Rejected(format!("stored model `{model}` is unknown")))?;
+    c.credits = stored_path(conn, hit, goal)?;
+    Ok(Some(c))
+}
+
+/// The grouped columns of a report, in [`Labels`] order.
+fn group_columns(group_by: &[GroupKey]) -> Vec<&'static str> {
+    [
+        (GroupKey::Day, "day"),
+        (GroupKey::Source, "source"),
+        (GroupKey::Medium, "medium"),
+        (GroupKey::Campaign, "campaign"),
+        (GroupKey::Ad, "ad"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| group_by.contains(k))
+    .map(|(_, c)| c)
+    .collect()
+}
+
+/// Reads the labels of a grouped row: `cols` from column `first` on.
+fn labels_from(r: &rusqlite::Row<'_>, cols: &[&str], first: usize) -> rusqlite::Result<Labels> {
+    let mut l = Labels::default();
+    for (i, col) in cols.iter().enumerate() {
+        let text: String = r.get(first + i)?;
+        match *col {
+            "day" => {
+                l.day = Some(text.parse::<NaiveDate>().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        first + i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?)
+            }
+            "source" => l.source = Some(text),
+            "medium" => l.medium = Some(label_of(text)),
+            "campaign" => l.campaign = Some(label_of(text)),
+            _ => l.ad = Some(label_of(text)),
+        }
+    }
+    Ok(l)
+}
+
+/// The SQL summing a rollup table over `cols`; `HAVING` keeps an empty
+/// range from answering one row of zeros.
+fn grouped_sql(select: &str, table: &str, filter: &str, cols: &[&str]) -> String {
+    let list = cols.join(", ");
+    let (lead, group) = if cols.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{list}, "), format!(" GROUP BY {list}"))
+    };
+    format!("SELECT {lead}{select} FROM {table} WHERE {filter}{group} HAVING COUNT(*) > 0")
+}
+
+/// Report rows: one grouped read per (goal, model), each a range of the
+/// primary key (site, goal, model, day).
+pub(super) fn report_rows(
+    conn: &Connection,
+    site: &str,
+    query: &ReportQuery,
+    goals: &[(Uuid, Model)],
+) -> Result<Vec<RollupRow>, StoreError> {
+    let cols = group_columns(&query.group_by);
+    let sql = grouped_sql(
+        "TOTAL(conversions), TOTAL(value)",
+        "credit_rollups",
+        "site = ?1 AND goal_id = ?2 AND model = ?3 AND day BETWEEN ?4 AND ?5",
+        &cols,
+    );
+    let (first, last) = (day_text(query.from), day_text(query.to));
+    let by_goal = query.group_by.contains(&GroupKey::Goal);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut out = Vec::new();
+    for (goal, model) in goals {
+        let rows = stmt.query_map(
+            params![site, goal.to_string(), model.as_str(), first, last],
+            |r| {
+                let mut labels = labels_from(r, &cols, 0)?;
+                labels.goal = by_goal.then_some(*goal);
+                Ok(RollupRow {
+                    labels,
+                    conversions: r.get(cols.len())?,
+                    value: r.get(cols.len() + 1)?,
+                })
+            },
+        )?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// Click totals over a range, grouped like a report.
+pub(super) fn click_totals(
+    conn: &Connection,
+    site: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    group_by: &[GroupKey],
+) -> Result<Vec<ClickTotal>, StoreError> {
+    let cols = group_columns(group_by);
+    let sql = grouped_sql(
+        "SUM(clicks)",
+        "click_rollups",
+        "site = ?1 AND day BETWEEN ?2 AND ?3",
+        &cols,
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params![site, day_text(from), day_text(to)], |r| {
+            let clicks: i64 = r.get(cols.len())?;
+            Ok(ClickTotal {
+                labels: labels_from(r, &cols, 0)?,
+                clicks: u64::try_from(clicks).unwrap_or(0),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Conversions a backfill reads per step.
+const BACKFILL_PAGE: i64 = 2_000;
+
+/// Fills the rollups of a store written before they existed, inside the
+/// migration's transaction: every counted conversion's path is rebuilt
+/// from the visitor's touchpoints (older versions kept only the credited
+/// steps of one model) and its contributions added. `progress` is told
+/// how many conversions there are, then how many are done.
+pub(super) fn backfill(
+    tx: &Transaction<'_>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), StoreError> {
+    let total: i64 = tx.query_row("SELECT COUNT(*) FROM conversions", [], |r| r.get(0))?;
+    let total = u64::try_from(total).unwrap_or(0);
+    progress(total, 0);
+    let mut done = 0u64;
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page: Vec<(Conversion, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days
+                 FROM conversions WHERE (hit_id, goal_id) > (?1, ?2)
+                 ORDER BY hit_id, goal_id LIMIT ?3",
+            )?;
+            let (h, g) = after.clone().unwrap_or_default();
+            let rows = stmt
+                .query_map(
+                    params![h, g, BACKFILL_PAGE],
+                    super::batch::conversion_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some((last.hit_id.to_string(), last.goal_id.to_string()));
+        for (mut c, model) in page {
+            c.model = Model::parse(&model).unwrap_or_default();
+            let since = nanos(c.window_start()).unwrap_or(i64::MIN);
+            let tps: Vec<Touchpoint> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+                     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
+                )?;
+                let rows = stmt
+                    .query_map(params![c.site, c.vid, since], super::touchpoint_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            c.credits = window_path(&c, &tps);
+            let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
+            tx.prepare_cached("DELETE FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2")?
+                .execute(params![hit, goal])?;
+            super::write_credits(tx, &c)?;
+            done += 1;
+        }
+        progress(total, done);
+    }
+    Ok(())
+}
