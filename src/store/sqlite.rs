@@ -70,6 +70,9 @@
 //! day's salt is taken. (Goals' `verified_only` lives in their JSON body.)
 //! `order_claims` and `visitor_claims` are kept from version 1 but no
 //! longer written: `candidates` decides.
+//! Version 6 adds `dashboard_sessions(token_hash PK, site, key_hash,
+//! expires_ns)`, index (expires_ns): expired rows go lazily
+//! (`sqlite/sessions.rs`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -83,9 +86,10 @@ use rusqlite::{
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, Store, StoreError};
+use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
 mod batch;
+mod sessions;
 use crate::domain::{
     ApiKey, ClickRow, Conversion, Credit, CreditRow, Goal, Model, Site, Touchpoint,
 };
@@ -237,6 +241,18 @@ DROP INDEX conversions_goal_visitor;
 DROP INDEX conversions_visitor;
 DROP INDEX candidates_visitor;
 CREATE INDEX candidates_by_visitor ON candidates (site, vid, goal_id, at_ns, hit_id);
+"#,
+    // 6: dashboard sessions, by the hash of their token, so that every
+    // process sharing the file resolves them; the expiry index serves the
+    // lazy deletion of expired ones.
+    r#"
+CREATE TABLE dashboard_sessions (
+    token_hash TEXT PRIMARY KEY,
+    site       TEXT NOT NULL,
+    key_hash   TEXT NOT NULL,
+    expires_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_ns);
 "#,
 ];
 
@@ -902,6 +918,34 @@ impl Store for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?;
             }
             Ok(convs.into_iter().map(|(c, _)| c).collect())
+        })
+        .await
+    }
+
+    async fn create_dashboard_session(&self, session: &DashboardSession) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.write("create_dashboard_session", move |conn| {
+            sessions::create(conn, &session, Utc::now())
+        })
+        .await
+    }
+
+    async fn dashboard_session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.read("dashboard_session", move |conn| {
+            sessions::get(conn, &token_hash, now)
+        })
+        .await
+    }
+
+    async fn end_dashboard_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.write("end_dashboard_session", move |conn| {
+            sessions::end(conn, &token_hash)
         })
         .await
     }
