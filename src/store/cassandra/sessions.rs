@@ -26,6 +26,9 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("delete_dashboard_session", "DELETE FROM {ks}.dashboard_sessions WHERE token_hash = ?"),
 ];
 
+/// `site, key_hash, expires_at` as read.
+type SessionRow = (Option<String>, Option<String>, Option<DateTime<Utc>>);
+
 /// The session statements, prepared once per store on first use.
 pub struct Statements {
     insert: PreparedStatement,
@@ -72,12 +75,11 @@ impl CassandraStore {
             .get_or_try_init(|| async {
                 Statements::prepare(&self.session, &self.keyspace)
                     .await
-                    .map_err(|e| {
+                    .inspect_err(|_| {
                         self.metrics
                             .adapter_errors
                             .with_label_values(&["cassandra"])
                             .inc();
-                        e
                     })
             })
             .await
@@ -115,8 +117,7 @@ impl CassandraStore {
             .map_err(|e| self.failed(e))?
             .into_rows_result()
             .map_err(shape)?;
-        let row: Option<(Option<String>, Option<String>, Option<DateTime<Utc>>)> =
-            rows.maybe_first_row().map_err(shape)?;
+        let row: Option<SessionRow> = rows.maybe_first_row().map_err(shape)?;
         Ok(match row {
             Some((Some(site), Some(key_hash), Some(expires_at))) if expires_at > now => {
                 Some(DashboardSession {
