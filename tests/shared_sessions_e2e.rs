@@ -2,7 +2,7 @@
 //! and one `tally worker` on RabbitMQ, Cassandra and S3 (moto in CI), as
 //! behind a router that does not keep sessions sticky. A dashboard session
 //! made on web A works on web B (reports, goals, a goal created there);
-//! signing out on A ends it on B; revoking the key ends a session made on
+//! signing out on A ends it on B, live stream included; revoking the key ends a session made on
 //! B for A. A hit sent to A shows in B's live stream and B's goal preview
 //! (both carried by the RabbitMQ live fanout).
 //! Skips, naming what is missing, unless `TALLY_TEST_AMQP_URL`,
@@ -239,7 +239,6 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
         preview["matched"].as_u64().is_some_and(|n| n >= 1),
         "B's preview sees A's hit: {preview}"
     );
-    drop(live);
 
     // Signed out on A: the same cookie is refused on B, in the JSON shape.
     let r = a
@@ -253,6 +252,23 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
         let r = b.get(&client, path, &cookie).send().await.expect(path);
         assert_unauthorized(r, &format!("{path} on B after sign-out on A")).await;
     }
+    // B's open live stream notices at its next keepalive check (15 s).
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(chunk)) = live.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: signed_out") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        ended,
+        Ok(true),
+        "B's live stream after sign-out on A: {seen}"
+    );
+    drop(live);
 
     // Signed in on B, the key revoked: the session ends on A too.
     let cookie = b.sign_in(&client, &key).await;
