@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 mod common;
 use common::{wait_ready, Procs, Tally};
 
+/// Requests per credential in the timing printout.
+const ROUNDS: u32 = 50;
+
 const NEEDS: [&str; 3] = [
     "TALLY_TEST_AMQP_URL",
     "CASSANDRA_CONTACT_POINTS",
@@ -162,6 +165,26 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
     for path in [report.as_str(), "/api/v1/goals"] {
         let r = b.get(&client, path, &cookie).send().await.expect(path);
         assert_eq!(r.status(), 200, "{path} on B with A's session");
+    }
+    // What resolving a session in the store costs, beside a bearer key
+    // (printed, not asserted: a debug build on a shared machine).
+    for (how, cookie_or_key) in [("session", true), ("bearer", false)] {
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            let req = if cookie_or_key {
+                b.get(&client, "/api/v1/goals", &cookie)
+            } else {
+                client
+                    .get(format!("{}/api/v1/goals", b.base))
+                    .bearer_auth(&key)
+            };
+            let r = req.send().await.expect("goals");
+            assert_eq!(r.status(), 200);
+        }
+        eprintln!(
+            "GET /api/v1/goals on B by {how}: {:?} each ({ROUNDS} in a row)",
+            started.elapsed() / ROUNDS
+        );
     }
     let r = b
         .change(&client, reqwest::Method::POST, "/api/v1/goals")
