@@ -223,7 +223,9 @@ pub async fn whoami(
 }
 
 /// `DELETE /session`: signs out; the token stops working at once, on
-/// every web process.
+/// every web process. When the store cannot delete the session the answer
+/// is that error (503), not a cleared cookie beside a session that still
+/// works.
 pub async fn sign_out(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -1,5 +1,5 @@
 //! The store port: sites, API keys, goals, touchpoints and attributed
-//! conversions, and the rows reports are built from.
+//! conversions, the rows reports are built from, and dashboard sessions.
 //!
 //! Every write is idempotent: writing the same touchpoint or conversion
 //! twice (a redelivered hit) changes nothing. Dedup rules (one conversion
