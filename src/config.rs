@@ -119,6 +119,10 @@ pub struct Settings {
     pub consumer_nice: u8,
     /// What the HTTP edge trusts and limits.
     pub edge: EdgeSettings,
+    /// How long a dashboard session lasts after sign-in
+    /// (`SESSION_MAX_AGE_HOURS`, default 7 days): the cookie's max-age and
+    /// the stored session's expiry.
+    pub session_max_age: Duration,
 }
 
 /// What the HTTP edge trusts and limits (the "Security and privacy"
@@ -153,6 +157,12 @@ impl Default for EdgeSettings {
     }
 }
 
+/// How long a dashboard session lasts unless `SESSION_MAX_AGE_HOURS`
+/// says otherwise: a week.
+const DEFAULT_SESSION_HOURS: u64 = 7 * 24;
+/// The longest dashboard session `SESSION_MAX_AGE_HOURS` allows: a year.
+const MAX_SESSION_HOURS: u64 = 366 * 24;
+
 impl Settings {
     /// Embedded defaults rooted at `data_dir`: what `tally all` uses with
     /// no configuration, and what tests start from.
@@ -176,6 +186,7 @@ impl Settings {
             http_workers: None,
             consumer_nice: 0,
             edge: EdgeSettings::default(),
+            session_max_age: Duration::from_secs(DEFAULT_SESSION_HOURS * 3600),
         }
     }
 
@@ -302,6 +313,16 @@ impl Settings {
                 );
         }
         s.edge.metrics_token = get("METRICS_TOKEN").map(SecretString::from);
+        if let Some(v) = get("SESSION_MAX_AGE_HOURS") {
+            let hours: u64 = parse("SESSION_MAX_AGE_HOURS", &v)?;
+            if !(1..=MAX_SESSION_HOURS).contains(&hours) {
+                return Err(ConfigError::Invalid {
+                    var: "SESSION_MAX_AGE_HOURS",
+                    reason: format!("must be 1 to {MAX_SESSION_HOURS} (a year)"),
+                });
+            }
+            s.session_max_age = Duration::from_secs(hours * 3600);
+        }
         if let Some(v) = get("RUST_LOG") {
             s.log_filter = v;
         }
@@ -473,6 +494,21 @@ mod tests {
         ] {
             let err = from(&[(var, bad)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn sessions_last_a_week_unless_set_in_hours() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(from(&[]).unwrap().session_max_age, week);
+        let s = from(&[("SESSION_MAX_AGE_HOURS", "12")]).unwrap();
+        assert_eq!(s.session_max_age, Duration::from_secs(12 * 3600));
+        for bad in ["0", "9000", "a week"] {
+            let err = from(&[("SESSION_MAX_AGE_HOURS", bad)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("SESSION_MAX_AGE_HOURS"),
+                "{err}"
+            );
         }
     }
 

@@ -136,6 +136,7 @@ impl Application {
         if role.serves_http() {
             recent.clone().follow(live.as_ref(), stopping.clone());
         }
+        let sessions = Arc::new(Sessions::new(store.clone(), settings.session_max_age));
         let state = AppState {
             sites: Arc::new(SiteDirectory::new(store.clone())),
             edge: Arc::new(Edge::new(settings.edge.clone(), store.clone())),
@@ -145,7 +146,7 @@ impl Application {
             metrics,
             live,
             recent,
-            sessions: Arc::new(Sessions::new()),
+            sessions,
             stopping,
         };
         Ok(Application {

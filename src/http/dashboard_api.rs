@@ -228,13 +228,13 @@ impl Credential {
     }
 
     async fn still_valid(&self, state: &AppState, site: &str) -> bool {
-        let hash = match self {
-            Credential::Key(h) => Some(h.clone()),
-            Credential::Session(t) => state.sessions.key_hash(t),
-        };
-        match hash {
-            Some(h) => matches!(state.store.site_for_key_hash(&h).await, Ok(Some(s)) if s == site),
-            None => false,
+        match self {
+            Credential::Key(h) => {
+                matches!(state.store.site_for_key_hash(h).await, Ok(Some(s)) if s == site)
+            }
+            Credential::Session(t) => {
+                matches!(state.sessions.site(t).await, Ok(Some(s)) if s == site)
+            }
         }
     }
 }

@@ -2,93 +2,100 @@
 //! opaque random token in an HttpOnly, SameSite=Strict cookie, so the key
 //! itself never sits in JavaScript-readable storage.
 //!
-//! Sessions live in this process's memory, mapped to the key's hash (never
-//! the key): every request re-resolves that hash in the store, so revoking
-//! the key ends its sessions at once. Memory is enough for one web process
-//! (`tally all`, or `tally web` behind sticky routing); a restart signs
-//! everyone out, which only means typing the key again. This module must
-//! never keep or log the plaintext key or the plaintext token.
+//! Sessions live in the store, keyed by the SHA-256 of the token, with the
+//! site and the hash of the key that signed in (never the key), so any web
+//! process resolves any session and a sign-out on one ends it on all. Every
+//! request re-resolves the key's hash too, so revoking the key ends its
+//! sessions at once. This module must never keep or log the plaintext key
+//! or the plaintext token, and must never decide a session from process
+//! memory.
 //!
 //! CSRF: a cookie-authenticated request that changes state must come from
 //! a page of this same host: SameSite=Strict keeps the cookie off
 //! cross-site requests, and the `Origin` header (browsers send it on every
 //! non-GET `fetch`) must name this host, else the answer is 403.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
 use crate::domain::ApiKey;
+use crate::store::{DashboardSession, Store, StoreError};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tally_session";
-/// How long a session lasts after sign-in, whatever happens meanwhile.
-pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Most sessions kept at once; past it the oldest are dropped first.
-const MAX_SESSIONS: usize = 100_000;
 
-struct Entry {
-    key_hash: String,
-    expires: Instant,
-}
-
-/// Live sessions by the SHA-256 of their token.
-#[derive(Default)]
+/// Starts, resolves and ends dashboard sessions in the store.
 pub struct Sessions {
-    by_token_hash: RwLock<HashMap<String, Entry>>,
+    store: Arc<dyn Store>,
+    lifetime: Duration,
 }
 
 impl Sessions {
-    pub fn new() -> Sessions {
-        Sessions::default()
+    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Sessions {
+        Sessions { store, lifetime }
     }
 
-    /// Starts a session for an API key's hash; returns the token for the
-    /// cookie. 40 alphanumerics carry 238 bits: unguessable.
-    pub fn start(&self, key_hash: &str) -> String {
+    /// How long a new session lasts, whatever happens meanwhile (the
+    /// cookie's max-age).
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Starts a session for a site and the hash of the key that signed in;
+    /// returns the token for the cookie. 40 alphanumerics carry 238 bits:
+    /// unguessable. Only the token's hash is stored.
+    pub async fn start(&self, site: &str, key_hash: &str) -> Result<String, StoreError> {
         let token = Alphanumeric.sample_string(&mut rand::rng(), 40);
-        if let Ok(mut map) = self.by_token_hash.write() {
-            let now = Instant::now();
-            map.retain(|_, e| e.expires > now);
-            if map.len() >= MAX_SESSIONS {
-                if let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
+        let lifetime = chrono::Duration::from_std(self.lifetime)
+            .map_err(|e| StoreError::Rejected(format!("session lifetime: {e}")))?;
+        self.store
+            .create_dashboard_session(&DashboardSession {
+                token_hash: ApiKey::hash(&token),
+                site: site.to_owned(),
+                key_hash: key_hash.to_owned(),
+                expires_at: Utc::now() + lifetime,
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// The live session behind a token, if any (its key is not checked
+    /// here: see [`Sessions::site`]).
+    pub async fn resolve(&self, token: &str) -> Result<Option<DashboardSession>, StoreError> {
+        self.store
+            .dashboard_session(&ApiKey::hash(token), Utc::now())
+            .await
+    }
+
+    /// The site of a live session whose key still belongs to that site;
+    /// a session whose key was revoked is ended on the way.
+    pub async fn site(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let Some(session) = self.resolve(token).await? else {
+            return Ok(None);
+        };
+        match self.store.site_for_key_hash(&session.key_hash).await? {
+            Some(site) if site == session.site => Ok(Some(site)),
+            _ => {
+                // The key was revoked: its sessions end with it. Failing
+                // to delete the row changes nothing for this answer (the
+                // key is re-checked on every use), so it is not an error.
+                let _ = self.end(token).await;
+                Ok(None)
             }
-            map.insert(
-                ApiKey::hash(&token),
-                Entry {
-                    key_hash: key_hash.to_owned(),
-                    expires: now + LIFETIME,
-                },
-            );
         }
-        token
     }
 
-    /// The key hash behind a live session token.
-    pub fn key_hash(&self, token: &str) -> Option<String> {
-        let map = self.by_token_hash.read().ok()?;
-        map.get(&ApiKey::hash(token))
-            .filter(|e| e.expires > Instant::now())
-            .map(|e| e.key_hash.clone())
-    }
-
-    pub fn end(&self, token: &str) {
-        if let Ok(mut map) = self.by_token_hash.write() {
-            map.remove(&ApiKey::hash(token));
-        }
+    /// Ends the session behind a token, on every process.
+    pub async fn end(&self, token: &str) -> Result<(), StoreError> {
+        self.store.end_dashboard_session(&ApiKey::hash(token)).await
     }
 }
 
@@ -116,18 +123,11 @@ impl CookieAuth {
         if let Some(why) = self.cross_origin {
             return Err(ApiError::Forbidden(why));
         }
-        let hash = state
+        state
             .sessions
-            .key_hash(&token)
-            .ok_or(ApiError::Unauthorized)?;
-        match state.store.site_for_key_hash(&hash).await? {
-            Some(site) => Ok(site),
-            None => {
-                // The key was revoked: its sessions end with it.
-                state.sessions.end(&token);
-                Err(ApiError::Unauthorized)
-            }
-        }
+            .site(&token)
+            .await?
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -190,8 +190,10 @@ pub async fn sign_in(
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let name = state.store.site(&site).await?.map(|s| s.name);
-    let token = state.sessions.start(&hash);
-    let max_age = time::Duration::seconds(LIFETIME.as_secs() as i64);
+    let token = state.sessions.start(&site, &hash).await?;
+    let max_age = time::Duration::seconds(
+        i64::try_from(state.sessions.lifetime().as_secs()).unwrap_or(i64::MAX),
+    );
     Ok(HttpResponse::Ok()
         .cookie(cookie(&req, token, max_age))
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -220,14 +222,17 @@ pub async fn whoami(
         .json(serde_json::json!({"site": site, "name": name})))
 }
 
-/// `DELETE /session`: signs out; the token stops working at once.
+/// `DELETE /session`: signs out; the token stops working at once, on
+/// every web process. When the store cannot delete the session the answer
+/// is that error (503), not a cleared cookie beside a session that still
+/// works.
 pub async fn sign_out(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     same_origin(&req).map_err(ApiError::Forbidden)?;
     if let Some(c) = req.cookie(COOKIE) {
-        state.sessions.end(c.value());
+        state.sessions.end(c.value()).await?;
     }
     Ok(HttpResponse::NoContent()
         .cookie(cookie(&req, String::new(), time::Duration::ZERO))
@@ -237,24 +242,70 @@ pub async fn sign_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::sqlite::SqliteStore;
 
-    #[test]
-    fn a_token_maps_to_its_key_hash_until_ended() {
-        let s = Sessions::new();
-        let t = s.start("h1");
-        assert_eq!(s.key_hash(&t).as_deref(), Some("h1"));
-        assert_eq!(s.key_hash("not-a-token"), None);
-        s.end(&t);
-        assert_eq!(s.key_hash(&t), None);
+    const LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    async fn sessions() -> (Sessions, Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("t.sqlite3"), Arc::new(Metrics::new())).unwrap(),
+        );
+        (Sessions::new(store.clone(), LIFETIME), store, dir)
     }
 
-    #[test]
-    fn tokens_are_distinct_and_not_stored_in_plaintext() {
-        let s = Sessions::new();
-        let (a, b) = (s.start("h"), s.start("h"));
+    async fn key(store: &Arc<dyn Store>, site: &str) -> ApiKey {
+        let key = ApiKey::mint(site);
+        store.add_api_key(&key).await.unwrap();
+        key
+    }
+
+    #[tokio::test]
+    async fn a_token_names_its_site_on_any_process_until_ended() {
+        let (a, store, _dir) = sessions().await;
+        let key = key(&store, "site-1").await;
+        let token = a.start("site-1", &key.hash).await.unwrap();
+        // Another web process: its own `Sessions`, the same store.
+        let b = Sessions::new(store.clone(), LIFETIME);
+        assert_eq!(b.site(&token).await.unwrap().as_deref(), Some("site-1"));
+        assert_eq!(b.site("not-a-token").await.unwrap(), None);
+        a.end(&token).await.unwrap();
+        assert_eq!(b.site(&token).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_distinct_and_stored_only_hashed_until_the_lifetime() {
+        let (s, store, _dir) = sessions().await;
+        let key = key(&store, "site-1").await;
+        let before = Utc::now();
+        let (a, b) = (
+            s.start("site-1", &key.hash).await.unwrap(),
+            s.start("site-1", &key.hash).await.unwrap(),
+        );
         assert_ne!(a, b);
-        let map = s.by_token_hash.read().unwrap();
-        assert!(!map.contains_key(&a));
-        assert!(map.contains_key(&ApiKey::hash(&a)));
+        let now = Utc::now();
+        assert_eq!(store.dashboard_session(&a, now).await.unwrap(), None);
+        let stored = store
+            .dashboard_session(&ApiKey::hash(&a), now)
+            .await
+            .unwrap()
+            .expect("stored by its hash");
+        assert_eq!(stored.key_hash, key.hash);
+        assert_ne!(stored.key_hash, key.secret);
+        let lifetime = chrono::Duration::from_std(LIFETIME).unwrap();
+        assert!(stored.expires_at >= before + lifetime);
+        assert!(stored.expires_at <= Utc::now() + lifetime);
+    }
+
+    #[tokio::test]
+    async fn revoking_the_key_ends_its_sessions() {
+        let (s, store, _dir) = sessions().await;
+        let key = key(&store, "site-1").await;
+        let token = s.start("site-1", &key.hash).await.unwrap();
+        assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 1);
+        assert_eq!(s.site(&token).await.unwrap(), None);
+        // Ended in the store too, not only refused.
+        assert_eq!(s.resolve(&token).await.unwrap(), None);
     }
 }

@@ -50,9 +50,10 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, Store, StoreError};
+use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
 mod batch;
+mod sessions;
 mod settle;
 use crate::config::CassandraSettings;
 use crate::domain::goal::MAX_WINDOW_DAYS;
@@ -62,7 +63,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Partitions per site and UTC day in `credits_by_day`. Part of the
 /// schema: changing it makes earlier rows unreachable, so it only changes
@@ -198,6 +199,16 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             // False while a conversion is being written or removed, so a
             // crash leaves it for the next settle to finish.
             "ALTER TABLE {ks}.conversions_by_visitor ADD complete boolean",
+        ],
+    ),
+    (
+        6,
+        &[
+            // By token hash: every dashboard request resolves its session
+            // here, on whichever web process it lands. Rows are written
+            // with a TTL ending at the session's expiry.
+            "CREATE TABLE IF NOT EXISTS {ks}.dashboard_sessions (\
+           token_hash text PRIMARY KEY, site text, key_hash text, expires_at timestamp)",
         ],
     ),
 ];
@@ -700,6 +711,7 @@ pub struct CassandraStore {
     replication_factor: u32,
     local_dc: Option<String>,
     statements: OnceCell<Statements>,
+    session_statements: OnceCell<sessions::Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
     /// Visitors of one batch written at once.
@@ -774,6 +786,7 @@ impl CassandraStore {
             replication_factor: settings.replication_factor,
             local_dc: settings.local_dc.clone(),
             statements: OnceCell::new(),
+            session_statements: OnceCell::new(),
             check_statement,
             metrics,
             max_in_flight: settings.max_in_flight.max(1),
@@ -1358,6 +1371,22 @@ impl Store for CassandraStore {
             })
             .collect()
     }
+
+    async fn create_dashboard_session(&self, session: &DashboardSession) -> Result<(), StoreError> {
+        self.put_dashboard_session(session).await
+    }
+
+    async fn dashboard_session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        self.get_dashboard_session(token_hash, now).await
+    }
+
+    async fn end_dashboard_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.delete_dashboard_session(token_hash).await
+    }
 }
 
 #[cfg(test)]
@@ -1540,7 +1569,7 @@ mod tests {
     #[test]
     fn schema_is_plain_cql_that_cassandra_4_accepts() {
         let tables = tables();
-        assert_eq!(tables.len(), 14);
+        assert_eq!(tables.len(), 15);
         for (name, t) in &tables {
             for c in &t.columns {
                 assert!(

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use uuid::Uuid;
 
-use super::{Candidate, DuplicateReason, Recorded, Store};
+use super::{Candidate, DashboardSession, DuplicateReason, Recorded, Store};
 use crate::domain::attribution::{MAX_CREDITED, MAX_DIMENSION_BYTES};
 use crate::domain::hit::MAX_FIELD_LEN;
 use crate::domain::{
@@ -58,6 +58,8 @@ macro_rules! store_conformance_tests {
             clicks_are_counted_per_day_and_keys_once_per_hit,
             converted_hits_are_the_range_newest_first,
             a_long_path_of_long_labels_is_counted_in_full,
+            dashboard_session_is_read_back_until_it_expires,
+            ended_dashboard_session_is_gone_and_others_stay,
         );
     };
     // Earliest-wins dedup (a later-processed, earlier hit takes the order
@@ -977,4 +979,109 @@ pub async fn a_long_path_of_long_labels_is_counted_in_full(store: Arc<dyn Store>
         .await
         .unwrap();
     assert_eq!(rows.len(), MAX_CREDITED);
+}
+
+fn dashboard_session(site: &str, expires_at: DateTime<Utc>) -> DashboardSession {
+    DashboardSession {
+        token_hash: ApiKey::hash(&Uuid::new_v4().to_string()),
+        site: site.into(),
+        key_hash: ApiKey::hash(&Uuid::new_v4().to_string()),
+        expires_at,
+    }
+}
+
+/// Whole milliseconds, the precision the port keeps.
+fn now_ms() -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(Utc::now().timestamp_millis())
+        .single()
+        .unwrap()
+}
+
+pub async fn dashboard_session_is_read_back_until_it_expires(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let s = dashboard_session("site-a", now + Duration::days(7));
+    let other = dashboard_session("site-b", now + Duration::hours(1));
+    store.create_dashboard_session(&s).await.unwrap();
+    store.create_dashboard_session(&other).await.unwrap();
+
+    assert_eq!(
+        store.dashboard_session(&s.token_hash, now).await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        store
+            .dashboard_session(&other.token_hash, now)
+            .await
+            .unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(
+        store.dashboard_session("no-such-hash", now).await.unwrap(),
+        None
+    );
+    // Live up to the last millisecond, over at the expiry itself.
+    let last = s.expires_at - Duration::milliseconds(1);
+    assert_eq!(
+        store.dashboard_session(&s.token_hash, last).await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        store
+            .dashboard_session(&s.token_hash, s.expires_at)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .dashboard_session(&other.token_hash, other.expires_at + Duration::days(1))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A session already over when written is never read back.
+    let stale = dashboard_session("site-a", now - Duration::seconds(1));
+    store.create_dashboard_session(&stale).await.unwrap();
+    assert_eq!(
+        store
+            .dashboard_session(&stale.token_hash, now)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn ended_dashboard_session_is_gone_and_others_stay(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let ended = dashboard_session("site-a", now + Duration::days(7));
+    let kept = dashboard_session("site-a", now + Duration::days(7));
+    store.create_dashboard_session(&ended).await.unwrap();
+    store.create_dashboard_session(&kept).await.unwrap();
+
+    store
+        .end_dashboard_session(&ended.token_hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .dashboard_session(&ended.token_hash, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .dashboard_session(&kept.token_hash, now)
+            .await
+            .unwrap(),
+        Some(kept.clone()),
+        "ending one session leaves the others"
+    );
+    // Ending it again, or one never made, is fine.
+    store
+        .end_dashboard_session(&ended.token_hash)
+        .await
+        .unwrap();
+    store.end_dashboard_session("no-such-hash").await.unwrap();
 }

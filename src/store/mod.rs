@@ -1,5 +1,5 @@
 //! The store port: sites, API keys, goals, touchpoints and attributed
-//! conversions, and the rows reports are built from.
+//! conversions, the rows reports are built from, and dashboard sessions.
 //!
 //! Every write is idempotent: writing the same touchpoint or conversion
 //! twice (a redelivered hit) changes nothing. Dedup rules (one conversion
@@ -261,4 +261,36 @@ pub trait Store: Send + Sync + 'static {
         site: &str,
         hit: Uuid,
     ) -> Result<Vec<Conversion>, StoreError>;
+
+    // Dashboard sessions: kept in the store so that any web process
+    // resolves any session and a sign-out on one ends it on all. Keyed by
+    // the SHA-256 of the token: the token itself is never stored.
+    /// Stores a session, replacing one with the same token hash. A session
+    /// must be readable by [`Store::dashboard_session`] on any process as
+    /// soon as this returns; the adapter deletes it once it has expired
+    /// (a TTL, or lazily).
+    async fn create_dashboard_session(&self, session: &DashboardSession) -> Result<(), StoreError>;
+    /// The session with this token hash, unless it has expired at `now`.
+    async fn dashboard_session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError>;
+    /// Ends a session at once, for every process; ending an unknown or
+    /// expired one is not an error.
+    async fn end_dashboard_session(&self, token_hash: &str) -> Result<(), StoreError>;
+}
+
+/// A dashboard session as stored: never the token, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSession {
+    /// SHA-256 of the cookie's token (`ApiKey::hash`).
+    pub token_hash: String,
+    /// The site the session acts for.
+    pub site: String,
+    /// The hash of the API key that signed in: the session lasts only as
+    /// long as that key is not revoked (re-checked on every use).
+    pub key_hash: String,
+    /// When the session ends (the cookie's max-age).
+    pub expires_at: DateTime<Utc>,
 }

@@ -61,6 +61,7 @@
 //!                                      (site, goal_id, order_id, at_ns, hit_id)
 //! conversions: + index (site, vid, at_ns), (site, goal_id, vid)     (v2)
 //! ```
+//! Version 7 adds the per-day rollups (`sqlite/rollups.rs`).
 //! Version 5 drops both conversions indexes and orders the candidates'
 //! visitor index as (site, vid, goal_id, at_ns, hit_id): a visitor's
 //! conversions are read as its candidates joined to the conversions'
@@ -70,6 +71,9 @@
 //! day's salt is taken. (Goals' `verified_only` lives in their JSON body.)
 //! `order_claims` and `visitor_claims` are kept from version 1 but no
 //! longer written: `candidates` decides.
+//! Version 6 adds `dashboard_sessions(token_hash PK, site, key_hash,
+//! expires_ns)`, index (expires_ns): expired rows go lazily
+//! (`sqlite/sessions.rs`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -83,10 +87,11 @@ use rusqlite::{
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, Store, StoreError};
+use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
 mod batch;
 mod rollups;
+mod sessions;
 use crate::domain::report::{ClickTotal, RollupRow};
 use crate::domain::{
     ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
@@ -240,7 +245,19 @@ DROP INDEX conversions_visitor;
 DROP INDEX candidates_visitor;
 CREATE INDEX candidates_by_visitor ON candidates (site, vid, goal_id, at_ns, hit_id);
 "#,
-    // 6: per-day rollups, which reports read instead of every credit row
+    // 6: dashboard sessions, by the hash of their token, so that every
+    // process sharing the file resolves them; the expiry index serves the
+    // lazy deletion of expired ones.
+    r#"
+CREATE TABLE dashboard_sessions (
+    token_hash TEXT PRIMARY KEY,
+    site       TEXT NOT NULL,
+    key_hash   TEXT NOT NULL,
+    expires_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_ns);
+"#,
+    // 7: per-day rollups, which reports read instead of every credit row
     // (`sqlite/rollups.rs`), and a conversion's whole path in
     // `conversion_credits` (zero-credit steps too), from which every
     // model's credits follow. Clicks are backfilled here; the credit
@@ -283,7 +300,7 @@ DROP INDEX conversion_credits_day;
 ];
 
 /// The migration after which the credit rollups are backfilled.
-const ROLLUPS_VERSION: i64 = 6;
+const ROLLUPS_VERSION: i64 = 7;
 
 fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -974,6 +991,34 @@ impl Store for SqliteStore {
                 c.credits = rollups::stored_path(&tx, &hit, &c.goal_id.to_string())?;
             }
             Ok(convs.into_iter().map(|(c, _)| c).collect())
+        })
+        .await
+    }
+
+    async fn create_dashboard_session(&self, session: &DashboardSession) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.write("create_dashboard_session", move |conn| {
+            sessions::create(conn, &session, Utc::now())
+        })
+        .await
+    }
+
+    async fn dashboard_session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.read("dashboard_session", move |conn| {
+            sessions::get(conn, &token_hash, now)
+        })
+        .await
+    }
+
+    async fn end_dashboard_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.write("end_dashboard_session", move |conn| {
+            sessions::end(conn, &token_hash)
         })
         .await
     }

@@ -150,6 +150,37 @@ async fn sessions_are_httponly_strict_cookies_that_sign_out_and_revocation_end()
     app.stop().await;
 }
 
+/// Sessions are in the store, not in the process: one made before a
+/// restart still works after it, for the cookie's whole max-age.
+#[tokio::test]
+async fn a_session_outlives_a_restart_and_lasts_a_week_by_default() {
+    use tally::config::Role;
+    use tally::startup::Application;
+    let app = spawn_app().await;
+    let (cookie, set) = sign_in(&app).await;
+    assert!(
+        set.to_ascii_lowercase().contains("max-age=604800"),
+        "a week: {set}"
+    );
+    let dir = app.stop().await;
+
+    let again = Application::build(crate::helpers::test_settings(dir.path()), Role::All)
+        .await
+        .expect("app builds on the same data directory");
+    let address = format!("http://127.0.0.1:{}", again.port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(again.run_until_stopped(stop.clone()));
+    let res = reqwest::Client::new()
+        .get(format!("{address}/api/v1/goals"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the session made before the restart");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_wrong_key_gets_no_session() {
     let app = spawn_app().await;
