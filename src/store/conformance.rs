@@ -28,7 +28,7 @@ use crate::domain::{
 };
 
 mod rollups;
-pub use rollups::reports_equal_a_recomputation_on_random_histories;
+pub use rollups::{assert_same, reports_equal_a_recomputation_on_random_histories};
 
 /// Keeps whatever backs a store (a temporary directory...) alive.
 pub type Guard = Box<dyn Any + Send>;

@@ -1074,6 +1074,139 @@ mod tests {
         assert_eq!(got, vec![tp]);
     }
 
+    /// A file written by the schema before rollups (version 6: conversions
+    /// with the credited steps of their own model only) is upgraded on
+    /// open: paths rebuilt from the touchpoints, rollups backfilled, and
+    /// every report, under every model, reads as if it had been written
+    /// by this build.
+    #[tokio::test]
+    async fn a_store_from_before_rollups_is_backfilled_on_upgrade() {
+        use crate::domain::report::{aggregate_with_clicks, ReportQuery};
+        use crate::domain::{attribute, GroupKey};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let at = DateTime::from_timestamp_nanos(1_795_000_000_000_000_000);
+        let tp = |source: &str, days: i64| Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: "s_up".into(),
+            vid: "v".into(),
+            at: at - chrono::Duration::days(days),
+            source: source.into(),
+            medium: Some("cpc".into()),
+            campaign: None,
+            ad: None,
+            click_id: None,
+        };
+        let tps = vec![tp("google", 3), tp("facebook", 2), tp("bing", 1)];
+        let draft: crate::domain::GoalDraft = serde_json::from_value(serde_json::json!({
+            "name": "Signup", "match": {"event": "signup"}, "value": 30.0, "model": "linear"
+        }))
+        .unwrap();
+        let goal = Goal::from_draft(draft, Uuid::now_v7(), "s_up", at).unwrap();
+        let hit = crate::domain::Hit::stamp(
+            crate::domain::RawHit {
+                site: Some("s_up".into()),
+                kind: Some("event".into()),
+                name: Some("signup".into()),
+                vid: Some("v".into()),
+                ..Default::default()
+            },
+            &crate::domain::Stamp {
+                received_at: at,
+                user_agent: None,
+                ip: None,
+                request_id: None,
+                keep_full_ip: false,
+            },
+        )
+        .unwrap();
+        let c = attribute(&goal, &hit, &tps);
+        {
+            // Schema 6, written as that schema's build wrote it.
+            let mut conn = open_connection(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for m in &MIGRATIONS[..6] {
+                tx.execute_batch(m).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute(
+                "INSERT INTO goals (id, site, body) VALUES (?1, 's_up', ?2)",
+                params![goal.id.to_string(), serde_json::to_string(&goal).unwrap()],
+            )
+            .unwrap();
+            for t in &tps {
+                tx.execute(
+                    batch::INSERT_TOUCHPOINT,
+                    params![
+                        t.hit_id.to_string(),
+                        t.site,
+                        t.vid,
+                        nanos(t.at).unwrap(),
+                        t.source,
+                        t.medium,
+                        t.campaign,
+                        t.ad,
+                        None::<String>,
+                        None::<String>
+                    ],
+                )
+                .unwrap();
+            }
+            tx.execute(
+                "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
+                 VALUES (?1, ?2, 's_up', 'v', ?3, 30.0, NULL, NULL, 'linear', 30)",
+                params![c.hit_id.to_string(), goal.id.to_string(), nanos(at).unwrap()],
+            )
+            .unwrap();
+            for (ord, cr) in c.credits.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO conversion_credits (hit_id, goal_id, ord, site, day, touchpoint, source, medium, campaign, ad, at_ns, credit, value)
+                     VALUES (?1, ?2, ?3, 's_up', ?4, ?5, ?6, ?7, NULL, NULL, ?8, ?9, 30.0)",
+                    params![c.hit_id.to_string(), goal.id.to_string(), ord as i64, day_text(at.date_naive()),
+                            cr.touchpoint.map(|t| t.to_string()), cr.source, cr.medium, cr.at.map(|t| nanos(t).unwrap()), cr.credit],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path, Arc::new(Metrics::new())).unwrap();
+        store.check().await.unwrap();
+        for model in crate::domain::attribution::ALL_MODELS {
+            let q = ReportQuery {
+                from: at.date_naive() - chrono::Duration::days(5),
+                to: at.date_naive(),
+                goal: None,
+                group_by: vec![GroupKey::Source],
+                model: Some(model),
+            };
+            let got = crate::store::report(&store, "s_up", &q).await.unwrap();
+            let credits = crate::domain::attribution::recredit(&c, model, &tps)
+                .into_iter()
+                .map(|cr| crate::domain::CreditRow {
+                    day: at.date_naive(),
+                    goal: goal.id,
+                    source: cr.source,
+                    medium: cr.medium,
+                    campaign: cr.campaign,
+                    ad: cr.ad,
+                    credit: cr.credit,
+                    value: 30.0,
+                });
+            let clicks = tps.iter().map(|t| ClickRow {
+                day: t.at.date_naive(),
+                source: t.source.clone(),
+                medium: t.medium.clone(),
+                campaign: None,
+                ad: None,
+                clicks: 1,
+            });
+            let want = aggregate_with_clicks(&q, credits, clicks);
+            crate::store::conformance::assert_same(&got, &want, &format!("{model:?}"));
+            assert_eq!(got.total.conversions, 1.0);
+            assert_eq!(got.total.clicks, 3);
+        }
+    }
+
     #[tokio::test]
     async fn file_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();

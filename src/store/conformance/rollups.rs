@@ -124,7 +124,8 @@ async fn recomputed(
     aggregate_with_clicks(query, credits, clicks)
 }
 
-fn assert_same(got: &Report, want: &Report, what: &str) {
+/// Reports equal but for the last unit of a rounded share.
+pub fn assert_same(got: &Report, want: &Report, what: &str) {
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
     assert_eq!(
         got.rows.len(),
