@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
+/// The dedup rule decides; the port reports its reasons.
+pub use crate::domain::DuplicateReason;
 use crate::domain::{ApiKey, ClickRow, Conversion, CreditRow, Goal, Site, Touchpoint};
 
 // Declared first: its macro is used by the adapters' tests below.
@@ -50,26 +52,6 @@ pub enum Recorded {
     Inserted,
     /// Not counted; the reason says which dedup rule applied.
     Duplicate(DuplicateReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DuplicateReason {
-    /// This hit was already recorded for this goal (a redelivery).
-    SameHit,
-    /// Another hit already converted with this goal and `order_id`.
-    OrderId,
-    /// The goal counts once per visitor and this visitor already converted.
-    Visitor,
-}
-
-impl DuplicateReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DuplicateReason::SameHit => "same_hit",
-            DuplicateReason::OrderId => "order_id",
-            DuplicateReason::Visitor => "visitor",
-        }
-    }
 }
 
 /// A hit that matched a goal: it counts unless a dedup rule says no.

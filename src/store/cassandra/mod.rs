@@ -13,7 +13,7 @@
 //! `order_id` and `once_per_visitor` is earliest-wins, as on SQLite, and
 //! needs no Paxos: every candidate is stored, and what counts is settled
 //! from the stored candidates (`batch.rs` says how, and why racing
-//! workers agree; `settle.rs` is the rule). An attributor
+//! workers agree; [`crate::domain::dedup`] is the rule). An attributor
 //! batch is written as concurrent statements across visitors, at most
 //! `CASSANDRA_MAX_IN_FLIGHT` visitors at once; a touchpoint written after a
 //! conversion it precedes re-credits it through `conversions_by_visitor`.
@@ -28,11 +28,11 @@
 //! - `statements.rs`: every statement's CQL ([`STATEMENTS`]), prepared
 //!   once into [`Statements`].
 //! - `consistency.rs`: `CASSANDRA_CONSISTENCY` parsed and checked.
-//! - `rows.rs`: typed rows and their mapping to domain types.
+//! - `rows.rs`: typed rows (stored candidates and order rows among them)
+//!   and their mapping to domain types.
 //! - `errors.rs`: driver errors mapped to [`StoreError`].
 //! - `reports.rs`: the partitioned reads behind reports.
-//! - `batch.rs`: the attributor's batch write and earliest-wins settle;
-//!   `settle.rs`: the rule it applies.
+//! - `batch.rs`: the attributor's batch write and earliest-wins settle.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
 //!
@@ -68,7 +68,6 @@ pub(crate) mod live;
 mod reports;
 mod rows;
 mod schema;
-mod settle;
 mod statements;
 #[cfg(test)]
 mod tests;

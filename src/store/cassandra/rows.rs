@@ -10,7 +10,8 @@ use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
 use super::errors::{corrupt, shape};
-use crate::domain::{CountMode, Goal, GoalMatch, Model};
+use crate::domain::dedup::Contender;
+use crate::domain::{Conversion, CountMode, Goal, GoalMatch, Model};
 use crate::store::StoreError;
 
 pub(super) type GoalRow = (
@@ -47,6 +48,32 @@ pub(super) type CreditDbRow = (
     Option<f64>,
     Option<f64>,
 );
+
+/// A candidate as `visitor_candidates` holds it. `conversion.credits` is
+/// not stored: the store computes credits when it counts.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Stored {
+    pub conversion: Conversion,
+    pub once_per_visitor: bool,
+}
+
+impl Stored {
+    /// As the earliest-wins rule sees it.
+    pub fn contender(&self) -> Contender<'_> {
+        Contender {
+            conversion: &self.conversion,
+            once_per_visitor: self.once_per_visitor,
+        }
+    }
+}
+
+/// One row of an order partition: a candidate carrying the order id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct OrderRow {
+    pub at: DateTime<Utc>,
+    pub hit: Uuid,
+    pub vid: String,
+}
 
 /// CQL `timestamp` keeps milliseconds; the rest is kept beside it so a
 /// stored time reads back exactly as written.
