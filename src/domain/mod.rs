@@ -1,10 +1,12 @@
-//! Pure domain logic: hits, goals, attribution and report aggregation.
+//! Pure domain logic: hits, goals, attribution, earliest-wins dedup and
+//! report aggregation.
 //!
 //! Nothing in here performs I/O, reads the clock (except where a caller
 //! passes it in) or knows which adapter is in use. Every function is
 //! deterministic so it can be unit- and property-tested.
 
 pub mod attribution;
+pub mod dedup;
 pub mod goal;
 pub mod hit;
 pub mod hit_lines;
@@ -15,6 +17,7 @@ pub mod site;
 pub use attribution::{
     attribute, credit_split, credits_from_path, window_path, Conversion, Credit, Model, Touchpoint,
 };
+pub use dedup::DuplicateReason;
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, GoalSet, UrlOp};
 pub use hit::{Hit, HitError, HitKind, Marketing, PropValue, RawHit, Stamp, VisitorSalt};
 pub use hit_lines::{HitKey, HitLines, LineError};

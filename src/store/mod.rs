@@ -18,6 +18,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::domain::report::{ClickTotal, RollupRow};
+/// The dedup rule decides; the port reports its reasons.
+pub use crate::domain::DuplicateReason;
 use crate::domain::{
     ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
 };
@@ -53,26 +55,6 @@ pub enum Recorded {
     Inserted,
     /// Not counted; the reason says which dedup rule applied.
     Duplicate(DuplicateReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DuplicateReason {
-    /// This hit was already recorded for this goal (a redelivery).
-    SameHit,
-    /// Another hit already converted with this goal and `order_id`.
-    OrderId,
-    /// The goal counts once per visitor and this visitor already converted.
-    Visitor,
-}
-
-impl DuplicateReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DuplicateReason::SameHit => "same_hit",
-            DuplicateReason::OrderId => "order_id",
-            DuplicateReason::Visitor => "visitor",
-        }
-    }
 }
 
 /// A hit that matched a goal: it counts unless a dedup rule says no.

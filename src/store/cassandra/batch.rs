@@ -8,12 +8,13 @@
 //! clustered by goal, time, hit: one read gives all of a visitor's groups)
 //! and, when it carries an order id, in `order_candidates` (partition
 //! `(site, goal, order_id)`). What counts in a (site, goal, visitor) group
-//! is then a pure function of the stored candidates ([`super::settle`], the
-//! rule of the SQLite store): the order's holder is its earliest candidate
-//! by (`at`, hit id); a `once_per_visitor` candidate counts if no earlier
-//! one of its group counted. Counted conversions that are no longer wanted
-//! are removed ("displaced"), wanted ones written. A candidate with an order
-//! id also settles the groups of every visitor in its order partition (it
+//! is then a pure function of the stored candidates
+//! ([`crate::domain::dedup`], the rule the SQLite store applies too): the
+//! order's holder is its earliest candidate by (`at`, hit id); a
+//! `once_per_visitor` candidate counts if no earlier one of its group
+//! counted. Counted conversions that are no longer wanted are removed
+//! ("displaced"), wanted ones written. A candidate with an order id also
+//! settles the groups of every visitor in its order partition (it
 //! may take the order from one of them). The old `order_claims` and
 //! `visitor_claims` tables stay in the schema for old data but decide
 //! nothing any more.
@@ -109,8 +110,9 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use tracing::debug;
 use uuid::Uuid;
 
-use super::settle::{decide, holder, OrderRow, Stored};
+use super::rows::{OrderRow, Stored};
 use super::{corrupt, credit_bucket, join_time, split_time, CassandraStore};
+use crate::domain::dedup::{decide, order_holder, Contender};
 use crate::domain::{credit_split, Conversion, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, StoreError};
 
@@ -188,10 +190,14 @@ fn decisions(snap: &Snapshot, dirty: &BTreeSet<GroupKey>) -> Decisions {
                 .filter_map(|s| s.conversion.order_id.clone())
                 .filter_map(|order| {
                     let rows = snap.orders.get(&(key.0, order.clone()))?;
-                    Some((order, holder(rows)?))
+                    // Not the first row in clustering order: the holder
+                    // must not depend on how the cluster compares UUIDs of
+                    // different versions.
+                    Some((order, order_holder(rows.iter().map(|r| (r.at, r.hit)))?))
                 })
                 .collect();
-            (key.clone(), decide(&members, &holders))
+            let contenders: Vec<Contender<'_>> = members.iter().map(|s| s.contender()).collect();
+            (key.clone(), decide(&contenders, &holders))
         })
         .collect()
 }

@@ -18,8 +18,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rusqlite::{params, OptionalExtension, Transaction};
+use uuid::Uuid;
 
 use super::{instant, nanos, touchpoint_from_row, uuid_col, write_credits};
+use crate::domain::dedup::{decide, Contender};
 use crate::domain::{window_path, Conversion, Model, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, StoreError};
 
@@ -212,7 +214,8 @@ type Group = (String, String, String);
 type GroupRow = ((Conversion, String), bool, bool);
 
 /// Brings one (site, goal, visitor) group's counted conversions in line
-/// with its candidates; records why each candidate does or does not count.
+/// with its candidates, as [`decide`] rules; records why each candidate
+/// does or does not count.
 fn settle(
     b: &mut Batch<'_, '_>,
     (site, goal, vid): &Group,
@@ -228,31 +231,35 @@ fn settle(
             .collect::<Result<Vec<_>, _>>()?;
         rows
     };
-    let mut visitor_counted = false;
-    for ((mut c, model), once, counted) in rows {
+    let mut holders: BTreeMap<String, Uuid> = BTreeMap::new();
+    for ((c, _), _, _) in &rows {
+        if let Some(order) = c.order_id.as_deref() {
+            if let Some(holder) = b.order_holder(site, goal, order)? {
+                holders.insert(order.to_owned(), hit_id(&holder)?);
+            }
+        }
+    }
+    let decided: HashMap<Uuid, Option<DuplicateReason>> = {
+        let group: Vec<Contender<'_>> = rows
+            .iter()
+            .map(|((c, _), once, _)| Contender {
+                conversion: c,
+                once_per_visitor: *once,
+            })
+            .collect();
+        decide(&group, &holders).into_iter().collect()
+    };
+    for ((mut c, model), _, counted) in rows {
         let hit = c.hit_id.to_string();
-        let order_taken = match c.order_id.as_deref() {
-            Some(order) => b.order_holder(site, goal, order)?.as_deref() != Some(hit.as_str()),
-            None => false,
+        // `decide` answers for every candidate it is given.
+        let Some(&verdict) = decided.get(&c.hit_id) else {
+            continue;
         };
-        let counts = if order_taken {
-            verdicts.insert(
-                (hit.clone(), goal.clone()),
-                Recorded::Duplicate(DuplicateReason::OrderId),
-            );
-            false
-        } else if once && visitor_counted {
-            verdicts.insert(
-                (hit.clone(), goal.clone()),
-                Recorded::Duplicate(DuplicateReason::Visitor),
-            );
-            false
-        } else {
-            visitor_counted = true;
-            verdicts.insert((hit.clone(), goal.clone()), Recorded::Inserted);
-            true
-        };
-        match (counts, counted) {
+        verdicts.insert(
+            (hit.clone(), goal.clone()),
+            verdict.map_or(Recorded::Inserted, Recorded::Duplicate),
+        );
+        match (verdict.is_none(), counted) {
             (true, false) => {
                 c.model = model_of(&model)?;
                 count(b, c)?;
@@ -265,6 +272,17 @@ fn settle(
         }
     }
     Ok(())
+}
+
+/// An order holder's hit id, as `uuid_col` reads the same column.
+fn hit_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| {
+        StoreError::from(rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            Box::new(e),
+        ))
+    })
 }
 
 /// Rewrites the credits of a visitor's recorded conversions that a newly

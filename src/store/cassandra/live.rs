@@ -1,0 +1,444 @@
+//! Against a real cluster: only when `CASSANDRA_CONTACT_POINTS` is set,
+//! each test in a fresh random keyspace, dropped afterwards.
+
+use super::*;
+use crate::config::Settings;
+use crate::domain::{Credit, Model};
+use crate::store::{DuplicateReason, Recorded};
+
+/// Drops the test keyspace when the test ends. A fresh session on its
+/// own thread and runtime, so it works whatever runtime the test used.
+pub struct KeyspaceGuard {
+    settings: CassandraSettings,
+}
+
+impl KeyspaceGuard {
+    /// Another store on the test's keyspace, to play a second worker
+    /// (or a crashed one) with the adapter's own methods.
+    pub async fn second_handle(&self) -> CassandraStore {
+        CassandraStore::connect(&self.settings, Arc::new(Metrics::new()))
+            .await
+            .expect("a second handle on the test keyspace")
+    }
+}
+
+impl Drop for KeyspaceGuard {
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Runtime::new() else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(store) = CassandraStore::connect(&settings, Arc::new(Metrics::new())).await
+                else {
+                    return;
+                };
+                let _ = store
+                    .ddl(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The store conformance suite (the SQLite store runs the same one),
+/// against the cluster in `CASSANDRA_CONTACT_POINTS`.
+mod conformance {
+    use super::*;
+    use crate::store::conformance::Guard;
+
+    async fn cassandra() -> Option<(Arc<dyn Store>, Guard)> {
+        let (store, guard) = cassandra_store().await?;
+        Some((store, Box::new(guard)))
+    }
+
+    store_conformance_tests!(cassandra);
+    mod earliest_wins {
+        use super::cassandra;
+        store_conformance_tests!(earliest_wins cassandra);
+    }
+}
+
+/// A migrated store in a fresh keyspace, or `None` (test skipped).
+pub async fn cassandra_store() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {
+    let settings = Settings::from_env().expect("settings from the environment");
+    let crate::config::StoreSettings::Cassandra(mut c) = settings.store else {
+        crate::test_support::skip("CASSANDRA_CONTACT_POINTS");
+        return None;
+    };
+    c.keyspace = format!("tally_t_{}", Uuid::new_v4().simple());
+    let store = CassandraStore::connect(&c, Arc::new(Metrics::new()))
+        .await
+        .expect("connect to CASSANDRA_CONTACT_POINTS");
+    store.migrate().await.expect("migrate a fresh keyspace");
+    Some((Arc::new(store), KeyspaceGuard { settings: c }))
+}
+
+fn conversion(site: &str, hit: Uuid, goal: Uuid, order: Option<&str>, vid: &str) -> Conversion {
+    Conversion {
+        hit_id: hit,
+        goal_id: goal,
+        site: site.into(),
+        vid: vid.into(),
+        at: Utc::now(),
+        value: 10.0,
+        currency: Some("EUR".into()),
+        order_id: order.map(Into::into),
+        model: Model::Linear,
+        window_days: 30,
+        // What the store computes for a visitor without touchpoints.
+        credits: vec![Credit {
+            touchpoint: None,
+            source: "(direct)".into(),
+            medium: None,
+            campaign: None,
+            ad: None,
+            at: None,
+            credit: 1.0,
+        }],
+    }
+}
+
+/// One candidate on its own, as the attributor writes it.
+async fn rec(store: &Arc<dyn Store>, c: &Conversion, once_per_visitor: bool) -> Recorded {
+    let cand = Candidate {
+        conversion: c.clone(),
+        once_per_visitor,
+    };
+    store.record_batch(&[], &[cand]).await.unwrap().recorded[0].clone()
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op_and_ready_passes() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    store.migrate().await.unwrap();
+    store.check().await.unwrap();
+    assert_eq!(store.name(), "cassandra");
+}
+
+#[tokio::test]
+async fn sites_keys_goals_and_touchpoints_round_trip_exactly() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    let site = Site::new("shop", vec!["shop.example".into()], Utc::now());
+    store.create_site(&site).await.unwrap();
+    assert_eq!(store.site(&site.key).await.unwrap(), Some(site.clone()));
+    assert_eq!(store.site("s_nope").await.unwrap(), None);
+
+    let key = ApiKey::mint(&site.key);
+    store.add_api_key(&key).await.unwrap();
+    assert_eq!(
+        store.site_for_key_hash(&key.hash).await.unwrap(),
+        Some(site.key.clone())
+    );
+    assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 1);
+    assert_eq!(store.site_for_key_hash(&key.hash).await.unwrap(), None);
+    assert_eq!(store.revoke_api_keys(&key.prefix).await.unwrap(), 0);
+
+    let draft = serde_json::from_value(serde_json::json!({
+        "match": {"url": "/thanks/*", "op": "wildcard"}, "value": 5.0, "count": "once_per_visitor"
+    }))
+    .unwrap();
+    let goal = Goal::from_draft(draft, Uuid::now_v7(), &site.key, Utc::now()).unwrap();
+    store.put_goal(&goal).await.unwrap();
+    assert_eq!(
+        store.goal(&site.key, goal.id).await.unwrap(),
+        Some(goal.clone())
+    );
+    assert_eq!(store.goals(&site.key).await.unwrap(), vec![goal.clone()]);
+    assert!(store.delete_goal(&site.key, goal.id).await.unwrap());
+    assert!(!store.delete_goal(&site.key, goal.id).await.unwrap());
+    assert!(store.goals(&site.key).await.unwrap().is_empty());
+
+    let now = Utc::now();
+    let tp = |ago: i64| Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: site.key.clone(),
+        vid: "v1".into(),
+        at: now - chrono::Duration::days(ago),
+        source: "google".into(),
+        medium: Some("cpc".into()),
+        campaign: None,
+        ad: None,
+        click_id: Some(("gclid".into(), "abc".into())),
+    };
+    let (recent, old) = (tp(1), tp(40));
+    for t in [&recent, &old, &recent] {
+        store.put_touchpoint(t).await.unwrap();
+    }
+    let got = store
+        .touchpoints(&site.key, "v1", now - chrono::Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![recent.clone()]);
+    let since_exact = store.touchpoints(&site.key, "v1", recent.at).await.unwrap();
+    assert_eq!(since_exact, vec![recent]);
+}
+
+#[tokio::test]
+async fn conversions_dedup_by_hit_order_and_visitor_and_report() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    let (site, goal) = ("s_t", Uuid::now_v7());
+    let first = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+    assert_eq!(rec(&store, &first, false).await, Recorded::Inserted);
+    assert_eq!(
+        rec(&store, &first, false).await,
+        Recorded::Duplicate(DuplicateReason::SameHit)
+    );
+    let same_order = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
+    assert_eq!(
+        rec(&store, &same_order, false).await,
+        Recorded::Duplicate(DuplicateReason::OrderId)
+    );
+    let a = conversion(site, Uuid::now_v7(), goal, None, "v3");
+    let b = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v3");
+    assert_eq!(rec(&store, &a, true).await, Recorded::Inserted);
+    assert_eq!(
+        rec(&store, &b, true).await,
+        Recorded::Duplicate(DuplicateReason::Visitor)
+    );
+    // b did not count, but it is the earliest hit with o-2: it holds
+    // the order all the same (no cascade), so a later one does not count.
+    let c = conversion(site, Uuid::now_v7(), goal, Some("o-2"), "v4");
+    assert_eq!(
+        rec(&store, &c, false).await,
+        Recorded::Duplicate(DuplicateReason::OrderId)
+    );
+
+    let day = first.at.date_naive();
+    let rows = store.credit_rows(site, day, day, None).await.unwrap();
+    assert_eq!(rows.len(), 2, "two conversions, one credit each");
+    let total: f64 = rows.iter().map(|r| r.credit).sum();
+    assert!((total - 2.0).abs() < 1e-9);
+    assert!(store
+        .credit_rows(site, day, day, Some(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.conversions_for_hit(site, first.hit_id).await.unwrap(),
+        vec![first]
+    );
+    assert!(store
+        .conversions_for_hit(site, b.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A conversion written and removed by two workers at once ends, row
+/// by row, as one of the two units left it: registered, with its
+/// per-hit row and every credit row, or none of them. Were they written
+/// as separate statements, a removal racing a write could leave the
+/// per-hit row counted without a registration, which no later settle
+/// finds.
+#[tokio::test]
+async fn a_write_and_a_removal_racing_leave_all_rows_or_none() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = Arc::new(_guard.second_handle().await);
+    let site = "s_t";
+    let (mut both, mut neither) = (0, 0);
+    for round in 0..64 {
+        let mut c = conversion(
+            site,
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            None,
+            &format!("v{round}"),
+        );
+        let half = Credit {
+            credit: 0.5,
+            ..c.credits[0].clone()
+        };
+        c.credits = vec![
+            half.clone(),
+            Credit {
+                source: "google".into(),
+                ..half
+            },
+        ];
+        let units: Vec<_> = [true, false]
+            .into_iter()
+            .map(|put| {
+                let (cass, c) = (cass.clone(), c.clone());
+                tokio::spawn(async move { cass.put_unit(&c, put).await })
+            })
+            .collect();
+        for u in units {
+            u.await.unwrap().unwrap();
+        }
+        let registered = cass
+            .registered(site, &c.vid)
+            .await
+            .unwrap()
+            .contains_key(&(c.hit_id, c.goal_id));
+        let by_hit = store
+            .conversions_for_hit(site, c.hit_id)
+            .await
+            .unwrap()
+            .len();
+        let day = c.at.date_naive();
+        let credits = store
+            .credit_rows(site, day, day, Some(c.goal_id))
+            .await
+            .unwrap()
+            .len();
+        match (registered, by_hit, credits) {
+            (true, 1, 2) => both += 1,
+            (false, 0, 0) => neither += 1,
+            state => panic!("round {round}: half a conversion left: {state:?}"),
+        }
+    }
+    eprintln!("units racing: the write won {both} times, the removal {neither}");
+}
+
+/// A conversion counted before schema 5 has no stored candidate, so
+/// earliest-wins cannot see it: an earlier hit with its order id
+/// counts beside it. Replaying its hit (`tally replay`) stores the
+/// candidate, and the order goes to the earliest hit alone.
+#[tokio::test]
+async fn a_conversion_counted_before_schema_5_joins_earliest_wins_once_replayed() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = _guard.second_handle().await;
+    let goal = Uuid::now_v7();
+    let late = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-late");
+    let mut early = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-early");
+    early.at = late.at - chrono::Duration::hours(1);
+    // What schema 4 left: the conversion's rows, no candidate.
+    cass.put_unit(&late, true).await.unwrap();
+    let day = late.at.date_naive();
+    let counted = || async {
+        let mut hits: Vec<Uuid> = Vec::new();
+        for h in [early.hit_id, late.hit_id] {
+            if !store
+                .conversions_for_hit("s_t", h)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                hits.push(h);
+            }
+        }
+        let rows = store.credit_rows("s_t", early.at.date_naive(), day, Some(goal));
+        (hits, rows.await.unwrap().len())
+    };
+    assert_eq!(rec(&store, &early, false).await, Recorded::Inserted);
+    assert_eq!(counted().await, (vec![early.hit_id, late.hit_id], 2));
+    // The replay of the late hit.
+    assert_eq!(
+        rec(&store, &late, false).await,
+        Recorded::Duplicate(DuplicateReason::OrderId)
+    );
+    assert_eq!(counted().await, (vec![early.hit_id], 1));
+}
+
+#[tokio::test]
+async fn redelivery_after_a_crash_mid_write_completes_the_conversion_once() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    // A second handle on the same keyspace, to play the crashed delivery.
+    let cass = _guard.second_handle().await;
+    let c = conversion("s_t", Uuid::now_v7(), Uuid::now_v7(), Some("o-9"), "v1");
+    let cand = Candidate {
+        conversion: c.clone(),
+        once_per_visitor: false,
+    };
+    // The first delivery stored its candidate, registered the
+    // conversion as being written and wrote its credit rows, then died
+    // before the per-hit row and the complete registration.
+    cass.store_candidate(&cand).await.unwrap();
+    cass.register(&c, false).await.unwrap();
+    cass.write_credit_rows(&c).await.unwrap();
+    assert!(store
+        .conversions_for_hit(&c.site, c.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
+    let day = c.at.date_naive();
+    let rows = || async { store.credit_rows(&c.site, day, day, None).await.unwrap() };
+    assert_eq!(rows().await.len(), 1);
+    assert_eq!(
+        store.conversions_for_hit(&c.site, c.hit_id).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert_eq!(
+        rec(&store, &c, false).await,
+        Recorded::Duplicate(DuplicateReason::SameHit)
+    );
+    assert_eq!(rows().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_mid_removal_is_finished_by_the_next_settle() {
+    let Some((store, _guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = _guard.second_handle().await;
+    let (site, goal) = ("s_t", Uuid::now_v7());
+    let mut late = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v2");
+    late.at += chrono::Duration::minutes(5);
+    assert_eq!(rec(&store, &late, false).await, Recorded::Inserted);
+    // The earlier hit's delivery stored its candidate, began removing
+    // the displaced one (marked it, deleted its credit rows) and died.
+    let early = conversion(site, Uuid::now_v7(), goal, Some("o-1"), "v1");
+    cass.store_candidate(&Candidate {
+        conversion: early.clone(),
+        once_per_visitor: false,
+    })
+    .await
+    .unwrap();
+    cass.register(&late, false).await.unwrap();
+    let st = cass.st().await.unwrap();
+    cass.exec(
+        &st.delete_credits_from,
+        (
+            site,
+            late.at.date_naive(),
+            credit_bucket(late.hit_id),
+            goal,
+            late.hit_id,
+            0_i32,
+        ),
+    )
+    .await
+    .unwrap();
+    // Its redelivery finishes: the early hit counts, the late one is gone.
+    let out = store
+        .record_batch(
+            &[],
+            &[Candidate {
+                conversion: early.clone(),
+                once_per_visitor: false,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.recorded, vec![Recorded::Inserted]);
+    assert_eq!(out.displaced, 1);
+    assert!(store
+        .conversions_for_hit(site, late.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+    let day = early.at.date_naive();
+    let rows = store.credit_rows(site, day, day, None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        store.conversions_for_hit(site, early.hit_id).await.unwrap(),
+        vec![early]
+    );
+}

@@ -1,0 +1,188 @@
+//! Every statement the store runs, as CQL by name ([`STATEMENTS`]) and
+//! prepared once per process into [`Statements`], after the schema is at
+//! the version this build needs.
+//!
+//! This module must never splice a value into CQL (only the checked
+//! keyspace name is): values are bound, so requests route by token.
+
+use std::collections::HashMap;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use tracing::warn;
+
+use super::errors::IntoStoreError;
+use super::schema::{render, SCHEMA_VERSION};
+use super::CassandraStore;
+use crate::store::StoreError;
+
+/// Rows per page for reads that can grow.
+const PAGE_SIZE: i32 = 1_000;
+
+/// Every statement the store runs, prepared once per process.
+pub struct Statements {
+    pub(super) insert_site: PreparedStatement,
+    pub(super) select_site: PreparedStatement,
+    pub(super) insert_api_key: PreparedStatement,
+    pub(super) insert_api_key_by_prefix: PreparedStatement,
+    pub(super) select_api_key: PreparedStatement,
+    pub(super) select_api_keys_by_prefix: PreparedStatement,
+    pub(super) revoke_api_key: PreparedStatement,
+    pub(super) insert_goal: PreparedStatement,
+    pub(super) select_goals: PreparedStatement,
+    pub(super) select_goal: PreparedStatement,
+    pub(super) delete_goal: PreparedStatement,
+    pub(super) insert_touchpoint: PreparedStatement,
+    pub(super) select_touchpoints: PreparedStatement,
+    pub(super) insert_conversion: PreparedStatement,
+    pub(super) delete_conversion: PreparedStatement,
+    pub(super) select_conversions: PreparedStatement,
+    pub(super) insert_credit: PreparedStatement,
+    pub(super) select_credits: PreparedStatement,
+    pub(super) select_credits_for_goal: PreparedStatement,
+    pub(super) claim_salt: PreparedStatement,
+    pub(super) delete_salt: PreparedStatement,
+    pub(super) insert_conversion_by_visitor: PreparedStatement,
+    pub(super) select_visitor_conversions: PreparedStatement,
+    pub(super) delete_conversion_by_visitor: PreparedStatement,
+    pub(super) delete_credits_from: PreparedStatement,
+    pub(super) insert_visitor_candidate: PreparedStatement,
+    pub(super) select_visitor_candidates: PreparedStatement,
+    pub(super) insert_order_candidate: PreparedStatement,
+    pub(super) select_order_candidates: PreparedStatement,
+    pub(super) insert_click: PreparedStatement,
+    pub(super) select_clicks: PreparedStatement,
+    pub(super) select_credit_hits: PreparedStatement,
+}
+
+/// The CQL of every prepared statement, by name, with `{ks}` unfilled.
+pub const STATEMENTS: &[(&str, &str)] = &[
+    ("insert_site", "INSERT INTO {ks}.sites (site_key, name, domains, created_at, created_at_ns) VALUES (?, ?, ?, ?, ?)"),
+    ("select_site", "SELECT site_key, name, domains, created_at, created_at_ns FROM {ks}.sites WHERE site_key = ?"),
+    ("insert_api_key", "INSERT INTO {ks}.api_keys (hash, site, prefix, revoked) VALUES (?, ?, ?, false)"),
+    ("insert_api_key_by_prefix", "INSERT INTO {ks}.api_keys_by_prefix (prefix, hash, site) VALUES (?, ?, ?)"),
+    ("select_api_key", "SELECT site, revoked FROM {ks}.api_keys WHERE hash = ?"),
+    ("select_api_keys_by_prefix", "SELECT hash FROM {ks}.api_keys_by_prefix WHERE prefix = ?"),
+    ("revoke_api_key", "UPDATE {ks}.api_keys SET revoked = true WHERE hash = ?"),
+    ("insert_goal", "INSERT INTO {ks}.goals (site, id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_goals", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ?"),
+    ("select_goal", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ? AND id = ?"),
+    ("delete_goal", "DELETE FROM {ks}.goals WHERE site = ? AND id = ? IF EXISTS"),
+    ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
+    // Plain whole-row writes, no LWT: the row is keyed by hit and goal, so
+    // a redelivery writes the same row again.
+    ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?)"),
+    ("delete_conversion", "DELETE FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
+    ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
+    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+    ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
+    ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
+    ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("select_visitor_conversions", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ?"),
+    ("delete_conversion_by_visitor", "DELETE FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at = ? AND hit = ? AND goal = ?"),
+    // Candidates, stored idempotently by hit (schema version 5): what
+    // counts is settled from them (`cassandra/batch.rs`).
+    ("insert_visitor_candidate", "INSERT INTO {ks}.visitor_candidates (site, vid, goal, at, hit, at_ns, order_id, once_per_visitor, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_visitor_candidates", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ?"),
+    ("insert_order_candidate", "INSERT INTO {ks}.order_candidates (site, goal, order_id, at, hit, at_ns, vid) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("select_order_candidates", "SELECT at, at_ns, hit, vid FROM {ks}.order_candidates WHERE site = ? AND goal = ? AND order_id = ?"),
+    // A range delete on the last clustering column: the credit rows past a
+    // re-credited split's new length, or all of them (from 0) when a
+    // displaced conversion is removed.
+    ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
+    ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credit_hits", "SELECT hit FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+];
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
+        let mut prepared: HashMap<&str, PreparedStatement> = HashMap::new();
+        for (name, cql) in STATEMENTS {
+            let mut p = session
+                .prepare(render(cql, ks))
+                .await
+                .map_err(IntoStoreError::into_store)?;
+            // Every statement here writes fixed values keyed by ids, or
+            // reads: running it twice has the effect of running it once,
+            // so the driver may retry it after a timeout. Claims included:
+            // a claim found held by the same hit counts as ours.
+            p.set_is_idempotent(true);
+            if name.starts_with("select") {
+                p.set_page_size(PAGE_SIZE);
+            }
+            prepared.insert(name, p);
+        }
+        let mut take = |name: &str| {
+            prepared
+                .remove(name)
+                .ok_or_else(|| StoreError::Rejected(format!("statement `{name}` is not defined")))
+        };
+        Ok(Statements {
+            insert_site: take("insert_site")?,
+            select_site: take("select_site")?,
+            insert_api_key: take("insert_api_key")?,
+            insert_api_key_by_prefix: take("insert_api_key_by_prefix")?,
+            select_api_key: take("select_api_key")?,
+            select_api_keys_by_prefix: take("select_api_keys_by_prefix")?,
+            revoke_api_key: take("revoke_api_key")?,
+            insert_goal: take("insert_goal")?,
+            select_goals: take("select_goals")?,
+            select_goal: take("select_goal")?,
+            delete_goal: take("delete_goal")?,
+            insert_touchpoint: take("insert_touchpoint")?,
+            select_touchpoints: take("select_touchpoints")?,
+            insert_conversion: take("insert_conversion")?,
+            delete_conversion: take("delete_conversion")?,
+            select_conversions: take("select_conversions")?,
+            insert_credit: take("insert_credit")?,
+            select_credits: take("select_credits")?,
+            select_credits_for_goal: take("select_credits_for_goal")?,
+            claim_salt: take("claim_salt")?,
+            delete_salt: take("delete_salt")?,
+            insert_conversion_by_visitor: take("insert_conversion_by_visitor")?,
+            select_visitor_conversions: take("select_visitor_conversions")?,
+            delete_conversion_by_visitor: take("delete_conversion_by_visitor")?,
+            delete_credits_from: take("delete_credits_from")?,
+            insert_visitor_candidate: take("insert_visitor_candidate")?,
+            select_visitor_candidates: take("select_visitor_candidates")?,
+            insert_order_candidate: take("insert_order_candidate")?,
+            select_order_candidates: take("select_order_candidates")?,
+            insert_click: take("insert_click")?,
+            select_clicks: take("select_clicks")?,
+            select_credit_hits: take("select_credit_hits")?,
+        })
+    }
+}
+
+impl CassandraStore {
+    /// The prepared statements, preparing them once the schema is there.
+    pub(super) async fn st(&self) -> Result<&Statements, StoreError> {
+        self.statements
+            .get_or_try_init(|| async {
+                match self.schema_version().await? {
+                    Some(v) if v >= SCHEMA_VERSION => {}
+                    found => {
+                        return Err(StoreError::Schema(format!(
+                            "keyspace `{}` is at schema version {} but this build needs {SCHEMA_VERSION}",
+                            self.keyspace,
+                            found.map_or("none".to_owned(), |v| v.to_string())
+                        )))
+                    }
+                }
+                let statements = Statements::prepare(&self.session, &self.keyspace).await;
+                if let Err(error) = &statements {
+                    warn!(%error, "Cannot prepare the Cassandra statements.");
+                    self.metrics
+                        .adapter_errors
+                        .with_label_values(&["cassandra"])
+                        .inc();
+                }
+                statements
+            })
+            .await
+    }
+}
