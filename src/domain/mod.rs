@@ -10,6 +10,7 @@ pub mod hit;
 pub mod hit_lines;
 pub mod report;
 pub mod site;
+pub mod text;
 
 pub use attribution::{attribute, credit_split, Conversion, Credit, Model, Touchpoint};
 pub use goal::{CountMode, Goal, GoalDraft, GoalError, GoalMatch, GoalSet, UrlOp};

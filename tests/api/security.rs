@@ -677,3 +677,129 @@ async fn f10_metrics_token_guards_metrics() {
         .unwrap()
         .contains("tally_hits_accepted_total"));
 }
+
+/// Control characters (U+0000 to U+001F but tab) in any text field are a
+/// 400 naming the field, on POST and on the pixel, and never reach the
+/// queue: a NUL in a utm value would otherwise come back in every report
+/// and CSV.
+#[tokio::test]
+async fn control_characters_in_text_are_refused_and_never_queued() {
+    let app = spawn_app().await;
+    let nul_utm = "https://shop.example/?utm_source=google&utm_campaign=a%00b";
+    let res = app.collect(&app.pageview(nul_utm, "v1")).await;
+    let (status, msg) = error_of(res).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("url") && msg.contains("utm_campaign"), "{msg}");
+    for (field, hit) in [
+        (
+            "site",
+            json!({"site": "s\u{0}", "type": "event", "name": "n"}),
+        ),
+        ("name", event(&app, "buy\u{0}", "v1", json!({}))),
+        ("url", app.pageview("https://shop.example/a\nb", "v1")),
+        (
+            "referrer",
+            event(
+                &app,
+                "buy",
+                "v1",
+                json!({"referrer": "https://r.example/\r"}),
+            ),
+        ),
+        ("vid", event(&app, "buy", "v\u{1b}", json!({}))),
+        ("sid", event(&app, "buy", "v1", json!({"sid": "s\u{1f}"}))),
+        (
+            "currency",
+            event(&app, "buy", "v1", json!({"currency": "E\u{0}R"})),
+        ),
+        (
+            "order_id",
+            event(&app, "buy", "v1", json!({"order_id": "o\n1"})),
+        ),
+        (
+            "props",
+            event(&app, "buy", "v1", json!({"props": {"k\u{0}": 1}})),
+        ),
+        (
+            "props",
+            event(&app, "buy", "v1", json!({"props": {"k": "v\u{7}"}})),
+        ),
+    ] {
+        let (status, msg) = error_of(app.collect(&hit).await).await;
+        assert_eq!(status, 400, "{field}: {msg}");
+        assert!(
+            msg.contains(&format!("`{field}`")) && msg.contains("control character"),
+            "{field}: {msg}"
+        );
+    }
+    // The pixel: a NUL in the utm value and a raw control in a field.
+    for query in [
+        format!(
+            "site={}&url=https%3A%2F%2Fshop.example%2F%3Futm_campaign%3Da%2500b",
+            app.site_key
+        ),
+        format!("site={}&type=event&name=buy%0Anow", app.site_key),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&format!("/collect?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = error_of(res).await;
+        assert_eq!(status, 400, "{query}: {msg}");
+        assert!(msg.contains("control character"), "{msg}");
+    }
+    // Tab is text, and a clean hit still goes through: it is the only
+    // hit the queue (and so the archive) ever saw.
+    let ok = app
+        .collect_ok(&event(&app, "buy\tnow", "v1", json!({})))
+        .await;
+    let hits = archived(&app, 1).await;
+    assert_eq!(
+        hits.iter().map(|h| h.id.to_string()).collect::<Vec<_>>(),
+        ok
+    );
+    assert_eq!(app.metric("tally_hits_accepted_total").await, 1.0);
+    // Goals refuse control characters too, naming the field.
+    for (field, goal) in [
+        ("name", json!({"name": "a\u{0}", "match": {"event": "e"}})),
+        ("match.event", json!({"match": {"event": "e\n"}})),
+        ("match.url", json!({"match": {"url": "/a\r"}})),
+        (
+            "match.props",
+            json!({"match": {"event": "e", "props": {"p": "\u{1}"}}}),
+        ),
+    ] {
+        let res = app
+            .api(Method::POST, "/api/v1/goals")
+            .json(&goal)
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = error_of(res).await;
+        assert_eq!(status, 400, "{field}: {msg}");
+        assert!(msg.contains(&format!("`{field}`")), "{field}: {msg}");
+    }
+}
+
+/// The CLI refuses a site name or domain holding a control character and
+/// creates nothing.
+#[test]
+fn cli_refuses_control_characters_in_site_name_and_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--name", "Shop\u{1b}[2J", "--domain", "shop.example"],
+        ["--name", "Shop", "--domain", "shop.example\r"],
+    ] {
+        let out = crate::helpers::tally_cmd(dir.path())
+            .args(["sites", "create"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains("control character"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
