@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::domain::goal::MAX_GOALS_PER_SITE;
 use crate::domain::report::{aggregate_with_clicks, MAX_REPORT_DAYS};
-use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, ReportQuery};
+use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, Report, ReportQuery};
 
 /// The site an authenticated request acts for.
 pub struct SiteAuth {
@@ -170,6 +170,20 @@ fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
 }
 
 impl ReportParams {
+    /// The `group_by` keys as asked, in order, once each: the grouping
+    /// columns of a CSV report (the keys themselves are checked by
+    /// [`ReportParams::query`]).
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for part in self.group_by.as_deref().unwrap_or("").split(',') {
+            let part = part.trim();
+            if !part.is_empty() && !names.iter().any(|n| n == part) {
+                names.push(part.to_owned());
+            }
+        }
+        names
+    }
+
     /// Defaults: the last 30 UTC days up to today, no grouping.
     pub fn query(&self) -> Result<ReportQuery, ApiError> {
         let to = match &self.to {
@@ -207,6 +221,32 @@ impl ReportParams {
     }
 }
 
+/// The conversion report of `site` for `query`: what
+/// `GET /api/v1/conversions` answers as JSON and `conversions.csv` as CSV.
+pub async fn build_report(
+    state: &AppState,
+    site: &str,
+    query: &ReportQuery,
+) -> Result<Report, ApiError> {
+    let mut rows = state
+        .store
+        .credit_rows(site, query.from, query.to, query.goal)
+        .await?;
+    // A deleted goal leaves every report. Its conversion rows are kept
+    // (the explain endpoint still shows them) and dropped here, at read
+    // time, so deleting stays one small write.
+    let live: std::collections::HashSet<Uuid> = state
+        .store
+        .goals(site)
+        .await?
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    rows.retain(|r| live.contains(&r.goal));
+    let clicks = state.store.click_rows(site, query.from, query.to).await?;
+    Ok(aggregate_with_clicks(query, rows, clicks))
+}
+
 pub async fn conversions(
     state: web::Data<AppState>,
     auth: Bearer,
@@ -214,26 +254,31 @@ pub async fn conversions(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let query = params.query()?;
-    let mut rows = state
-        .store
-        .credit_rows(&auth.site, query.from, query.to, query.goal)
-        .await?;
-    // A deleted goal leaves every report. Its conversion rows are kept
-    // (the explain endpoint still shows them) and dropped here, at read
-    // time, so deleting stays one small write.
-    let live: std::collections::HashSet<Uuid> = state
-        .store
-        .goals(&auth.site)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    rows.retain(|r| live.contains(&r.goal));
-    let clicks = state
-        .store
-        .click_rows(&auth.site, query.from, query.to)
-        .await?;
-    Ok(HttpResponse::Ok().json(aggregate_with_clicks(&query, rows, clicks)))
+    Ok(HttpResponse::Ok().json(build_report(&state, &auth.site, &query).await?))
+}
+
+/// `GET /api/v1/conversions.csv`: the same report as
+/// [`conversions`], with the same parameters, as a formula-safe CSV file
+/// (one column per `group_by` key, then clicks, conversions and value).
+pub async fn conversions_csv(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    params: web::Query<ReportParams>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let query = params.query()?;
+    let report = build_report(&state, &auth.site, &query).await?;
+    let body = super::csv::report(&params.group_names(), &report);
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"tally-conversions-{}-{}.csv\"",
+                query.from, query.to
+            ),
+        ))
+        .body(body))
 }
 
 #[derive(Serialize)]

@@ -20,6 +20,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod collect;
+pub mod csv;
 pub mod dashboard;
 pub mod dashboard_api;
 pub mod edge;
@@ -104,6 +105,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .delete(api::delete_goal),
             )
             .service(web::resource("/conversions").get(api::conversions))
+            .service(web::resource("/conversions.csv").get(api::conversions_csv))
             .service(web::resource("/conversions/recent").get(dashboard_api::recent))
             .service(web::resource("/models").get(dashboard_api::models))
             .service(web::resource("/live").get(dashboard_api::live))

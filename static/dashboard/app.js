@@ -209,13 +209,18 @@
     });
     table.appendChild(body);
   }
+  // The server writes the CSV (formula-safe, RFC 4180): the report grouped
+  // down to the level shown, so the rows on screen are among its lines.
   $('csv').addEventListener('click', function () {
-    var q = function (v) { v = v == null ? '' : String(v); return /[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; };
-    var lines = [[state.level, 'clicks', 'conversions', 'conversion_rate', 'value', 'value_per_click'].join(',')];
-    state.shown.forEach(function (a) { lines.push([q(a.name), a.clicks, a.conversions, a.rate == null ? '' : a.rate, a.value, a.vpc == null ? '' : a.vpc].join(',')); });
-    var r = range();
-    var link = el('a', { href: URL.createObjectURL(new Blob([lines.join('\n') + '\n'], { type: 'text/csv' })), download: 'tally-' + (state.drill.concat([state.level]).join('-')) + '-' + r.from + '-' + r.to + '.csv' });
-    document.body.appendChild(link); link.click(); link.remove();
+    var r = range(), by = LEVELS.slice(0, state.drill.length + 1).join(',');
+    fetch('/api/v1/conversions.csv?' + rangeQuery() + '&group_by=' + by, { credentials: 'same-origin' }).then(function (res) {
+      if (res.status === 401) { showSignIn('Your session ended. Sign in again.'); throw new Error('signed out'); }
+      if (!res.ok) throw new Error(res.statusText);
+      return res.blob();
+    }).then(function (blob) {
+      var link = el('a', { href: URL.createObjectURL(blob), download: 'tally-' + by.replace(/,/g, '-') + '-' + r.from + '-' + r.to + '.csv' });
+      document.body.appendChild(link); link.click(); link.remove();
+    }).catch(function () {});
   });
 
   // ---- model comparison --------------------------------------------------

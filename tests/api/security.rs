@@ -803,3 +803,97 @@ fn cli_refuses_control_characters_in_site_name_and_domains() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// The report's CSV download is formula-safe: a campaign anyone could put
+/// in a link comes out as text a spreadsheet shows, never as a formula,
+/// and the file is RFC 4180 (read back here by the `csv` crate).
+#[tokio::test]
+async fn csv_report_cells_never_start_a_formula() {
+    let app = spawn_app().await;
+    app.create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 10}))
+        .await;
+    let campaigns = [
+        "=HYPERLINK(\"http://evil.example\",\"click\")",
+        "+cmd|' /C calc'!A0",
+        "@SUM(1+1)",
+        "-2+3",
+        "plain, with \"quotes\"",
+    ];
+    for (i, c) in campaigns.iter().enumerate() {
+        let url = url::Url::parse_with_params(
+            "https://shop.example/",
+            &[("utm_source", "ads"), ("utm_campaign", c)],
+        )
+        .unwrap();
+        let vid = format!("v{i}");
+        app.collect_ok(&app.pageview(url.as_str(), &vid)).await;
+        app.collect_ok(&event(&app, "signup", &vid, json!({})))
+            .await;
+    }
+    let report = app
+        .wait_for_conversions("campaign", campaigns.len() as f64)
+        .await;
+    assert_eq!(report["total"]["conversions"], json!(5.0), "{report}");
+    let res = app
+        .api(
+            Method::GET,
+            &format!(
+                "/api/v1/conversions.csv?from={d}&to={d}&group_by=source,campaign",
+                d = today()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let body = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        header,
+        ["source", "campaign", "clicks", "conversions", "value"]
+    );
+    let mut got: Vec<(String, String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_owned(), r[1].to_owned(), r[3].to_owned())
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, String)> = [
+        "'=HYPERLINK(\"http://evil.example\",\"click\")",
+        "'+cmd|' /C calc'!A0",
+        "'@SUM(1+1)",
+        "'-2+3",
+        "plain, with \"quotes\"",
+    ]
+    .iter()
+    .map(|c| ("ads".to_owned(), (*c).to_owned(), "1.0".to_owned()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want, "{body}");
+    // Same parameters, same checks as the JSON report.
+    let res = app
+        .api(Method::GET, "/api/v1/conversions.csv?group_by=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res).await.0, 400);
+    let res = app
+        .client
+        .get(app.url("/api/v1/conversions.csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res).await.0, 401);
+}
