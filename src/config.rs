@@ -133,6 +133,15 @@ pub struct EdgeSettings {
     /// Hits per second per client address on `/collect`
     /// (`RATE_LIMIT_PER_IP`); `None` means no limit.
     pub rate_limit_per_ip: Option<std::num::NonZeroU32>,
+    /// Sign-in attempts (`POST /session`) per minute per client address
+    /// (`SIGNIN_ATTEMPTS_PER_MINUTE`, default 10; 0 turns it off: `None`).
+    /// Counted in this process only: behind a router spreading requests
+    /// over N web processes an address gets up to N times as many. That
+    /// is acceptable because the limit exists to make guessing an API key
+    /// (238 random bits) by volume impossible, and N times a few attempts
+    /// a minute is as hopeless; a shared counter would put a store round
+    /// trip before every sign-in for nothing.
+    pub signin_attempts_per_minute: Option<std::num::NonZeroU32>,
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<SecretString>,
     /// Longest wait for the next piece of a request body before the
@@ -147,6 +156,7 @@ impl Default for EdgeSettings {
         EdgeSettings {
             trusted_proxy_hops: 0,
             rate_limit_per_ip: None,
+            signin_attempts_per_minute: std::num::NonZeroU32::new(10),
             metrics_token: None,
             body_stall_timeout: Duration::from_secs(9),
         }
@@ -300,6 +310,16 @@ impl Settings {
                         reason: format!("`{v}` is not a whole number of hits per second above 0"),
                     })?,
                 );
+        }
+        if let Some(v) = get("SIGNIN_ATTEMPTS_PER_MINUTE") {
+            let n: u32 =
+                parse("SIGNIN_ATTEMPTS_PER_MINUTE", &v).map_err(|_| ConfigError::Invalid {
+                    var: "SIGNIN_ATTEMPTS_PER_MINUTE",
+                    reason: format!(
+                        "`{v}` is not a whole number of attempts per minute (0 turns the limit off)"
+                    ),
+                })?;
+            s.edge.signin_attempts_per_minute = std::num::NonZeroU32::new(n);
         }
         s.edge.metrics_token = get("METRICS_TOKEN").map(SecretString::from);
         if let Some(v) = get("RUST_LOG") {
@@ -473,6 +493,23 @@ mod tests {
         ] {
             let err = from(&[(var, bad)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn sign_in_limit_is_on_by_default_and_0_turns_it_off() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(10));
+        let s = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", "3")]).unwrap();
+        assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(3));
+        let s = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", "0")]).unwrap();
+        assert!(s.edge.signin_attempts_per_minute.is_none());
+        for bad in ["-1", "many"] {
+            let err = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", bad)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("SIGNIN_ATTEMPTS_PER_MINUTE"),
+                "{err}"
+            );
         }
     }
 

@@ -85,6 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(dashboard::routes)
     .service(
         web::resource("/session")
+            .wrap(actix_web::middleware::from_fn(edge::signin_throttle))
             .get(session::whoami)
             .post(session::sign_in)
             .delete(session::sign_out),

@@ -897,3 +897,79 @@ async fn csv_report_cells_never_start_a_formula() {
         .unwrap();
     assert_eq!(error_of(res).await.0, 401);
 }
+
+async fn sign_in_attempt(
+    app: &TestApp,
+    key: &str,
+    forwarded_for: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/session"))
+        .header("origin", &app.address)
+        .json(&json!({"api_key": key}));
+    if let Some(ip) = forwarded_for {
+        req = req.header("x-forwarded-for", ip);
+    }
+    req.send().await.unwrap()
+}
+
+/// Sign-in is throttled per client address by default (10 a minute): the
+/// 11th wrong key in a row is a 429 with `Retry-After` and the JSON error,
+/// and so is the right key from that address until the budget refills. A
+/// forged `X-Forwarded-For` buys nothing without trusted proxies.
+#[tokio::test]
+async fn sign_in_attempts_are_throttled_per_address() {
+    let app = spawn_app().await;
+    for i in 0..10 {
+        let res = sign_in_attempt(&app, &format!("tk_wrong{i}"), None).await;
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    for (key, xff) in [
+        ("tk_wrong", None),
+        (app.api_key.as_str(), None),
+        ("tk_wrong", Some("198.51.100.7")),
+    ] {
+        let res = sign_in_attempt(&app, key, xff).await;
+        let retry: u64 = res
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        assert_eq!(error_of(res).await.0, 429);
+    }
+    // Reading the session and collecting hits are not sign-in attempts.
+    let res = app.client.get(app.url("/session")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    app.collect_ok(&app.pageview("https://shop.example/", "v1"))
+        .await;
+}
+
+/// Behind a trusted proxy the limit follows the client's address, as
+/// `/collect`'s does; `SIGNIN_ATTEMPTS_PER_MINUTE=0` turns it off.
+#[tokio::test]
+async fn sign_in_throttle_follows_trusted_proxies_and_can_be_turned_off() {
+    let app = spawn_app_with(|s| {
+        s.edge.trusted_proxy_hops = 1;
+        s.edge.signin_attempts_per_minute = std::num::NonZeroU32::new(3);
+    })
+    .await;
+    for _ in 0..3 {
+        let res = sign_in_attempt(&app, "tk_wrong", Some("203.0.113.1")).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = sign_in_attempt(&app, "tk_wrong", Some("203.0.113.1")).await;
+    assert_eq!(res.status(), 429);
+    let res = sign_in_attempt(&app, &app.api_key, Some("203.0.113.2")).await;
+    assert_eq!(res.status(), 200, "another client has its own budget");
+
+    let off = spawn_app_with(|s| s.edge.signin_attempts_per_minute = None).await;
+    for i in 0..30 {
+        let res = sign_in_attempt(&off, "tk_wrong", None).await;
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+}
