@@ -142,6 +142,10 @@ pub struct EdgeSettings {
     /// a minute is as hopeless; a shared counter would put a store round
     /// trip before every sign-in for nothing.
     pub signin_attempts_per_minute: Option<std::num::NonZeroU32>,
+    /// Live streams (`GET /api/v1/live`) one site may hold open at once in
+    /// this process (`LIVE_STREAMS_PER_SITE`, default 20; 0 turns the cap
+    /// off: `None`). Each stream holds a connection and a subscription.
+    pub live_streams_per_site: Option<std::num::NonZeroU32>,
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<SecretString>,
     /// Longest wait for the next piece of a request body before the
@@ -157,6 +161,7 @@ impl Default for EdgeSettings {
             trusted_proxy_hops: 0,
             rate_limit_per_ip: None,
             signin_attempts_per_minute: std::num::NonZeroU32::new(10),
+            live_streams_per_site: std::num::NonZeroU32::new(20),
             metrics_token: None,
             body_stall_timeout: Duration::from_secs(9),
         }
@@ -320,6 +325,15 @@ impl Settings {
                     ),
                 })?;
             s.edge.signin_attempts_per_minute = std::num::NonZeroU32::new(n);
+        }
+        if let Some(v) = get("LIVE_STREAMS_PER_SITE") {
+            let n: u32 = parse("LIVE_STREAMS_PER_SITE", &v).map_err(|_| ConfigError::Invalid {
+                var: "LIVE_STREAMS_PER_SITE",
+                reason: format!(
+                    "`{v}` is not a whole number of open streams (0 turns the cap off)"
+                ),
+            })?;
+            s.edge.live_streams_per_site = std::num::NonZeroU32::new(n);
         }
         s.edge.metrics_token = get("METRICS_TOKEN").map(SecretString::from);
         if let Some(v) = get("RUST_LOG") {
@@ -497,19 +511,29 @@ mod tests {
     }
 
     #[test]
-    fn sign_in_limit_is_on_by_default_and_0_turns_it_off() {
+    fn sign_in_and_live_stream_limits_are_on_by_default_and_0_turns_them_off() {
         let s = from(&[]).unwrap();
         assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(10));
-        let s = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", "3")]).unwrap();
+        assert_eq!(s.edge.live_streams_per_site.map(|n| n.get()), Some(20));
+        let s = from(&[
+            ("SIGNIN_ATTEMPTS_PER_MINUTE", "3"),
+            ("LIVE_STREAMS_PER_SITE", "2"),
+        ])
+        .unwrap();
         assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(3));
-        let s = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", "0")]).unwrap();
+        assert_eq!(s.edge.live_streams_per_site.map(|n| n.get()), Some(2));
+        let s = from(&[
+            ("SIGNIN_ATTEMPTS_PER_MINUTE", "0"),
+            ("LIVE_STREAMS_PER_SITE", "0"),
+        ])
+        .unwrap();
         assert!(s.edge.signin_attempts_per_minute.is_none());
-        for bad in ["-1", "many"] {
-            let err = from(&[("SIGNIN_ATTEMPTS_PER_MINUTE", bad)]).unwrap_err();
-            assert!(
-                err.to_string().starts_with("SIGNIN_ATTEMPTS_PER_MINUTE"),
-                "{err}"
-            );
+        assert!(s.edge.live_streams_per_site.is_none());
+        for var in ["SIGNIN_ATTEMPTS_PER_MINUTE", "LIVE_STREAMS_PER_SITE"] {
+            for bad in ["-1", "many"] {
+                let err = from(&[(var, bad)]).unwrap_err();
+                assert!(err.to_string().starts_with(var), "{err}");
+            }
         }
     }
 

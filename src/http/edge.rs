@@ -52,6 +52,7 @@ pub struct Edge {
     /// Sign-in attempts per address; see [`EdgeSettings::signin_attempts_per_minute`]
     /// for why it is per process.
     signin_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    live_cap: Arc<super::live_cap::LiveCap>,
     clock: DefaultClock,
     bots: isbot::Bots,
     store: Arc<dyn Store>,
@@ -70,6 +71,7 @@ impl Edge {
             signin_limiter: settings
                 .signin_attempts_per_minute
                 .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            live_cap: super::live_cap::LiveCap::new(settings.live_streams_per_site),
             settings,
             clock: DefaultClock::default(),
             // The pattern list of the `isbot` JavaScript package (crawlers,
@@ -95,6 +97,11 @@ impl Edge {
             req.peer_addr().map(|a| a.ip()),
             self.settings.trusted_proxy_hops,
         )
+    }
+
+    /// Open live streams per site and their cap.
+    pub fn live_cap(&self) -> &Arc<super::live_cap::LiveCap> {
+        &self.live_cap
     }
 
     /// Whether a user agent is a known crawler or automation tool.

@@ -26,6 +26,7 @@ pub mod dashboard_api;
 pub mod edge;
 pub mod errors;
 pub mod health;
+pub mod live_cap;
 pub mod session;
 pub mod sites;
 pub mod snippet;

@@ -460,3 +460,72 @@ async fn on_the_web_and_worker_pair_live_events_cross_rabbitmq() {
     .unwrap();
     q.delete_topology().await.unwrap();
 }
+
+/// Polls `/metrics` until `metric` is at most `want`; returns how long it
+/// took, or `None` past `within`.
+async fn metric_falls_to(
+    app: &TestApp,
+    metric: &str,
+    want: f64,
+    within: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if app.metric(metric).await <= want {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn open_live(app: &TestApp) -> reqwest::Response {
+    let mut res = app.api(Method::GET, "/api/v1/live").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with(": live"));
+    res
+}
+
+/// A stream whose client went away is noticed, and its place freed,
+/// within 2 s (not at the next 15 s keepalive).
+#[tokio::test]
+async fn a_closed_live_stream_is_freed_within_two_seconds() {
+    let app = spawn_app().await;
+    let res = open_live(&app).await;
+    assert_eq!(app.metric("tally_live_streams_open").await, 1.0);
+    drop(res);
+    let took = metric_falls_to(&app, "tally_live_streams_open", 0.0, Duration::from_secs(2)).await;
+    eprintln!("live: closed stream freed after {took:?}");
+    assert!(took.is_some(), "still open 2 s after the client closed it");
+    app.stop().await;
+}
+
+/// Streams are capped per site (`LIVE_STREAMS_PER_SITE`): past the cap a
+/// 429 with `Retry-After`; a stream that ends gives its place back.
+#[tokio::test]
+async fn live_streams_are_capped_per_site() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.edge.live_streams_per_site = std::num::NonZeroU32::new(2)
+    })
+    .await;
+    let first = open_live(&app).await;
+    let _second = open_live(&app).await;
+    let res = app.api(Method::GET, "/api/v1/live").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(app.metric("tally_live_streams_refused_total").await, 1.0);
+    drop(first);
+    assert!(
+        metric_falls_to(&app, "tally_live_streams_open", 1.0, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the closed stream kept its place"
+    );
+    let _third = open_live(&app).await;
+    app.stop().await;
+}
