@@ -283,10 +283,10 @@ pub async fn conversions_csv(
 
 #[derive(Serialize)]
 pub struct Explained {
-    hit_id: Uuid,
+    pub hit_id: Uuid,
     goal: Uuid,
     pub goal_name: Option<String>,
-    at: chrono::DateTime<Utc>,
+    pub at: chrono::DateTime<Utc>,
     value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     currency: Option<String>,

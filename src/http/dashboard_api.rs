@@ -187,9 +187,12 @@ pub struct RecentParams {
 
 /// Most conversions `recent` lists.
 pub const MAX_RECENT: usize = 100;
+/// Days back (today included) that `recent` looks at.
+const RECENT_DAYS: i64 = 30;
 
 /// `GET /api/v1/conversions/recent[?limit=N]`: the latest conversions of
-/// the last 30 UTC days, newest first, each explained as
+/// the last 30 UTC days (N converting hits), newest first by their time,
+/// each explained as
 /// `/api/v1/conversions/{hit_id}` explains it (one entry per goal).
 pub async fn recent(
     state: web::Data<AppState>,
@@ -198,23 +201,38 @@ pub async fn recent(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let limit = params.limit.unwrap_or(20).clamp(1, MAX_RECENT);
-    let to = Utc::now().date_naive();
-    let from = to - chrono::Duration::days(29);
-    let hits = state
-        .store
-        .converted_hits(&auth.site, from, to, limit)
-        .await?;
+    let today = Utc::now().date_naive();
+    // Day by day from today back: a conversion's day is its time's, while
+    // hit ids follow when a hit was received (a replayed or imported
+    // history can be received long after it happened), so ids alone
+    // would put old days before recent ones.
     let mut out: Vec<Explained> = Vec::new();
-    for hit in hits {
-        let mut all = state.store.conversions_for_hit(&auth.site, hit).await?;
-        all.sort_by_key(|c| c.goal_id);
-        for c in all {
-            let e = explained(&state, &auth.site, c).await?;
-            // A deleted goal leaves every report, this list included.
-            if e.goal_name.is_some() {
-                out.push(e);
+    let mut listed = 0;
+    for back in 0..RECENT_DAYS {
+        if listed >= limit {
+            break;
+        }
+        let day = today - chrono::Duration::days(back);
+        let hits = state
+            .store
+            .converted_hits(&auth.site, day, day, limit - listed)
+            .await?;
+        listed += hits.len();
+        let mut on_day: Vec<Explained> = Vec::new();
+        for hit in hits {
+            let mut all = state.store.conversions_for_hit(&auth.site, hit).await?;
+            all.sort_by_key(|c| c.goal_id);
+            for c in all {
+                let e = explained(&state, &auth.site, c).await?;
+                // A deleted goal leaves every report, this list included.
+                if e.goal_name.is_some() {
+                    on_day.push(e);
+                }
             }
         }
+        // Newest first; a hit's goals stay together in goal order.
+        on_day.sort_by(|a, b| b.at.cmp(&a.at).then(b.hit_id.cmp(&a.hit_id)));
+        out.extend(on_day);
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "conversions": out })))
 }
