@@ -341,6 +341,31 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, "//nav[@aria-label='Drill-down']//*[normalize-space(.)='source: google']", Duration::from_secs(1)).await;
         find(&client, &button("Conversions ▼"), Duration::from_secs(1)).await;
         screenshot(&client, "dashboard-sources-1280").await;
+        // Download CSV fetches the server's CSV of the level shown (the
+        // page's fetch is watched; the file itself goes to the browser).
+        client
+            .execute(
+                "window.csvSeen = null; var f = window.fetch; window.fetch = function (u, o) {\
+                   return f(u, o).then(function (r) {\
+                     if (String(u).indexOf('/api/v1/conversions.csv') === 0) r.clone().text().then(function (t) { window.csvSeen = { url: String(u), status: r.status, text: t }; });\
+                     return r; }); };",
+                vec![],
+            )
+            .await
+            .expect("fetch watched");
+        find(&client, &button("Download CSV"), Duration::from_secs(1)).await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let csv = loop {
+            let seen = client.execute("return window.csvSeen", vec![]).await.unwrap();
+            if !seen.is_null() {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "Download CSV fetched nothing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(csv["status"], 200, "{csv}");
+        assert!(csv["url"].as_str().unwrap().contains("group_by=source,medium,campaign"), "{csv}");
+        assert!(csv["text"].as_str().unwrap().starts_with("source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
         // Money has two decimals in every row.
         for cell in client.find_all(Locator::XPath(&format!("{}//tbody/tr/td[4]", table_under("Where conversions come from")))).await.unwrap() {
             let v = cell.text().await.unwrap();
