@@ -111,11 +111,9 @@ pub struct Settings {
     /// The nice value (0-19) of the consumers' threads in `tally all`
     /// (`CONSUMER_NICE`, default 0: equals with the web threads). Higher
     /// answers `/collect` first under load and leaves the difference in
-    /// the queue: measured pinned to one core, 19 gave 10-17% more hits/s
-    /// and p99 6.5 ms instead of 9.1, but after 40 s of saturating load
-    /// the consumers counted everything 38.8 s after it stopped instead of
-    /// 10.4 s (issue 14 wants 30); 5 changed neither. `tally worker`
-    /// ignores it.
+    /// the queue, so counting falls further behind while the load lasts
+    /// (the README, under `CONSUMER_NICE`, has the measured trade-off).
+    /// `tally worker` ignores it.
     pub consumer_nice: u8,
     /// What the HTTP edge trusts and limits.
     pub edge: EdgeSettings,

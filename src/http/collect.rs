@@ -458,7 +458,7 @@ mod tests {
             .contains("value"));
     }
 
-    // ---- the fuzz target of issue 15 -------------------------------------
+    // ---- fuzz targets ------------------------------------------------------
     //
     // Property tests over what a hostile client controls: the raw body,
     // hit objects with any field set to anything, and the pixel's query.
