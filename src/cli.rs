@@ -154,8 +154,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Sites {
             command: SitesCommand::Create { name, domains },
         } => {
+            // Checked before anything is written, so a refused name
+            // leaves no half-made site behind.
+            let site = Site::create(&name, domains, Utc::now()).context("invalid site")?;
             store.migrate().await.context("migration failed")?;
-            let site = Site::new(&name, domains, Utc::now());
             store
                 .create_site(&site)
                 .await

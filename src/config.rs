@@ -111,11 +111,9 @@ pub struct Settings {
     /// The nice value (0-19) of the consumers' threads in `tally all`
     /// (`CONSUMER_NICE`, default 0: equals with the web threads). Higher
     /// answers `/collect` first under load and leaves the difference in
-    /// the queue: measured pinned to one core, 19 gave 10-17% more hits/s
-    /// and p99 6.5 ms instead of 9.1, but after 40 s of saturating load
-    /// the consumers counted everything 38.8 s after it stopped instead of
-    /// 10.4 s (issue 14 wants 30); 5 changed neither. `tally worker`
-    /// ignores it.
+    /// the queue, so counting falls further behind while the load lasts
+    /// (the README, under `CONSUMER_NICE`, has the measured trade-off).
+    /// `tally worker` ignores it.
     pub consumer_nice: u8,
     /// What the HTTP edge trusts and limits.
     pub edge: EdgeSettings,
@@ -137,6 +135,19 @@ pub struct EdgeSettings {
     /// Hits per second per client address on `/collect`
     /// (`RATE_LIMIT_PER_IP`); `None` means no limit.
     pub rate_limit_per_ip: Option<std::num::NonZeroU32>,
+    /// Sign-in attempts (`POST /session`) per minute per client address
+    /// (`SIGNIN_ATTEMPTS_PER_MINUTE`, default 10; 0 turns it off: `None`).
+    /// Counted in this process only: behind a router spreading requests
+    /// over N web processes an address gets up to N times as many. That
+    /// is acceptable because the limit exists to make guessing an API key
+    /// (238 random bits) by volume impossible, and N times a few attempts
+    /// a minute is as hopeless; a shared counter would put a store round
+    /// trip before every sign-in for nothing.
+    pub signin_attempts_per_minute: Option<std::num::NonZeroU32>,
+    /// Live streams (`GET /api/v1/live`) one site may hold open at once in
+    /// this process (`LIVE_STREAMS_PER_SITE`, default 20; 0 turns the cap
+    /// off: `None`). Each stream holds a connection and a subscription.
+    pub live_streams_per_site: Option<std::num::NonZeroU32>,
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<SecretString>,
     /// Longest wait for the next piece of a request body before the
@@ -151,6 +162,8 @@ impl Default for EdgeSettings {
         EdgeSettings {
             trusted_proxy_hops: 0,
             rate_limit_per_ip: None,
+            signin_attempts_per_minute: std::num::NonZeroU32::new(10),
+            live_streams_per_site: std::num::NonZeroU32::new(20),
             metrics_token: None,
             body_stall_timeout: Duration::from_secs(9),
         }
@@ -311,6 +324,25 @@ impl Settings {
                         reason: format!("`{v}` is not a whole number of hits per second above 0"),
                     })?,
                 );
+        }
+        if let Some(v) = get("SIGNIN_ATTEMPTS_PER_MINUTE") {
+            let n: u32 =
+                parse("SIGNIN_ATTEMPTS_PER_MINUTE", &v).map_err(|_| ConfigError::Invalid {
+                    var: "SIGNIN_ATTEMPTS_PER_MINUTE",
+                    reason: format!(
+                        "`{v}` is not a whole number of attempts per minute (0 turns the limit off)"
+                    ),
+                })?;
+            s.edge.signin_attempts_per_minute = std::num::NonZeroU32::new(n);
+        }
+        if let Some(v) = get("LIVE_STREAMS_PER_SITE") {
+            let n: u32 = parse("LIVE_STREAMS_PER_SITE", &v).map_err(|_| ConfigError::Invalid {
+                var: "LIVE_STREAMS_PER_SITE",
+                reason: format!(
+                    "`{v}` is not a whole number of open streams (0 turns the cap off)"
+                ),
+            })?;
+            s.edge.live_streams_per_site = std::num::NonZeroU32::new(n);
         }
         s.edge.metrics_token = get("METRICS_TOKEN").map(SecretString::from);
         if let Some(v) = get("SESSION_MAX_AGE_HOURS") {
@@ -509,6 +541,33 @@ mod tests {
                 err.to_string().starts_with("SESSION_MAX_AGE_HOURS"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn sign_in_and_live_stream_limits_are_on_by_default_and_0_turns_them_off() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(10));
+        assert_eq!(s.edge.live_streams_per_site.map(|n| n.get()), Some(20));
+        let s = from(&[
+            ("SIGNIN_ATTEMPTS_PER_MINUTE", "3"),
+            ("LIVE_STREAMS_PER_SITE", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.edge.signin_attempts_per_minute.map(|n| n.get()), Some(3));
+        assert_eq!(s.edge.live_streams_per_site.map(|n| n.get()), Some(2));
+        let s = from(&[
+            ("SIGNIN_ATTEMPTS_PER_MINUTE", "0"),
+            ("LIVE_STREAMS_PER_SITE", "0"),
+        ])
+        .unwrap();
+        assert!(s.edge.signin_attempts_per_minute.is_none());
+        assert!(s.edge.live_streams_per_site.is_none());
+        for var in ["SIGNIN_ATTEMPTS_PER_MINUTE", "LIVE_STREAMS_PER_SITE"] {
+            for bad in ["-1", "many"] {
+                let err = from(&[(var, bad)]).unwrap_err();
+                assert!(err.to_string().starts_with(var), "{err}");
+            }
         }
     }
 

@@ -5,8 +5,8 @@
 //! `Arc<Metrics>` at construction; nothing registers metrics globally.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub archive_bytes: IntCounter,
     pub adapter_errors: IntCounterVec,
     pub live_dropped: IntCounter,
+    pub live_streams_open: IntGauge,
+    pub live_streams_refused: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -146,6 +148,21 @@ impl Metrics {
                 &r,
                 "live_dropped_total",
                 "Live events dropped on the way out (full buffer or broker down); counts never depend on them.",
+            ),
+            live_streams_open: {
+                let g = IntGauge::new(
+                    "live_streams_open",
+                    "Live streams (GET /api/v1/live) open in this process.",
+                )
+                .expect("valid metric name");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            live_streams_refused: counter(
+                &r,
+                "live_streams_refused_total",
+                "Live streams refused with 429: the site already held LIVE_STREAMS_PER_SITE open.",
             ),
             registry: r,
         }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::attribution::Model;
 use super::hit::{valid_value, Hit, HitKind, PropValue, MAX_VALUE};
+use super::text::{clean, ControlChar};
 
 pub const DEFAULT_WINDOW_DAYS: u16 = 30;
 pub const MAX_WINDOW_DAYS: u16 = 365;
@@ -88,6 +89,8 @@ pub enum GoalError {
     Empty(&'static str),
     #[error("`{0}` must be at most {MAX_NAME_CHARS} characters")]
     TooLong(&'static str),
+    #[error(transparent)]
+    ControlChar(#[from] ControlChar),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +192,21 @@ impl Goal {
         }
         if m.event.is_some() && m.op.is_some() {
             return Err(GoalError::OpWithoutUrl);
+        }
+        for (field, v) in [
+            ("name", &draft.name),
+            ("match.event", &m.event),
+            ("match.url", &m.url),
+        ] {
+            if let Some(v) = v {
+                clean(field, v)?;
+            }
+        }
+        for (k, v) in &m.props {
+            clean("match.props", k)?;
+            if let PropValue::Text(t) = v {
+                clean("match.props", t)?;
+            }
         }
         let too_long = |s: &Option<String>| {
             s.as_ref()
@@ -499,6 +517,35 @@ mod tests {
             goal(serde_json::json!({"match": {"url": "(", "op": "regex"}})).unwrap_err(),
             GoalError::Pattern(_)
         ));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        for (body, field) in [
+            (
+                serde_json::json!({"name": "a\u{00}b", "match": {"event": "e"}}),
+                "name",
+            ),
+            (
+                serde_json::json!({"match": {"event": "sign\nup"}}),
+                "match.event",
+            ),
+            (serde_json::json!({"match": {"url": "/a\rb"}}), "match.url"),
+            (
+                serde_json::json!({"match": {"event": "e", "props": {"p\u{01}": "x"}}}),
+                "match.props",
+            ),
+            (
+                serde_json::json!({"match": {"event": "e", "props": {"p": "x\u{1f}"}}}),
+                "match.props",
+            ),
+        ] {
+            match goal(body) {
+                Err(GoalError::ControlChar(e)) => assert_eq!(e.field, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(goal(serde_json::json!({"name": "tab\tok", "match": {"event": "e"}})).is_ok());
     }
 
     #[test]

@@ -190,6 +190,26 @@ impl Marketing {
         m
     }
 
+    /// Every field with its query parameter name, in declaration order.
+    pub fn fields(&self) -> [(&'static str, &Option<String>); 14] {
+        [
+            ("gclid", &self.gclid),
+            ("gbraid", &self.gbraid),
+            ("wbraid", &self.wbraid),
+            ("fbclid", &self.fbclid),
+            ("msclkid", &self.msclkid),
+            ("ttclid", &self.ttclid),
+            ("li_fat_id", &self.li_fat_id),
+            ("twclid", &self.twclid),
+            ("utm_source", &self.utm_source),
+            ("utm_medium", &self.utm_medium),
+            ("utm_campaign", &self.utm_campaign),
+            ("utm_term", &self.utm_term),
+            ("utm_content", &self.utm_content),
+            ("ad_id", &self.ad_id),
+        ]
+    }
+
     fn click_id(&self, name: &str) -> Option<&String> {
         match name {
             "gclid" => self.gclid.as_ref(),
@@ -511,6 +531,16 @@ pub(crate) fn cut_to(mut s: String, max: usize) -> String {
     s
 }
 
+/// A control character in `s` refused as `field`'s (see [`super::text`]).
+fn clean(field: &'static str, s: &str) -> Result<(), HitError> {
+    super::text::clean(field, s).map_err(|e| {
+        invalid(
+            field,
+            format!("holds a control character (U+{:04X})", e.code),
+        )
+    })
+}
+
 fn text(field: &'static str, v: Option<String>) -> Result<Option<String>, HitError> {
     match v {
         None => Ok(None),
@@ -518,7 +548,10 @@ fn text(field: &'static str, v: Option<String>) -> Result<Option<String>, HitErr
             Err(invalid(field, format!("longer than {MAX_FIELD_LEN} bytes")))
         }
         Some(s) if s.is_empty() => Ok(None),
-        Some(s) => Ok(Some(s)),
+        Some(s) => {
+            clean(field, &s)?;
+            Ok(Some(s))
+        }
     }
 }
 
@@ -573,6 +606,22 @@ impl Hit {
             Some(u) => Marketing::from_parsed(&page_url(u)?),
             None => Marketing::default(),
         };
+        // The URL's own text is clean (checked above), but its query is
+        // percent-decoded into these fields: `utm_campaign=a%00b` would
+        // otherwise carry a NUL into every report.
+        for (param, value) in marketing.fields() {
+            if let Some(v) = value {
+                super::text::clean(param, v).map_err(|e| {
+                    invalid(
+                        "url",
+                        format!(
+                            "query parameter `{param}` holds a control character (U+{:04X})",
+                            e.code
+                        ),
+                    )
+                })?;
+            }
+        }
         let client_ts = match raw.ts {
             None => None,
             Some(ms) => Some(
@@ -662,13 +711,27 @@ fn props(
             if k.is_empty() || k.len() > 256 {
                 return Err(invalid("props", "keys must be 1 to 256 bytes"));
             }
+            if let Some(c) = super::text::first_control(&k) {
+                return Err(invalid(
+                    "props",
+                    format!("a key holds a control character (U+{:04X})", u32::from(c)),
+                ));
+            }
             let v = match v {
                 serde_json::Value::Bool(b) => PropValue::Bool(b),
                 serde_json::Value::Number(n) => PropValue::Number(
                     n.as_f64()
                         .ok_or_else(|| invalid("props", format!("`{k}` is out of range")))?,
                 ),
-                serde_json::Value::String(s) if s.len() <= MAX_FIELD_LEN => PropValue::Text(s),
+                serde_json::Value::String(s) if s.len() <= MAX_FIELD_LEN => {
+                    if let Some(c) = super::text::first_control(&s) {
+                        return Err(invalid(
+                            "props",
+                            format!("`{k}` holds a control character (U+{:04X})", u32::from(c)),
+                        ));
+                    }
+                    PropValue::Text(s)
+                }
                 serde_json::Value::String(_) => {
                     return Err(invalid("props", format!("`{k}` is too long")))
                 }
@@ -789,6 +852,103 @@ mod tests {
         let m = Marketing::from_url("https://x.example/?msclkid=1&ad_id=ad-42&utm_content=c");
         assert_eq!(m.source().as_deref(), Some("bing"));
         assert_eq!(m.ad().as_deref(), Some("ad-42"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field_and_decoded_utm() {
+        let base = || RawHit {
+            site: Some("s".into()),
+            kind: Some("event".into()),
+            name: Some("buy".into()),
+            ..Default::default()
+        };
+        let field_of = |raw: RawHit| match Hit::stamp(raw, &stamp()) {
+            Err(HitError::Invalid { field, reason }) if reason.contains("control character") => {
+                field
+            }
+            other => panic!("{other:?}"),
+        };
+        let bad = || Some("a\u{0}b".to_owned());
+        assert_eq!(
+            field_of(RawHit {
+                site: bad(),
+                ..base()
+            }),
+            "site"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                name: bad(),
+                ..base()
+            }),
+            "name"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                referrer: Some("https://r.example/\n".into()),
+                ..base()
+            }),
+            "referrer"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                vid: bad(),
+                ..base()
+            }),
+            "vid"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                sid: bad(),
+                ..base()
+            }),
+            "sid"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                currency: Some("E\rR".into()),
+                ..base()
+            }),
+            "currency"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                order_id: bad(),
+                ..base()
+            }),
+            "order_id"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                url: Some("https://x.example/\u{1}".into()),
+                ..base()
+            }),
+            "url"
+        );
+        assert_eq!(
+            field_of(RawHit {
+                url: Some("https://x.example/?utm_campaign=a%00b".into()),
+                ..base()
+            }),
+            "url"
+        );
+        let props = |p: serde_json::Value| RawHit {
+            props: serde_json::from_value(p).unwrap(),
+            ..base()
+        };
+        assert_eq!(field_of(props(serde_json::json!({"k\u{00}": 1}))), "props");
+        assert_eq!(
+            field_of(props(serde_json::json!({"k": "v\u{1b}"}))),
+            "props"
+        );
+        // Tab is text; a control character outside the utm fields stays
+        // percent-encoded in the URL and reaches nothing decoded.
+        let ok = RawHit {
+            name: Some("a\tb".into()),
+            url: Some("https://x.example/?utm_campaign=a%09b&other=%00".into()),
+            ..base()
+        };
+        assert!(Hit::stamp(ok, &stamp()).is_ok());
     }
 
     #[test]

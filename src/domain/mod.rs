@@ -13,6 +13,7 @@ pub mod hit_lines;
 pub mod report;
 pub mod rollup;
 pub mod site;
+pub mod text;
 
 pub use attribution::{
     attribute, credit_split, credits_from_path, window_path, Conversion, Credit, Model, Touchpoint,

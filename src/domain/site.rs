@@ -8,6 +8,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::text::{clean, ControlChar};
+
 /// A tenant. `key` is public: it appears in the snippet on the site's pages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Site {
@@ -29,6 +31,20 @@ impl Site {
             domains,
             created_at: now,
         }
+    }
+
+    /// A new site from what an operator typed, refusing control
+    /// characters in its name or domains (see [`super::text`]).
+    pub fn create(
+        name: &str,
+        domains: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ControlChar> {
+        clean("name", name)?;
+        for d in &domains {
+            clean("domain", d)?;
+        }
+        Ok(Site::new(name, domains, now))
     }
 }
 
@@ -123,6 +139,22 @@ mod tests {
         }
         assert!(host_allowed(&[], "anything.example"));
         assert!(host_allowed(&["127.0.0.1:8080".to_owned()], "127.0.0.1"));
+    }
+
+    #[test]
+    fn a_created_site_has_clean_text() {
+        let now = Utc::now();
+        assert!(Site::create("Shop\tone", vec!["shop.example".into()], now).is_ok());
+        assert_eq!(
+            Site::create("a\u{0}", vec![], now).unwrap_err().field,
+            "name"
+        );
+        assert_eq!(
+            Site::create("a", vec!["x.example\n".into()], now)
+                .unwrap_err()
+                .field,
+            "domain"
+        );
     }
 
     #[test]

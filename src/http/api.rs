@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::domain::goal::MAX_GOALS_PER_SITE;
-use crate::domain::report::{Report, MAX_REPORT_DAYS};
-use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, Model, ReportQuery};
+use crate::domain::report::MAX_REPORT_DAYS;
+use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, Model, Report, ReportQuery};
 
 /// The site an authenticated request acts for.
 pub struct SiteAuth {
@@ -171,6 +171,20 @@ fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
 }
 
 impl ReportParams {
+    /// The `group_by` keys as asked, in order, once each: the grouping
+    /// columns of a CSV report (the keys themselves are checked by
+    /// [`ReportParams::query`]).
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for part in self.group_by.as_deref().unwrap_or("").split(',') {
+            let part = part.trim();
+            if !part.is_empty() && !names.iter().any(|n| n == part) {
+                names.push(part.to_owned());
+            }
+        }
+        names
+    }
+
     /// Defaults: the last 30 UTC days up to today, no grouping.
     pub fn query(&self) -> Result<ReportQuery, ApiError> {
         let to = match &self.to {
@@ -220,7 +234,8 @@ impl ReportParams {
     }
 }
 
-/// A report as `/api/v1/conversions` answers it (see [`crate::store::report`]).
+/// The conversion report of `site` for `query`: what
+/// `GET /api/v1/conversions` answers as JSON and `conversions.csv` as CSV.
 pub async fn build_report(
     state: &AppState,
     site: &str,
@@ -239,12 +254,36 @@ pub async fn conversions(
     Ok(HttpResponse::Ok().json(build_report(&state, &auth.site, &query).await?))
 }
 
+/// `GET /api/v1/conversions.csv`: the same report as
+/// [`conversions`], with the same parameters, as a formula-safe CSV file
+/// (one column per `group_by` key, then clicks, conversions and value).
+pub async fn conversions_csv(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    params: web::Query<ReportParams>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let query = params.query()?;
+    let report = build_report(&state, &auth.site, &query).await?;
+    let body = super::csv::report(&params.group_names(), &report);
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"tally-conversions-{}-{}.csv\"",
+                query.from, query.to
+            ),
+        ))
+        .body(body))
+}
+
 #[derive(Serialize)]
 pub struct Explained {
-    hit_id: Uuid,
+    pub hit_id: Uuid,
     goal: Uuid,
     pub goal_name: Option<String>,
-    at: chrono::DateTime<Utc>,
+    pub at: chrono::DateTime<Utc>,
     value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     currency: Option<String>,

@@ -458,7 +458,7 @@ mod tests {
             .contains("value"));
     }
 
-    // ---- the fuzz target of issue 15 -------------------------------------
+    // ---- fuzz targets ------------------------------------------------------
     //
     // Property tests over what a hostile client controls: the raw body,
     // hit objects with any field set to anything, and the pixel's query.
@@ -568,6 +568,32 @@ mod tests {
             .flatten()
         {
             prop_assert!(!s.is_empty() && s.len() <= MAX_FIELD_LEN);
+        }
+        // Clean text everywhere, decoded campaign fields included.
+        let texts = [
+            &hit.name,
+            &hit.url,
+            &hit.referrer,
+            &hit.sid,
+            &hit.order_id,
+            &hit.currency,
+        ]
+        .into_iter()
+        .flatten()
+        .chain([&hit.site, &hit.vid])
+        .chain(
+            hit.marketing
+                .fields()
+                .into_iter()
+                .filter_map(|(_, v)| v.as_ref()),
+        )
+        .chain(hit.props.keys())
+        .chain(hit.props.values().filter_map(|v| match v {
+            crate::domain::PropValue::Text(t) => Some(t),
+            _ => None,
+        }));
+        for t in texts {
+            prop_assert!(crate::domain::text::first_control(t).is_none(), "{t:?}");
         }
         prop_assert_eq!(hit.ip.as_deref(), Some("203.0.113.0"));
         // What the queue carries reads back as the same hit.

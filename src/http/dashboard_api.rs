@@ -25,6 +25,12 @@ use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Model};
 /// How often an idle live stream sends a comment, and re-checks that its
 /// key (and session) still stand.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often a live stream writes an empty comment, so a client that went
+/// away is noticed (a failed write) within two of these.
+const PROBE: Duration = Duration::from_millis(500);
+/// `Retry-After` for a stream refused at the per-site cap: a place frees
+/// as soon as one of the site's open streams ends.
+const LIVE_FULL_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Default, Clone)]
 struct ByModel {
@@ -147,9 +153,12 @@ pub struct RecentParams {
 
 /// Most conversions `recent` lists.
 pub const MAX_RECENT: usize = 100;
+/// Days back (today included) that `recent` looks at.
+const RECENT_DAYS: i64 = 30;
 
 /// `GET /api/v1/conversions/recent[?limit=N]`: the latest conversions of
-/// the last 30 UTC days, newest first, each explained as
+/// the last 30 UTC days (N converting hits), newest first by their time,
+/// each explained as
 /// `/api/v1/conversions/{hit_id}` explains it (one entry per goal).
 pub async fn recent(
     state: web::Data<AppState>,
@@ -158,23 +167,38 @@ pub async fn recent(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let limit = params.limit.unwrap_or(20).clamp(1, MAX_RECENT);
-    let to = Utc::now().date_naive();
-    let from = to - chrono::Duration::days(29);
-    let hits = state
-        .store
-        .converted_hits(&auth.site, from, to, limit)
-        .await?;
+    let today = Utc::now().date_naive();
+    // Day by day from today back: a conversion's day is its time's, while
+    // hit ids follow when a hit was received (a replayed or imported
+    // history can be received long after it happened), so ids alone
+    // would put old days before recent ones.
     let mut out: Vec<Explained> = Vec::new();
-    for hit in hits {
-        let mut all = state.store.conversions_for_hit(&auth.site, hit).await?;
-        all.sort_by_key(|c| c.goal_id);
-        for c in all {
-            let e = explained(&state, &auth.site, c).await?;
-            // A deleted goal leaves every report, this list included.
-            if e.goal_name.is_some() {
-                out.push(e);
+    let mut listed = 0;
+    for back in 0..RECENT_DAYS {
+        if listed >= limit {
+            break;
+        }
+        let day = today - chrono::Duration::days(back);
+        let hits = state
+            .store
+            .converted_hits(&auth.site, day, day, limit - listed)
+            .await?;
+        listed += hits.len();
+        let mut on_day: Vec<Explained> = Vec::new();
+        for hit in hits {
+            let mut all = state.store.conversions_for_hit(&auth.site, hit).await?;
+            all.sort_by_key(|c| c.goal_id);
+            for c in all {
+                let e = explained(&state, &auth.site, c).await?;
+                // A deleted goal leaves every report, this list included.
+                if e.goal_name.is_some() {
+                    on_day.push(e);
+                }
             }
         }
+        // Newest first; a hit's goals stay together in goal order.
+        on_day.sort_by(|a, b| b.at.cmp(&a.at).then(b.hit_id.cmp(&a.hit_id)));
+        out.extend(on_day);
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "conversions": out })))
 }
@@ -239,11 +263,61 @@ impl Credential {
     }
 }
 
+/// What a live stream carries from one frame to the next.
+struct LiveStream {
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::live::LiveEvent>>,
+    keepalive: tokio::time::Interval,
+    probe: tokio::time::Interval,
+    state: std::sync::Arc<AppState>,
+    site: String,
+    credential: Credential,
+    /// The stream's place under the per-site cap, held for its life:
+    /// dropping the stream (the client left, shutdown) frees it.
+    _slot: super::live_cap::LiveSlot,
+}
+
+impl LiveStream {
+    /// The next frame, or `None` when the stream ends.
+    async fn next_frame(&mut self) -> Option<web::Bytes> {
+        loop {
+            tokio::select! {
+                _ = self.state.stopping.cancelled() => return None,
+                _ = self.keepalive.tick() => {
+                    if !self.credential.still_valid(&self.state, &self.site).await {
+                        return Some(web::Bytes::from_static(b"event: signed_out\ndata: {}\n\n"));
+                    }
+                    return Some(web::Bytes::from_static(b": ping\n\n"));
+                }
+                // An empty comment: writing is how a closed connection is
+                // noticed (the server reads nothing more from an SSE client),
+                // so the stream and its place are freed within two probes.
+                _ = self.probe.tick() => return Some(web::Bytes::from_static(b":\n\n")),
+                got = self.rx.recv() => match got {
+                    Ok(e) if e.site() == self.site => {
+                        let kind = match *e {
+                            crate::live::LiveEvent::Hit { .. } => "hit",
+                            crate::live::LiveEvent::Conversion { .. } => "conversion",
+                        };
+                        let Ok(json) = serde_json::to_string(&*e) else { continue };
+                        return Some(web::Bytes::from(format!("event: {kind}\ndata: {json}\n\n")));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        return Some(web::Bytes::from(format!("event: lagged\ndata: {{\"skipped\":{n}}}\n\n")));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    }
+}
+
 /// `GET /api/v1/live`: hits and conversions of the site as they are
 /// processed, as Server-Sent Events (`event: hit` / `event: conversion`,
 /// JSON data). Best effort: a slow reader skips events (an `event: lagged`
 /// says how many). The stream ends on sign-out, key revocation (checked
-/// every 15 s) and shutdown.
+/// every 15 s) and shutdown. A site holds at most `LIVE_STREAMS_PER_SITE`
+/// streams open in this process; past that the answer is 429.
 pub async fn live(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -251,51 +325,38 @@ pub async fn live(
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
     let credential = Credential::of(&req).ok_or(ApiError::Unauthorized)?;
-    let rx = state.live.subscribe();
-    let site = auth.site;
-    let state = state.into_inner();
-    let mut tick = tokio::time::interval(KEEPALIVE);
-    tick.reset();
+    let slot = state
+        .edge
+        .live_cap()
+        .acquire(&auth.site, state.metrics.live_streams_open.clone())
+        .ok_or_else(|| {
+            state.metrics.live_streams_refused.inc();
+            ApiError::TooManyRequests(LIVE_FULL_RETRY)
+        })?;
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.reset();
+    let mut probe = tokio::time::interval(PROBE);
+    probe.reset();
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let live = LiveStream {
+        rx: state.live.subscribe(),
+        keepalive,
+        probe,
+        site: auth.site,
+        state: state.into_inner(),
+        credential,
+        _slot: slot,
+    };
     let opening =
         stream::once(async { Ok::<_, actix_web::Error>(web::Bytes::from_static(b": live\n\n")) });
-    let events = stream::unfold(
-        (rx, tick, state, site, credential, false),
-        |(mut rx, mut tick, state, site, credential, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                tokio::select! {
-                    _ = state.stopping.cancelled() => return None,
-                    _ = tick.tick() => {
-                        if !credential.still_valid(&state, &site).await {
-                            let bye = web::Bytes::from_static(b"event: signed_out\ndata: {}\n\n");
-                            return Some((Ok(bye), (rx, tick, state, site, credential, true)));
-                        }
-                        let ping = web::Bytes::from_static(b": ping\n\n");
-                        return Some((Ok(ping), (rx, tick, state, site, credential, false)));
-                    }
-                    got = rx.recv() => match got {
-                        Ok(e) if e.site() == site => {
-                            let kind = match *e {
-                                crate::live::LiveEvent::Hit { .. } => "hit",
-                                crate::live::LiveEvent::Conversion { .. } => "conversion",
-                            };
-                            let Ok(json) = serde_json::to_string(&*e) else { continue };
-                            let frame = web::Bytes::from(format!("event: {kind}\ndata: {json}\n\n"));
-                            return Some((Ok(frame), (rx, tick, state, site, credential, false)));
-                        }
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(n)) => {
-                            let frame = web::Bytes::from(format!("event: lagged\ndata: {{\"skipped\":{n}}}\n\n"));
-                            return Some((Ok(frame), (rx, tick, state, site, credential, false)));
-                        }
-                        Err(RecvError::Closed) => return None,
-                    }
-                }
-            }
-        },
-    );
+    let events = stream::unfold((live, false), |(mut live, done)| async move {
+        if done {
+            return None;
+        }
+        let frame = live.next_frame().await?;
+        let signed_out = frame.starts_with(b"event: signed_out");
+        Some((Ok(frame), (live, signed_out)))
+    });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-store"))

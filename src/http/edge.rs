@@ -49,6 +49,10 @@ pub const IGNORED_BOT: &str = "bot";
 pub struct Edge {
     settings: EdgeSettings,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Sign-in attempts per address; see [`EdgeSettings::signin_attempts_per_minute`]
+    /// for why it is per process.
+    signin_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    live_cap: Arc<super::live_cap::LiveCap>,
     clock: DefaultClock,
     bots: isbot::Bots,
     store: Arc<dyn Store>,
@@ -61,6 +65,13 @@ impl Edge {
             limiter: settings
                 .rate_limit_per_ip
                 .map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            // A burst of the whole minute's attempts, then one every
+            // 60/n seconds: a person mistyping a key a few times is never
+            // slowed, a script guessing keys is.
+            signin_limiter: settings
+                .signin_attempts_per_minute
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            live_cap: super::live_cap::LiveCap::new(settings.live_streams_per_site),
             settings,
             clock: DefaultClock::default(),
             // The pattern list of the `isbot` JavaScript package (crawlers,
@@ -88,6 +99,11 @@ impl Edge {
         )
     }
 
+    /// Open live streams per site and their cap.
+    pub fn live_cap(&self) -> &Arc<super::live_cap::LiveCap> {
+        &self.live_cap
+    }
+
     /// Whether a user agent is a known crawler or automation tool.
     pub fn is_bot(&self, user_agent: Option<&str>) -> bool {
         user_agent.is_some_and(|ua| self.bots.is_bot(ua))
@@ -95,7 +111,22 @@ impl Edge {
 
     /// Takes `hits` from `ip`'s budget, or says how long to wait.
     pub fn check_rate(&self, ip: Option<IpAddr>, hits: usize) -> Result<(), ApiError> {
-        let (Some(limiter), Some(ip)) = (&self.limiter, ip) else {
+        self.take(self.limiter.as_ref(), ip, hits)
+    }
+
+    /// Takes one sign-in attempt from `ip`'s budget, or says how long to
+    /// wait.
+    pub fn check_signin(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        self.take(self.signin_limiter.as_ref(), ip, 1)
+    }
+
+    fn take(
+        &self,
+        limiter: Option<&DefaultKeyedRateLimiter<IpAddr>>,
+        ip: Option<IpAddr>,
+        n: usize,
+    ) -> Result<(), ApiError> {
+        let (Some(limiter), Some(ip)) = (limiter, ip) else {
             return Ok(());
         };
         if limiter.len() > RATE_LIMITER_KEYS {
@@ -103,13 +134,13 @@ impl Edge {
             // from new ones: forgetting them bounds memory, changes nothing.
             limiter.retain_recent();
         }
-        let n = NonZeroU32::new(u32::try_from(hits).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let n = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         match limiter.check_key_n(&ip, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(ApiError::TooManyRequests(
                 not_until.wait_time_from(self.clock.now()),
             )),
-            // More hits in one request than a whole second's budget.
+            // More in one request than the whole burst allows.
             Err(_) => Err(ApiError::TooManyRequests(Duration::from_secs(1))),
         }
     }
@@ -191,6 +222,24 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let (scheme, token) = value.split_once(char::is_whitespace)?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// Middleware on `/session`: a sign-in attempt (`POST`) from an address
+/// past its budget is answered 429 with `Retry-After` before the key is
+/// even looked at. Reading and ending a session are not limited.
+pub async fn signin_throttle(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if req.method() == actix_web::http::Method::POST {
+        if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            let ip = state.edge.client_ip(req.request());
+            if let Err(e) = state.edge.check_signin(ip) {
+                return Ok(req.error_response(e));
+            }
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 // ---- stalled bodies ----------------------------------------------------------

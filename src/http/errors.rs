@@ -34,8 +34,9 @@ pub enum ApiError {
     /// The request body made no progress for too long.
     #[error("request body stalled: send it without pauses of 10 s or more")]
     Timeout,
-    /// Past `RATE_LIMIT_PER_IP`; the client may retry after the duration.
-    #[error("too many hits from this address; retry after {} s", retry_secs(.0))]
+    /// Past a per-address limit (`RATE_LIMIT_PER_IP`, sign-in attempts)
+    /// or a cap (live streams); the client may retry after the duration.
+    #[error("too many requests; retry after {} s", retry_secs(.0))]
     TooManyRequests(std::time::Duration),
     /// A backend cannot take the request now; the client should retry.
     #[error("{0}")]

@@ -20,11 +20,13 @@ use crate::store::Store;
 
 pub mod api;
 pub mod collect;
+pub mod csv;
 pub mod dashboard;
 pub mod dashboard_api;
 pub mod edge;
 pub mod errors;
 pub mod health;
+pub mod live_cap;
 pub mod session;
 pub mod sites;
 pub mod snippet;
@@ -84,6 +86,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(dashboard::routes)
     .service(
         web::resource("/session")
+            .wrap(actix_web::middleware::from_fn(edge::signin_throttle))
             .get(session::whoami)
             .post(session::sign_in)
             .delete(session::sign_out),
@@ -104,6 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .delete(api::delete_goal),
             )
             .service(web::resource("/conversions").get(api::conversions))
+            .service(web::resource("/conversions.csv").get(api::conversions_csv))
             .service(web::resource("/conversions/recent").get(dashboard_api::recent))
             .service(web::resource("/models").get(dashboard_api::models))
             .service(web::resource("/live").get(dashboard_api::live))

@@ -31,6 +31,11 @@
     return e;
   }
   function num(x, digits) { return (x == null || !isFinite(x)) ? '–' : Number(x).toLocaleString('en', { maximumFractionDigits: digits == null ? 2 : digits }); }
+  // Money always with two decimals, so the figures of a column line up.
+  function money(x) { return (x == null || !isFinite(x)) ? '–' : Number(x).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 2 }); }
+  // Axis labels: compact at any magnitude (250k, 9.1M), so they fit the axis.
+  var COMPACT = new Intl.NumberFormat('en', { notation: 'compact', maximumFractionDigits: 1 });
+  function compact(x) { return (x == null || !isFinite(x)) ? '' : COMPACT.format(x).replace('K', 'k'); }
   function pct(x) { return (x == null || !isFinite(x)) ? '–' : (x * 100).toLocaleString('en', { maximumFractionDigits: 1 }) + '%'; }
   function ratio(a, b) { return b > 0 ? a / b : null; }
   function iso(d) { return d.toISOString().slice(0, 10); }
@@ -106,9 +111,9 @@
       var t = r[0].total;
       text($('t-clicks'), num(t.clicks, 0));
       text($('t-conversions'), num(t.conversions));
-      text($('t-value'), num(t.value));
+      text($('t-value'), money(t.value));
       text($('t-rate'), pct(ratio(t.conversions, t.clicks)));
-      text($('t-vpc'), num(ratio(t.value, t.clicks)));
+      text($('t-vpc'), money(ratio(t.value, t.clicks)));
       var names = {};
       (r[2] || []).forEach(function (g) { names[g.id] = g.name; });
       drawCharts(r[1].rows, split, names);
@@ -131,7 +136,7 @@
       box.textContent = '';
       var total = 0;
       keys.forEach(function (k) { days.forEach(function (day) { total += (groups[k][day] || {})[measure] || 0; }); });
-      box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + num(total) + ' in all, across ' + keys.length + ' ' + split + (keys.length === 1 ? '' : 's') + '.');
+      box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + (measure === 'value' ? money(total) : num(total)) + ' in all, across ' + keys.length + ' ' + split + (keys.length === 1 ? '' : 's') + '.');
       if (!keys.length || typeof uPlot === 'undefined') { box.appendChild(el('p', { 'class': 'empty', text: 'No conversions in this range yet.' })); return; }
       var data = [days.map(function (day) { return Date.parse(day + 'T00:00:00Z') / 1000; })];
       var series = [{}];
@@ -141,7 +146,12 @@
       });
       var width = Math.max(280, box.clientWidth || box.parentNode.clientWidth - 16);
       charts[measure] = new uPlot({ width: width, height: 220, series: series, scales: { x: { time: true } },
-        axes: [{}, { values: function (u, vals) { return vals.map(function (v) { return num(v); }); } }],
+        axes: [{}, {
+          values: function (u, vals) { return vals.map(compact); },
+          // Wide enough for the longest label drawn (uPlot's default is a
+          // fixed 50 px), in the axis font's average digit width.
+          size: function (u, vals) { return 18 + 8 * Math.max(3, Math.max.apply(null, (vals || []).map(function (v) { return String(v).length; }))); }
+        }],
         cursor: { drag: { x: false, y: false } } }, data, box);
     });
   }
@@ -205,17 +215,22 @@
       var name = state.drill.length < LEVELS.length - 1
         ? el('button', { type: 'button', 'class': 'link', text: a.name, title: 'Show the ' + LEVELS[state.drill.length + 1] + 's of ' + a.name, onclick: function () { state.drill.push(a.name); renderSources(); } })
         : document.createTextNode(a.name);
-      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [name]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: num(a.value) }), el('td', { text: num(a.vpc) })]));
+      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [name]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: money(a.value) }), el('td', { text: money(a.vpc) })]));
     });
     table.appendChild(body);
   }
+  // The server writes the CSV (formula-safe, RFC 4180): the report grouped
+  // down to the level shown, so the rows on screen are among its lines.
   $('csv').addEventListener('click', function () {
-    var q = function (v) { v = v == null ? '' : String(v); return /[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; };
-    var lines = [[state.level, 'clicks', 'conversions', 'conversion_rate', 'value', 'value_per_click'].join(',')];
-    state.shown.forEach(function (a) { lines.push([q(a.name), a.clicks, a.conversions, a.rate == null ? '' : a.rate, a.value, a.vpc == null ? '' : a.vpc].join(',')); });
-    var r = range();
-    var link = el('a', { href: URL.createObjectURL(new Blob([lines.join('\n') + '\n'], { type: 'text/csv' })), download: 'tally-' + (state.drill.concat([state.level]).join('-')) + '-' + r.from + '-' + r.to + '.csv' });
-    document.body.appendChild(link); link.click(); link.remove();
+    var r = range(), by = LEVELS.slice(0, state.drill.length + 1).join(',');
+    fetch('/api/v1/conversions.csv?' + rangeQuery() + '&group_by=' + by, { credentials: 'same-origin' }).then(function (res) {
+      if (res.status === 401) { showSignIn('Your session ended. Sign in again.'); throw new Error('signed out'); }
+      if (!res.ok) throw new Error(res.statusText);
+      return res.blob();
+    }).then(function (blob) {
+      var link = el('a', { href: URL.createObjectURL(blob), download: 'tally-' + by.replace(/,/g, '-') + '-' + r.from + '-' + r.to + '.csv' });
+      document.body.appendChild(link); link.click(); link.remove();
+    }).catch(function () {});
   });
 
   // ---- model comparison --------------------------------------------------
@@ -230,12 +245,12 @@
       if (!r.rows.length) body.appendChild(el('tr', {}, [el('td', { colspan: String(r.models.length + 1), text: 'No conversions in this range yet.' })]));
       r.rows.forEach(function (row) {
         var tr = el('tr', {}, [el('th', { scope: 'row', text: label(row[by]) })]);
-        r.models.forEach(function (m) { tr.appendChild(el('td', { text: num(row[measure][m]) })); });
+        r.models.forEach(function (m) { tr.appendChild(el('td', { text: measure === 'value' ? money(row[measure][m]) : num(row[measure][m]) })); });
         body.appendChild(tr);
       });
       table.appendChild(body);
       var foot = el('tr', {}, [el('td', { text: 'Total (' + r.conversions + ' conversions' + (r.truncated ? ', first ones only' : '') + ')' })]);
-      r.models.forEach(function (m) { foot.appendChild(el('td', { text: num(r.total[measure][m]) })); });
+      r.models.forEach(function (m) { foot.appendChild(el('td', { text: measure === 'value' ? money(r.total[measure][m]) : num(r.total[measure][m]) })); });
       table.appendChild(el('tfoot', {}, [foot]));
     }).catch(function () {});
   }
@@ -253,7 +268,7 @@
       goals.forEach(function (g) {
         var m = g.match.event ? 'event ' + g.match.event : (g.match.op || 'exact') + ' ' + g.match.url;
         body.appendChild(el('tr', {}, [
-          el('th', { scope: 'row', text: g.name || '(unnamed)' }), el('td', { text: m }), el('td', { text: g.value == null ? '–' : num(g.value) }),
+          el('th', { scope: 'row', text: g.name || '(unnamed)' }), el('td', { text: m }), el('td', { text: g.value == null ? '–' : money(g.value) }),
           el('td', { text: g.model.replace('_', ' ') }), el('td', { text: g.window_days + ' d' }), el('td', { text: g.count.replace(/_/g, ' ') }),
           el('td', {}, [
             el('button', { type: 'button', 'class': 'quiet', text: 'Edit', 'aria-label': 'Edit ' + g.name, onclick: function () { editGoal(g); } }), ' ',
@@ -315,10 +330,10 @@
       if (!r.conversions.length) list.appendChild(el('p', { 'class': 'hint', text: 'No conversions in the last 30 days yet.' }));
       r.conversions.forEach(function (c) {
         var rows = c.touchpoints.map(function (t) {
-          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: num(t.credit * c.value) })]);
+          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: money(t.credit * c.value) })]);
         });
         list.appendChild(el('details', { 'class': 'conv' }, [
-          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + num(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
+          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + money(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
           el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
             el('thead', {}, [el('tr', {}, ['Clicked', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
             el('tbody', {}, rows)
@@ -350,7 +365,7 @@
       var list = $('live-list');
       var what = kind === 'hit'
         ? (e.type === 'event' ? 'event ' + (e.name || '') : 'page view ' + (e.path || '')) + (e.source ? ' · ad click from ' + e.source : '')
-        : 'conversion worth ' + num(e.value) + ' · credited mostly to ' + e.source;
+        : 'conversion worth ' + money(e.value) + ' · credited mostly to ' + e.source;
       list.insertBefore(el('li', { 'class': kind }, [el('time', { datetime: e.at, text: new Date(e.at).toLocaleTimeString() }), el('span', { text: what })]), list.firstChild);
       while (list.children.length > 200) list.removeChild(list.lastChild);
     }

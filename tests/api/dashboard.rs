@@ -557,3 +557,158 @@ async fn a_report_credits_every_conversion_under_the_model_asked_for() {
     );
     app.stop().await;
 }
+
+/// Polls `/metrics` until `metric` is at most `want`; returns how long it
+/// took, or `None` past `within`.
+async fn metric_falls_to(
+    app: &TestApp,
+    metric: &str,
+    want: f64,
+    within: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if app.metric(metric).await <= want {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn open_live(app: &TestApp) -> reqwest::Response {
+    let mut res = app.api(Method::GET, "/api/v1/live").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with(": live"));
+    res
+}
+
+/// A stream whose client went away is noticed, and its place freed,
+/// within 2 s (not at the next 15 s keepalive).
+#[tokio::test]
+async fn a_closed_live_stream_is_freed_within_two_seconds() {
+    let app = spawn_app().await;
+    let res = open_live(&app).await;
+    assert_eq!(app.metric("tally_live_streams_open").await, 1.0);
+    drop(res);
+    let took = metric_falls_to(&app, "tally_live_streams_open", 0.0, Duration::from_secs(2)).await;
+    eprintln!("live: closed stream freed after {took:?}");
+    assert!(took.is_some(), "still open 2 s after the client closed it");
+    app.stop().await;
+}
+
+/// Streams are capped per site (`LIVE_STREAMS_PER_SITE`): past the cap a
+/// 429 with `Retry-After`; a stream that ends gives its place back.
+#[tokio::test]
+async fn live_streams_are_capped_per_site() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.edge.live_streams_per_site = std::num::NonZeroU32::new(2)
+    })
+    .await;
+    let first = open_live(&app).await;
+    let _second = open_live(&app).await;
+    let res = app.api(Method::GET, "/api/v1/live").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(app.metric("tally_live_streams_refused_total").await, 1.0);
+    drop(first);
+    assert!(
+        metric_falls_to(&app, "tally_live_streams_open", 1.0, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the closed stream kept its place"
+    );
+    let _third = open_live(&app).await;
+    app.stop().await;
+}
+
+/// A conversion on day `days_ago` (10:00 UTC) recorded now, so its hit id
+/// is newer than its time says (as with an imported history).
+async fn record_past_conversion(app: &TestApp, goal: uuid::Uuid, days_ago: i64, campaign: &str) {
+    use chrono::TimeZone;
+    use tally::domain::{Conversion, Credit, Model, Touchpoint};
+    let day = chrono::Utc::now().date_naive() - chrono::Duration::days(days_ago);
+    let at = chrono::Utc.from_utc_datetime(&day.and_hms_opt(10, 0, 0).unwrap());
+    let vid = format!("past-{days_ago}");
+    let tp = Touchpoint {
+        hit_id: uuid::Uuid::now_v7(),
+        site: app.site_key.clone(),
+        vid: vid.clone(),
+        at,
+        source: "google".into(),
+        medium: Some("cpc".into()),
+        campaign: Some(campaign.into()),
+        ad: None,
+        click_id: None,
+    };
+    app.store
+        .put_touchpoints(std::slice::from_ref(&tp))
+        .await
+        .unwrap();
+    let conversion = Conversion {
+        hit_id: uuid::Uuid::now_v7(),
+        goal_id: goal,
+        site: app.site_key.clone(),
+        vid,
+        at: at + chrono::Duration::hours(1),
+        value: 10.0,
+        currency: None,
+        order_id: None,
+        model: Model::LastClick,
+        window_days: 30,
+        credits: vec![Credit {
+            touchpoint: Some(tp.hit_id),
+            source: tp.source.clone(),
+            medium: tp.medium.clone(),
+            campaign: tp.campaign.clone(),
+            ad: None,
+            at: Some(at),
+            credit: 1.0,
+        }],
+    };
+    let candidate = tally::store::Candidate {
+        conversion,
+        once_per_visitor: false,
+    };
+    app.store.record_batch(&[], &[candidate]).await.unwrap();
+}
+
+/// Latest conversions are newest first by their time across days, even
+/// when older days' conversions were recorded later (their hit ids are
+/// newer), and `limit` keeps the newest.
+#[tokio::test]
+async fn recent_conversions_are_newest_first_across_days() {
+    let app = spawn_app().await;
+    let goal = app
+        .create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 10.0}))
+        .await;
+    let goal = uuid::Uuid::parse_str(goal["id"].as_str().unwrap()).unwrap();
+    // Recorded yesterday first, then ever older days, as a backfill does.
+    for d in [1, 2, 9, 20] {
+        record_past_conversion(&app, goal, d, &format!("day-{d}")).await;
+    }
+    landing_then_signup(&app, "v1", "gclid=g1&utm_campaign=today").await;
+    app.wait_for_conversions("source", 1.0).await;
+    let campaigns = |body: &Value| -> Vec<String> {
+        body["conversions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["touchpoints"][0]["campaign"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: Value = app.get_json("/api/v1/conversions/recent?limit=10").await;
+    assert_eq!(
+        campaigns(&all),
+        ["today", "day-1", "day-2", "day-9", "day-20"],
+        "{all}"
+    );
+    let three: Value = app.get_json("/api/v1/conversions/recent?limit=3").await;
+    assert_eq!(campaigns(&three), ["today", "day-1", "day-2"], "{three}");
+    app.stop().await;
+}

@@ -48,7 +48,37 @@ fn field(label: &str) -> String {
 
 /// The figure shown in the card titled `title`.
 fn card(title: &str) -> String {
-    format!("//div[@class='card'][span[normalize-space(.)='{title}']]/b")
+    format!("//span[normalize-space(.)='{title}']/following-sibling::b[1]")
+}
+
+/// The table of the view headed `heading`.
+fn table_under(heading: &str) -> String {
+    format!("//section[h2[normalize-space(.)='{heading}']]//table")
+}
+
+/// The list of live events (the list of the view headed "Live").
+const LIVE_LIST: &str = "//section[h2[normalize-space(.)='Live']]//ol";
+
+/// The line that starts with "Today:" above every view.
+const TODAY_LINE: &str = "//*[starts-with(normalize-space(.), 'Today:') and b]";
+
+/// Waits until the text at `xpath` contains `want`.
+async fn text_contains(client: &Client, xpath: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = match client.find(Locator::XPath(xpath)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if got.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{xpath} shows `{got}`, without `{want}`"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn text_becomes(client: &Client, xpath: &str, want: &str) {
@@ -84,7 +114,7 @@ async fn screenshot(client: &Client, name: &str) {
 struct Seeded {
     clicks: u64,
     conversions: u64,
-    value: u64,
+    value: f64,
 }
 
 /// A number as the page prints it (`toLocaleString('en')`).
@@ -100,6 +130,18 @@ fn en(n: u64) -> String {
     out
 }
 
+/// Money as the page prints it: always two decimals, grouped thousands.
+fn money(x: f64) -> String {
+    let fixed = format!("{x:.2}");
+    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, "00"));
+    format!("{}.{frac}", en(int.parse().unwrap_or(0)))
+}
+
+/// Past conversions are worth hundreds of thousands, so the charts' axes
+/// and the tables show large figures (with cents, to check the decimals).
+const PAST_SIGNUP_VALUE: f64 = 124_999.5;
+const PAST_PURCHASE_VALUE: f64 = 1_250_000.25;
+
 /// Four weeks of history written straight to the store (the collector
 /// stamps hits with the server's clock, so it cannot make past days), so
 /// the chart has a shape; then today's hits through `/collect`.
@@ -107,7 +149,7 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
     let mut seeded = Seeded {
         clicks: 0,
         conversions: 0,
-        value: 0,
+        value: 0.0,
     };
     let today = Utc::now().date_naive();
     for d in 1..=29u32 {
@@ -140,11 +182,11 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
             .iter()
             .filter(|t| t.source == "google")
             .take((d % 3) as usize)
-            .map(|t| (t, signup, 49.0, Model::LastClick))
+            .map(|t| (t, signup, PAST_SIGNUP_VALUE, Model::LastClick))
             .collect();
         if d.is_multiple_of(4) {
             let t = tps.iter().find(|t| t.source == "facebook").unwrap();
-            converting.push((t, purchase, 120.0, Model::Linear));
+            converting.push((t, purchase, PAST_PURCHASE_VALUE, Model::Linear));
         }
         for (t, goal, value, model) in converting {
             let c = Conversion {
@@ -175,7 +217,7 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
             };
             app.store.record_batch(&[], &[candidate]).await.unwrap();
             seeded.conversions += 1;
-            seeded.value += value as u64;
+            seeded.value += value;
         }
     }
     seeded
@@ -215,7 +257,7 @@ async fn seed(app: &TestApp) -> Seeded {
     // Today, below: 9 clicks, 4 signups and 2 purchases.
     seeded.clicks += 9;
     seeded.conversions += 6;
-    seeded.value += 4 * 49 + 2 * 120;
+    seeded.value += f64::from(4 * 49 + 2 * 120);
     // v1 and v2 clicked twice before converting, so the models differ.
     let landings = [
         (
@@ -274,7 +316,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, &button("Sign out"), Duration::from_secs(5)).await;
         text_becomes(&client, &card("Conversions"), &en(seeded.conversions)).await;
         text_becomes(&client, &card("Ad clicks"), &en(seeded.clicks)).await;
-        text_becomes(&client, &card("Value"), &en(seeded.value)).await;
+        text_becomes(&client, &card("Value"), &money(seeded.value)).await;
         find(
             &client,
             "//figure[figcaption='Conversions per day']//canvas",
@@ -299,12 +341,42 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, "//nav[@aria-label='Drill-down']//*[normalize-space(.)='source: google']", Duration::from_secs(1)).await;
         find(&client, &button("Conversions ▼"), Duration::from_secs(1)).await;
         screenshot(&client, "dashboard-sources-1280").await;
+        // Download CSV fetches the server's CSV of the level shown (the
+        // page's fetch is watched; the file itself goes to the browser).
+        client
+            .execute(
+                "window.csvSeen = null; var f = window.fetch; window.fetch = function (u, o) {\
+                   return f(u, o).then(function (r) {\
+                     if (String(u).indexOf('/api/v1/conversions.csv') === 0) r.clone().text().then(function (t) { window.csvSeen = { url: String(u), status: r.status, text: t }; });\
+                     return r; }); };",
+                vec![],
+            )
+            .await
+            .expect("fetch watched");
+        find(&client, &button("Download CSV"), Duration::from_secs(1)).await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let csv = loop {
+            let seen = client.execute("return window.csvSeen", vec![]).await.unwrap();
+            if !seen.is_null() {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "Download CSV fetched nothing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(csv["status"], 200, "{csv}");
+        assert!(csv["url"].as_str().unwrap().contains("group_by=source,medium,campaign"), "{csv}");
+        assert!(csv["text"].as_str().unwrap().starts_with("source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
+        // Money has two decimals in every row.
+        for cell in client.find_all(Locator::XPath(&format!("{}//tbody/tr/td[4]", table_under("Where conversions come from")))).await.unwrap() {
+            let v = cell.text().await.unwrap();
+            assert!(v.len() > 3 && v.as_bytes()[v.len() - 3] == b'.', "value `{v}` without two decimals");
+        }
 
         find(&client, &button("Models"), Duration::from_secs(1)).await.click().await.unwrap();
-        find(&client, "//table[@id='models-table']//th[normalize-space(.)='google']", Duration::from_secs(5)).await;
+        find(&client, &format!("{}//th[normalize-space(.)='google']", table_under("Model comparison")), Duration::from_secs(5)).await;
         // newsletter opened v1's path, google closed it: first click != last click.
-        text_becomes(&client, "//table[@id='models-table']//tr[th='newsletter']/td[1]", "2").await;
-        text_becomes(&client, "//table[@id='models-table']//tr[th='newsletter']/td[2]", "3").await;
+        text_becomes(&client, &format!("{}//tr[th='newsletter']/td[1]", table_under("Model comparison")), "2").await;
+        text_becomes(&client, &format!("{}//tr[th='newsletter']/td[2]", table_under("Model comparison")), "3").await;
         screenshot(&client, "dashboard-models-1280").await;
 
         // Create a goal from the form.
@@ -313,7 +385,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, &field("Event name"), Duration::from_secs(1)).await.send_keys("subscribe").await.unwrap();
         find(&client, &field("Value"), Duration::from_secs(1)).await.send_keys("3").await.unwrap();
         find(&client, &button("Save goal"), Duration::from_secs(1)).await.click().await.unwrap();
-        find(&client, "//table[@id='goals-table']//th[normalize-space(.)='Newsletter']", Duration::from_secs(5)).await;
+        find(&client, &format!("{}//th[normalize-space(.)='Newsletter']", table_under("Goals")), Duration::from_secs(5)).await;
         let goals = app.api(reqwest::Method::GET, "/api/v1/goals").send().await.unwrap().json::<serde_json::Value>().await.unwrap();
         assert!(goals.as_array().unwrap().iter().any(|g| g["name"] == "Newsletter" && g["match"]["event"] == "subscribe"), "{goals}");
         screenshot(&client, "dashboard-goals-1280").await;
@@ -321,6 +393,8 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, &button("Conversions"), Duration::from_secs(1)).await.click().await.unwrap();
         find(&client, "//details/summary[contains(., 'Signup')]", Duration::from_secs(5)).await.click().await.unwrap();
         find(&client, "//details[@open]//td[normalize-space(.)='google' or normalize-space(.)='newsletter' or normalize-space(.)='facebook']", Duration::from_secs(2)).await;
+        // Newest first across days: today's six, then yesterday's signup.
+        text_contains(&client, "(//section[h2[normalize-space(.)='Latest conversions']]//details/summary)[7]", "Signup · 124,999.50").await;
         screenshot(&client, "dashboard-explain-1280").await;
 
         // Live: a hit posted to /collect shows up within 2 s.
@@ -330,10 +404,10 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         // WebDriver round trips of polling are not part of the figure.
         client
             .execute(
-                "window.seenAt = null; new MutationObserver(function (_, o) {\
-                   if (document.getElementById('live-list').textContent.indexOf('/live-check') >= 0) { window.seenAt = Date.now(); o.disconnect(); }\
-                 }).observe(document.getElementById('live-list'), {childList: true, subtree: true});",
-                vec![],
+                "var list = arguments[0]; window.seenAt = null; new MutationObserver(function (_, o) {\
+                   if (list.textContent.indexOf('/live-check') >= 0) { window.seenAt = Date.now(); o.disconnect(); }\
+                 }).observe(list, {childList: true, subtree: true});",
+                vec![serde_json::to_value(client.find(Locator::XPath(LIVE_LIST)).await.expect("the live list (empty, so not yet visible)")).expect("element as an argument")],
             )
             .await
             .expect("observer installed");
@@ -342,16 +416,16 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
             .unwrap()
             .as_millis() as i64;
         app.collect_ok(&app.pageview("https://shop.example/live-check?gclid=live1", "v8")).await;
-        find(&client, "//ol[@id='live-list']/li[contains(., '/live-check')]", Duration::from_secs(5)).await;
+        find(&client, &format!("{LIVE_LIST}/li[contains(., '/live-check')]"), Duration::from_secs(5)).await;
         let seen_ms = client.execute("return window.seenAt", vec![]).await.unwrap().as_i64().expect("row seen");
         let latency = seen_ms - sent_ms;
         eprintln!("dashboard: live hit on screen {latency} ms after the POST was sent");
         assert!(latency < 2_000, "the hit took {latency} ms to appear");
-        text_becomes(&client, "//b[@id='today-clicks']", "10").await;
+        text_contains(&client, TODAY_LINE, "Today: 10 ad clicks").await;
         app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "signup", "vid": "v8"}))
             .await;
-        find(&client, "//ol[@id='live-list']/li[contains(., 'conversion worth 49')]", Duration::from_secs(5)).await;
-        text_becomes(&client, "//b[@id='today-conversions']", "7").await;
+        find(&client, &format!("{LIVE_LIST}/li[contains(., 'conversion worth 49.00')]"), Duration::from_secs(5)).await;
+        text_contains(&client, TODAY_LINE, "7 conversions").await;
         screenshot(&client, "dashboard-live-1280").await;
 
         // Readable at 375 px.
@@ -365,6 +439,12 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
             .unwrap();
         assert!(overflow.as_i64().unwrap_or(1) <= 0, "the page scrolls sideways at 375 px by {overflow}");
         screenshot(&client, "dashboard-375").await;
+        find(&client, &button("Sources"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &button("Download CSV"), Duration::from_secs(5)).await;
+        screenshot(&client, "dashboard-sources-375").await;
+        find(&client, &button("Conversions"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//details/summary[contains(., 'Signup')]", Duration::from_secs(5)).await;
+        screenshot(&client, "dashboard-explain-375").await;
         client.set_window_size(1280, 1000).await.expect("window size");
 
         // Sign out, then be refused.

@@ -677,3 +677,299 @@ async fn f10_metrics_token_guards_metrics() {
         .unwrap()
         .contains("tally_hits_accepted_total"));
 }
+
+/// Control characters (U+0000 to U+001F but tab) in any text field are a
+/// 400 naming the field, on POST and on the pixel, and never reach the
+/// queue: a NUL in a utm value would otherwise come back in every report
+/// and CSV.
+#[tokio::test]
+async fn control_characters_in_text_are_refused_and_never_queued() {
+    let app = spawn_app().await;
+    let nul_utm = "https://shop.example/?utm_source=google&utm_campaign=a%00b";
+    let res = app.collect(&app.pageview(nul_utm, "v1")).await;
+    let (status, msg) = error_of(res).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("url") && msg.contains("utm_campaign"), "{msg}");
+    for (field, hit) in [
+        (
+            "site",
+            json!({"site": "s\u{0}", "type": "event", "name": "n"}),
+        ),
+        ("name", event(&app, "buy\u{0}", "v1", json!({}))),
+        ("url", app.pageview("https://shop.example/a\nb", "v1")),
+        (
+            "referrer",
+            event(
+                &app,
+                "buy",
+                "v1",
+                json!({"referrer": "https://r.example/\r"}),
+            ),
+        ),
+        ("vid", event(&app, "buy", "v\u{1b}", json!({}))),
+        ("sid", event(&app, "buy", "v1", json!({"sid": "s\u{1f}"}))),
+        (
+            "currency",
+            event(&app, "buy", "v1", json!({"currency": "E\u{0}R"})),
+        ),
+        (
+            "order_id",
+            event(&app, "buy", "v1", json!({"order_id": "o\n1"})),
+        ),
+        (
+            "props",
+            event(&app, "buy", "v1", json!({"props": {"k\u{0}": 1}})),
+        ),
+        (
+            "props",
+            event(&app, "buy", "v1", json!({"props": {"k": "v\u{7}"}})),
+        ),
+    ] {
+        let (status, msg) = error_of(app.collect(&hit).await).await;
+        assert_eq!(status, 400, "{field}: {msg}");
+        assert!(
+            msg.contains(&format!("`{field}`")) && msg.contains("control character"),
+            "{field}: {msg}"
+        );
+    }
+    // The pixel: a NUL in the utm value and a raw control in a field.
+    for query in [
+        format!(
+            "site={}&url=https%3A%2F%2Fshop.example%2F%3Futm_campaign%3Da%2500b",
+            app.site_key
+        ),
+        format!("site={}&type=event&name=buy%0Anow", app.site_key),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&format!("/collect?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = error_of(res).await;
+        assert_eq!(status, 400, "{query}: {msg}");
+        assert!(msg.contains("control character"), "{msg}");
+    }
+    // Tab is text, and a clean hit still goes through: it is the only
+    // hit the queue (and so the archive) ever saw.
+    let ok = app
+        .collect_ok(&event(&app, "buy\tnow", "v1", json!({})))
+        .await;
+    let hits = archived(&app, 1).await;
+    assert_eq!(
+        hits.iter().map(|h| h.id.to_string()).collect::<Vec<_>>(),
+        ok
+    );
+    assert_eq!(app.metric("tally_hits_accepted_total").await, 1.0);
+    // Goals refuse control characters too, naming the field.
+    for (field, goal) in [
+        ("name", json!({"name": "a\u{0}", "match": {"event": "e"}})),
+        ("match.event", json!({"match": {"event": "e\n"}})),
+        ("match.url", json!({"match": {"url": "/a\r"}})),
+        (
+            "match.props",
+            json!({"match": {"event": "e", "props": {"p": "\u{1}"}}}),
+        ),
+    ] {
+        let res = app
+            .api(Method::POST, "/api/v1/goals")
+            .json(&goal)
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = error_of(res).await;
+        assert_eq!(status, 400, "{field}: {msg}");
+        assert!(msg.contains(&format!("`{field}`")), "{field}: {msg}");
+    }
+}
+
+/// The CLI refuses a site name or domain holding a control character and
+/// creates nothing.
+#[test]
+fn cli_refuses_control_characters_in_site_name_and_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--name", "Shop\u{1b}[2J", "--domain", "shop.example"],
+        ["--name", "Shop", "--domain", "shop.example\r"],
+    ] {
+        let out = crate::helpers::tally_cmd(dir.path())
+            .args(["sites", "create"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains("control character"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// The report's CSV download is formula-safe: a campaign anyone could put
+/// in a link comes out as text a spreadsheet shows, never as a formula,
+/// and the file is RFC 4180 (read back here by the `csv` crate).
+#[tokio::test]
+async fn csv_report_cells_never_start_a_formula() {
+    let app = spawn_app().await;
+    app.create_goal(json!({"name": "Signup", "match": {"event": "signup"}, "value": 10}))
+        .await;
+    let campaigns = [
+        "=HYPERLINK(\"http://evil.example\",\"click\")",
+        "+cmd|' /C calc'!A0",
+        "@SUM(1+1)",
+        "-2+3",
+        "plain, with \"quotes\"",
+    ];
+    for (i, c) in campaigns.iter().enumerate() {
+        let url = url::Url::parse_with_params(
+            "https://shop.example/",
+            &[("utm_source", "ads"), ("utm_campaign", c)],
+        )
+        .unwrap();
+        let vid = format!("v{i}");
+        app.collect_ok(&app.pageview(url.as_str(), &vid)).await;
+        app.collect_ok(&event(&app, "signup", &vid, json!({})))
+            .await;
+    }
+    let report = app
+        .wait_for_conversions("campaign", campaigns.len() as f64)
+        .await;
+    assert_eq!(report["total"]["conversions"], json!(5.0), "{report}");
+    let res = app
+        .api(
+            Method::GET,
+            &format!(
+                "/api/v1/conversions.csv?from={d}&to={d}&group_by=source,campaign",
+                d = today()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let body = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        header,
+        ["source", "campaign", "clicks", "conversions", "value"]
+    );
+    let mut got: Vec<(String, String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_owned(), r[1].to_owned(), r[3].to_owned())
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, String)> = [
+        "'=HYPERLINK(\"http://evil.example\",\"click\")",
+        "'+cmd|' /C calc'!A0",
+        "'@SUM(1+1)",
+        "'-2+3",
+        "plain, with \"quotes\"",
+    ]
+    .iter()
+    .map(|c| ("ads".to_owned(), (*c).to_owned(), "1.0".to_owned()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want, "{body}");
+    // Same parameters, same checks as the JSON report.
+    let res = app
+        .api(Method::GET, "/api/v1/conversions.csv?group_by=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res).await.0, 400);
+    let res = app
+        .client
+        .get(app.url("/api/v1/conversions.csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res).await.0, 401);
+}
+
+async fn sign_in_attempt(
+    app: &TestApp,
+    key: &str,
+    forwarded_for: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/session"))
+        .header("origin", &app.address)
+        .json(&json!({"api_key": key}));
+    if let Some(ip) = forwarded_for {
+        req = req.header("x-forwarded-for", ip);
+    }
+    req.send().await.unwrap()
+}
+
+/// Sign-in is throttled per client address by default (10 a minute): the
+/// 11th wrong key in a row is a 429 with `Retry-After` and the JSON error,
+/// and so is the right key from that address until the budget refills. A
+/// forged `X-Forwarded-For` buys nothing without trusted proxies.
+#[tokio::test]
+async fn sign_in_attempts_are_throttled_per_address() {
+    let app = spawn_app().await;
+    for i in 0..10 {
+        let res = sign_in_attempt(&app, &format!("tk_wrong{i}"), None).await;
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    for (key, xff) in [
+        ("tk_wrong", None),
+        (app.api_key.as_str(), None),
+        ("tk_wrong", Some("198.51.100.7")),
+    ] {
+        let res = sign_in_attempt(&app, key, xff).await;
+        let retry: u64 = res
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        assert_eq!(error_of(res).await.0, 429);
+    }
+    // Reading the session and collecting hits are not sign-in attempts.
+    let res = app.client.get(app.url("/session")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    app.collect_ok(&app.pageview("https://shop.example/", "v1"))
+        .await;
+}
+
+/// Behind a trusted proxy the limit follows the client's address, as
+/// `/collect`'s does; `SIGNIN_ATTEMPTS_PER_MINUTE=0` turns it off.
+#[tokio::test]
+async fn sign_in_throttle_follows_trusted_proxies_and_can_be_turned_off() {
+    let app = spawn_app_with(|s| {
+        s.edge.trusted_proxy_hops = 1;
+        s.edge.signin_attempts_per_minute = std::num::NonZeroU32::new(3);
+    })
+    .await;
+    for _ in 0..3 {
+        let res = sign_in_attempt(&app, "tk_wrong", Some("203.0.113.1")).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = sign_in_attempt(&app, "tk_wrong", Some("203.0.113.1")).await;
+    assert_eq!(res.status(), 429);
+    let res = sign_in_attempt(&app, &app.api_key, Some("203.0.113.2")).await;
+    assert_eq!(res.status(), 200, "another client has its own budget");
+
+    let off = spawn_app_with(|s| s.edge.signin_attempts_per_minute = None).await;
+    for i in 0..30 {
+        let res = sign_in_attempt(&off, "tk_wrong", None).await;
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+}
