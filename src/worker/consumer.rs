@@ -4,7 +4,7 @@
 //! The loop reads a batch, lets its [`BatchHandler`] do the work, sets
 //! aside (dead-letters) what the handler says can never succeed, then
 //! acks. Every step that fails is retried in place with
-//! [`backoff`](super::backoff) while the batch stays unacked, so nothing
+//! [`backoff`] while the batch stays unacked, so nothing
 //! is acked before its effect is durable and nothing is skipped. While a
 //! step keeps failing, [`ConsumerHealth`] names the consumer and the
 //! failure (`/ready` answers 503, `tally_consumer_healthy` is 0); it
@@ -37,6 +37,12 @@ const READ_SETTLED: Duration = Duration::from_secs(10);
 /// Backoff attempt used for a failed queue read; reads fail fast when the
 /// queue is down, so they start a few steps up.
 const READ_BACKOFF_FROM: u32 = 3;
+
+/// Consecutive failures of a step before the consumer counts as failing.
+/// One failed write that the next attempt fixes (a store node lost, its
+/// requests moved to the others) is retried, logged and counted, but does
+/// not flip `/ready`; a step that keeps failing does within a second.
+const FAILING_AFTER: u32 = 3;
 
 /// What a handler did with a batch it could handle.
 #[derive(Debug)]
@@ -139,13 +145,17 @@ impl ConsumerHealth {
         self.gauge(consumer, true);
     }
 
-    /// Records a failed step: counted, and the consumer is unhealthy with
-    /// `message` until [`ConsumerHealth::recovered`].
-    pub fn failed(&self, consumer: Consumer, step: Step, message: String) {
+    /// Counts a failed step (retried; see [`ConsumerHealth::failed`]).
+    pub fn counted(&self, consumer: Consumer, step: Step) {
         self.metrics
             .consumer_failures
             .with_label_values(&[consumer.as_str(), step.as_str()])
             .inc();
+    }
+
+    /// The consumer is unhealthy with `message` until
+    /// [`ConsumerHealth::recovered`].
+    pub fn failed(&self, consumer: Consumer, message: String) {
         self.with_state(|s| s.insert(consumer.as_str(), Some(message)));
         self.gauge(consumer, false);
     }
@@ -246,12 +256,16 @@ impl<H: BatchHandler> Loop<H> {
                 .with_label_values(&[self.queue.name()])
                 .inc();
         }
-        self.health.failed(
-            self.handler.consumer(),
-            step,
-            format!("{what} failing: {error}"),
-        );
-        pause(backoff(attempt), &self.shutdown).await
+        self.health.counted(self.handler.consumer(), step);
+        if attempt >= FAILING_AFTER {
+            self.health
+                .failed(self.handler.consumer(), format!("{what} failing: {error}"));
+        }
+        let wait = match step {
+            Step::Read => backoff(attempt + READ_BACKOFF_FROM - 1),
+            _ => backoff(attempt),
+        };
+        pause(wait, &self.shutdown).await
     }
 
     async fn subscribe(&self) -> Option<Box<dyn Subscription>> {
@@ -300,8 +314,7 @@ impl<H: BatchHandler> Loop<H> {
                 Err(QueueError::Closed) => return,
                 Err(error) => {
                     read_failures += 1;
-                    let attempt = READ_BACKOFF_FROM + read_failures - 1;
-                    if !self.failed(Step::Read, &error, attempt, 0).await {
+                    if !self.failed(Step::Read, &error, read_failures, 0).await {
                         return;
                     }
                     continue;

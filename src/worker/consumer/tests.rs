@@ -203,7 +203,7 @@ async fn a_failing_dead_letter_write_is_retried_shown_and_loses_nothing() {
     r.queue.publish(hits.clone()).await.unwrap();
 
     // The loop keeps trying, the batch stays unacked, and health says why.
-    until(&mut r.seen, |s| s.dead_letter_failures >= 3).await;
+    until(&mut r.seen, |s| s.dead_letter_failures >= 4).await;
     assert_eq!(r.seen.borrow().acked_hits, 0, "acked before set aside");
     let report = r.health.report();
     assert_eq!(report.len(), 1, "{report:?}");
@@ -285,7 +285,7 @@ async fn a_failing_ack_is_retried_and_shutdown_still_stops_the_loop() {
         stop.clone(),
     ));
     r.queue.publish(test_hits(4, "ack")).await.unwrap();
-    until(&mut r.seen, |s| s.ack_failures >= 2).await;
+    until(&mut r.seen, |s| s.ack_failures >= 4).await;
     assert!(r.health.is_failing(Consumer::Archiver));
     assert_eq!(handler.handled.lock().unwrap().len(), 4, "handled once");
     r.queue.break_acks.store(false, Ordering::SeqCst);
