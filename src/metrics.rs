@@ -33,6 +33,8 @@ pub struct Metrics {
     pub live_dropped: IntCounter,
     pub live_streams_open: IntGauge,
     pub live_streams_refused: IntCounter,
+    pub consumer_healthy: IntGaugeVec,
+    pub consumer_failures: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -60,6 +62,16 @@ impl Metrics {
         )
         .expect("valid metric name");
         r.register(Box::new(queue_depth.clone()))
+            .expect("metric registered once");
+        let consumer_healthy = IntGaugeVec::new(
+            Opts::new(
+                "consumer_healthy",
+                "1 while a consumer loop makes progress, 0 while it retries a failure.",
+            ),
+            &["consumer"],
+        )
+        .expect("valid metric name");
+        r.register(Box::new(consumer_healthy.clone()))
             .expect("metric registered once");
         let publish_batch_hits = Histogram::with_opts(
             HistogramOpts::new("publish_batch_hits", "Hits per durable queue commit.").buckets(
@@ -163,6 +175,13 @@ impl Metrics {
                 &r,
                 "live_streams_refused_total",
                 "Live streams refused with 429: the site already held LIVE_STREAMS_PER_SITE open.",
+            ),
+            consumer_healthy,
+            consumer_failures: counter_vec(
+                &r,
+                "consumer_failures_total",
+                "Failed steps of a consumer loop, each retried: kind is subscribe, queue_read, write, dead_letter or ack.",
+                &["consumer", "kind"],
             ),
             registry: r,
         }

@@ -23,7 +23,7 @@ use crate::queue::local::{LocalQueue, LocalQueueOptions};
 use crate::queue::rabbitmq::RabbitMqQueue;
 use crate::queue::{Queue, QueueError};
 use crate::store::{cassandra::CassandraStore, sqlite::SqliteStore, Store, StoreError};
-use crate::worker::{Archiver, Attributor};
+use crate::worker::{Archiver, Attributor, ConsumerHealth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -143,6 +143,7 @@ impl Application {
             queue,
             store,
             archive,
+            consumers: Arc::new(ConsumerHealth::new(metrics.clone())),
             metrics,
             live,
             recent,
@@ -198,7 +199,11 @@ impl Application {
                     .with_live(state.live.clone()),
             );
             consumers.spawn_on(
-                attributor.run(state.queue.clone(), workers_stop.clone()),
+                attributor.run(
+                    state.queue.clone(),
+                    state.consumers.clone(),
+                    workers_stop.clone(),
+                ),
                 &consumer_handle,
             );
             if let Some(archive) = &state.archive {
@@ -216,7 +221,11 @@ impl Application {
                 };
                 let archiver = Arc::new(archiver);
                 consumers.spawn_on(
-                    archiver.run(state.queue.clone(), workers_stop.clone()),
+                    archiver.run(
+                        state.queue.clone(),
+                        state.consumers.clone(),
+                        workers_stop.clone(),
+                    ),
                     &consumer_handle,
                 );
             }
@@ -269,8 +278,7 @@ impl Application {
         loop {
             match tokio::time::timeout_at(deadline, consumers.join_next()).await {
                 Ok(None) => break,
-                Ok(Some(Ok(Ok(())))) => {}
-                Ok(Some(Ok(Err(error)))) => warn!(%error, "A consumer stopped with an error."),
+                Ok(Some(Ok(()))) => {}
                 Ok(Some(Err(error))) => warn!(%error, "A consumer task failed."),
                 Err(_) => {
                     warn!("Consumers did not stop in time; their unacked hits stay queued.");

@@ -81,11 +81,10 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
             ("ARCHIVE_BATCH_SECONDS", "0.5"),
         ],
     );
-    let base = tally.base();
-
     // Arrange: schema, topology and bucket; a site; web + worker; a goal.
     let (site, key) = tally.migrate_and_create_site("prod", &["--domain", "shop.example"]);
-    let procs = Procs(vec![tally.spawn("web", &[]), tally.spawn("worker", &[])]);
+    let (web, base) = tally.serve("web", &[]);
+    let procs = Procs(vec![web, tally.spawn("worker", &[])]);
     let client = reqwest::Client::new();
     wait_ready(&client, &base, Duration::from_secs(60)).await;
     create_goal(

@@ -71,12 +71,11 @@ async fn web_and_two_workers_survive_a_killed_worker_and_a_broker_restart() {
             ("ARCHIVE_BATCH_SECONDS", "0.5"),
         ],
     );
-    let base = tally.base();
-
     // Arrange: schema + topology, a site, a goal.
     let (site, key) = tally.migrate_and_create_site("e2e", &[]);
+    let (web, base) = tally.serve("web", &[]);
     let mut procs = Procs(vec![
-        tally.spawn("web", &[]),
+        web,
         tally.spawn("worker", &[]),
         tally.spawn("worker", &[]),
     ]);

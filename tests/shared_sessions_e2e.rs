@@ -132,19 +132,10 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
         Tally::new(dirs[2].path(), &vars),
     );
     let (site, key) = tally_a.migrate_and_create_site("sessions", &["--domain", "shop.example"]);
-    let procs = Procs(vec![
-        tally_a.spawn("web", &[]),
-        tally_b.spawn("web", &[]),
-        tally_w.spawn("worker", &[]),
-    ]);
-    let (a, b) = (
-        Web {
-            base: tally_a.base(),
-        },
-        Web {
-            base: tally_b.base(),
-        },
-    );
+    let (web_a, base_a) = tally_a.serve("web", &[]);
+    let (web_b, base_b) = tally_b.serve("web", &[]);
+    let procs = Procs(vec![web_a, web_b, tally_w.spawn("worker", &[])]);
+    let (a, b) = (Web { base: base_a }, Web { base: base_b });
     let client = Client::new();
     wait_ready(&client, &a.base, Duration::from_secs(60)).await;
     wait_ready(&client, &b.base, Duration::from_secs(60)).await;

@@ -121,12 +121,11 @@ async fn a_stalled_worker_s_landings_re_credit_the_conversions_counted_meanwhile
             ("CASSANDRA_KEYSPACE", keyspace.as_str()),
         ],
     );
-    let base = tally.base();
-
     // Arrange: schema, topology, a site; web and worker A; a goal.
     let (site, key) = tally.migrate_and_create_site("stall", &[]);
+    let (web, base) = tally.serve("web", &[]);
     let mut procs = Procs(vec![
-        tally.spawn("web", &[]),
+        web,
         // Prefetch 1: the landings' message fills it, so while A is
         // stopped the broker hands every later message to B.
         tally.spawn("worker", &[("AMQP_PREFETCH", "1")]),

@@ -1,5 +1,5 @@
-//! Operations endpoints: liveness, readiness (every adapter answers) and
-//! Prometheus metrics. Readiness checks are bounded in time so a hung
+//! Operations endpoints: liveness, readiness (every adapter answers and
+//! every consumer of this process makes progress) and Prometheus metrics. Readiness checks are bounded in time so a hung
 //! backend makes `/ready` say so instead of hanging the probe.
 
 use std::time::Duration;
@@ -50,6 +50,19 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             format!("archive:{}", archive.name()),
             timed(archive.check()).await,
         );
+    }
+    // A consumer that keeps failing (an archive it cannot write, a
+    // dead-letter place it cannot reach) is named even when every adapter
+    // answers its check: hits would be accepted and never processed.
+    for (consumer, failure) in state.consumers.report() {
+        let what = format!("consumer:{consumer}");
+        match failure {
+            None => checks.insert(what, json!("ok")),
+            Some(failure) => {
+                failed.push(format!("{consumer}: {failure}"));
+                checks.insert(what, json!(failure))
+            }
+        };
     }
     if failed.is_empty() {
         HttpResponse::Ok().json(json!({"status": "ready", "checks": checks}))

@@ -17,6 +17,7 @@ use crate::live::{recent::RecentHits, Live};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::Store;
+use crate::worker::ConsumerHealth;
 
 pub mod api;
 pub mod collect;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// The last hits per site, for previewing a draft goal.
     pub recent: Arc<RecentHits>,
     pub sessions: Arc<session::Sessions>,
+    /// Whether this process's consumers make progress (none in `web`).
+    pub consumers: Arc<ConsumerHealth>,
     /// Cancelled when shutdown starts, so live streams end and let the
     /// server stop.
     pub stopping: CancellationToken,

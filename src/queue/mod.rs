@@ -152,6 +152,10 @@ pub enum QueueError {
     Corrupt(String),
     #[error("queue misconfigured: {0}")]
     Config(String),
+    /// An ack came too late to count: the delivery it was for is gone (its
+    /// channel closed), and the queue delivers those hits again.
+    #[error("batch will be delivered again: {0}")]
+    Redelivered(String),
 }
 
 #[async_trait]

@@ -989,14 +989,16 @@ impl Subscription for RabbitMqSubscription {
 
     async fn ack(&mut self, t: AckToken) -> Result<(), QueueError> {
         let (generation, id) = token_parts(t);
+        // A delivery tag lives and dies with its channel: every failure
+        // here leaves the batch to the broker, which delivers it again.
         let Some(att) = self.attached.as_mut() else {
-            return Err(QueueError::Unavailable(
-                "RabbitMQ channel was lost; the batch will be redelivered".into(),
+            return Err(QueueError::Redelivered(
+                "the RabbitMQ channel that delivered it was lost".into(),
             ));
         };
         if generation != att.generation & 0xffff {
-            return Err(QueueError::Unavailable(
-                "RabbitMQ reconnected since this batch; it will be redelivered".into(),
+            return Err(QueueError::Redelivered(
+                "RabbitMQ reconnected since it was delivered".into(),
             ));
         }
         let Some(tags) = self.pending.remove(&id) else {
@@ -1033,7 +1035,10 @@ impl Subscription for RabbitMqSubscription {
                 }
                 Ok(())
             }
-            Err(e) => Err(self.detach(&format!("ack failed: {e}"))),
+            Err(e) => {
+                let lost = self.detach(&format!("ack failed: {e}"));
+                Err(QueueError::Redelivered(lost.to_string()))
+            }
         }
     }
 

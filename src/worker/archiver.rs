@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::consumer::{self, BatchHandler, ConsumerHealth, HandleError, Handled};
 use crate::archive::{format, Archive, ArchiveError};
 use crate::config::ArchiverSettings;
 use crate::domain::{HitKey, HitLines};
 use crate::metrics::Metrics;
-use crate::queue::{Consumer, Queue, QueueError};
+use crate::queue::{Consumer, Queue};
 
 /// The grouping of the batch being written, kept until the next batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,96 +163,42 @@ impl Archiver {
         Ok(written)
     }
 
-    /// Consumes the queue until shutdown, flushing the batch in hand.
+    /// Consumes the queue until shutdown, flushing the batch in hand (see
+    /// [`consumer::run`]).
     pub async fn run(
         self: Arc<Self>,
         queue: Arc<dyn Queue>,
+        health: Arc<ConsumerHealth>,
         shutdown: CancellationToken,
-    ) -> Result<(), QueueError> {
-        let mut sub = queue.subscribe(Consumer::Archiver).await?;
-        info!(
-            queue = queue.name(),
-            archive = self.archive.name(),
-            "Archiver started."
-        );
-        loop {
-            let Some(batch) = super::next_batch_or_stop(
-                sub.as_mut(),
-                self.settings.max_hits,
-                self.settings.max_age,
-                &shutdown,
-            )
-            .await
-            else {
-                break;
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(QueueError::Closed) => break,
-                Err(error) => {
-                    warn!(%error, "Archiver could not read the queue; retrying.");
-                    self.metrics
-                        .adapter_errors
-                        .with_label_values(&[queue.name()])
-                        .inc();
-                    if !super::pause(super::backoff(3), &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if batch.redelivered {
-                self.metrics
-                    .redeliveries
-                    .with_label_values(&["archiver"])
-                    .inc();
-            }
-            let mut attempt = 0;
-            let done = loop {
-                match self.write(&batch.lines).await {
-                    Ok(_) => break true,
-                    Err(ArchiveError::Corrupt(reason)) => {
-                        // A line without a readable key: retrying cannot help.
-                        warn!(
-                            reason,
-                            hits = batch.len(),
-                            "Batch cannot be archived; dead-lettering it."
-                        );
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&["archiver"])
-                            .inc_by(batch.len() as u64);
-                        break sub.dead_letter(&batch.lines, &reason).await.is_ok();
-                    }
-                    Err(error) => {
-                        // The archive adapter counted the failure itself.
-                        attempt += 1;
-                        warn!(%error, attempt, hits = batch.len(), "Archiver could not write; will retry.");
-                        if !super::pause(super::backoff(attempt), &shutdown).await {
-                            break false;
-                        }
-                    }
-                }
-            };
-            if !done {
-                break;
-            }
-            if let Err(error) = sub.ack(batch.token).await {
-                warn!(%error, "Archiver could not ack a batch; it will be rewritten under the same keys.");
-                self.metrics
-                    .adapter_errors
-                    .with_label_values(&[queue.name()])
-                    .inc();
-            }
-            if let Some(lag) = sub.lag() {
-                self.metrics
-                    .queue_depth
-                    .with_label_values(&["archiver"])
-                    .set(lag as i64);
-            }
+    ) {
+        info!(archive = self.archive.name(), "Archiver starting.");
+        let metrics = self.metrics.clone();
+        consumer::run(self, queue, health, metrics, shutdown).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for Archiver {
+    fn consumer(&self) -> Consumer {
+        Consumer::Archiver
+    }
+
+    fn batch_size(&self) -> (usize, std::time::Duration) {
+        (self.settings.max_hits, self.settings.max_age)
+    }
+
+    fn writes_to(&self) -> &'static str {
+        "archive write"
+    }
+
+    async fn handle(&self, lines: &HitLines) -> Result<Handled, HandleError> {
+        match self.write(lines).await {
+            Ok(_) => Ok(Handled::Done),
+            // A line without a readable key: retrying cannot help.
+            Err(ArchiveError::Corrupt(reason)) => Ok(Handled::SetAsideAll { reason }),
+            // The archive adapter counted the failure itself.
+            Err(error) => Err(error.into()),
         }
-        info!("Archiver stopped.");
-        Ok(())
     }
 }
 
@@ -370,14 +317,15 @@ mod tests {
             dir.path(),
         ));
         let stop = CancellationToken::new();
-        let running = tokio::spawn(archiver.run(queue.clone(), stop.clone()));
+        let health = Arc::new(ConsumerHealth::new(metrics.clone()));
+        let running = tokio::spawn(archiver.run(queue.clone(), health, stop.clone()));
         queue.publish(hits(3)).await.unwrap();
         puts.wait_for(|&(failed, _)| failed >= 2).await.unwrap();
         std::fs::remove_file(&root).unwrap();
         std::fs::create_dir(&root).unwrap();
         puts.wait_for(|&(_, ok)| ok >= 1).await.unwrap();
         stop.cancel();
-        running.await.unwrap().unwrap();
+        running.await.unwrap();
         let failed = puts.borrow().0;
         assert_eq!(
             metrics.adapter_errors.with_label_values(&["local"]).get(),

@@ -8,19 +8,21 @@
 //! the numbers do not depend on the order hits are processed in. Goals
 //! come from a [`GoalCache`], compiled once per site and at most
 //! [`GOAL_REFRESH`](super::goals::GOAL_REFRESH) old. It never acks; the
-//! consumer loop does, after `process` returned Ok.
+//! shared consumer loop ([`super::consumer`]) does, after `process`
+//! returned Ok and the hits the store refused were set aside.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::consumer::{self, BatchHandler, ConsumerHealth, HandleError, Handled};
 use super::goals::GoalCache;
 use crate::domain::{attribute, CountMode, GoalSet, Hit, HitLines, Touchpoint};
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
-use crate::queue::{Consumer, Queue, QueueError};
+use crate::queue::{Consumer, Queue};
 use crate::store::{BatchRecorded, Candidate, Recorded, Store, StoreError};
 
 /// Largest batch the attributor takes from the queue at once.
@@ -234,103 +236,64 @@ impl Attributor {
         });
     }
 
-    /// Consumes the queue until shutdown: decode a batch, process it, retrying
-    /// transient failures, dead-letter what can never succeed, then ack.
+    /// Consumes the queue until shutdown (see [`consumer::run`]).
     pub async fn run(
         self: Arc<Self>,
         queue: Arc<dyn Queue>,
+        health: Arc<ConsumerHealth>,
         shutdown: CancellationToken,
-    ) -> Result<(), QueueError> {
-        let mut sub = queue.subscribe(Consumer::Attributor).await?;
-        info!(queue = queue.name(), "Attributor started.");
-        loop {
-            let Some(batch) =
-                super::next_batch_or_stop(sub.as_mut(), BATCH_HITS, BATCH_LINGER, &shutdown).await
-            else {
-                break;
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(QueueError::Closed) => break,
-                Err(error) => {
-                    warn!(%error, "Attributor could not read the queue; retrying.");
-                    self.metrics
-                        .adapter_errors
-                        .with_label_values(&[queue.name()])
-                        .inc();
-                    if !super::pause(super::backoff(3), &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if batch.redelivered {
-                self.metrics
-                    .redeliveries
-                    .with_label_values(&["attributor"])
-                    .inc();
-            }
-            // Decoded once, here, at the boundary; a line that is not a
-            // hit is set aside with the hits the store refuses.
-            let (hits, undecodable) = decode(&batch.lines);
-            let mut attempt = 0;
-            let outcome = loop {
-                match self.process(&hits, None).await {
-                    Ok(o) => break Some(o),
-                    Err(error) => {
-                        // The store adapter counted the failure itself.
-                        attempt += 1;
-                        warn!(%error, attempt, hits = hits.len(), "Attributor could not write; will retry.");
-                        // On shutdown the batch stays unacked: it is redelivered.
-                        if !super::pause(super::backoff(attempt), &shutdown).await {
-                            break None;
-                        }
-                    }
-                }
-            };
-            let Some(outcome) = outcome else { break };
-            // The batch is written: show it live. Never awaited, never
-            // counted on (see `crate::live`).
-            if let Some(live) = &self.live {
-                self.publish_live(live, &hits, &outcome.converted);
-            }
-            let (mut dead, mut reason) = match undecodable {
-                Some((lines, why)) => (lines, Some(why)),
-                None => (HitLines::new(), None),
-            };
-            for (hit, why) in &outcome.rejected {
-                warn!(hit_id = %hit.id, reason = why, "Hit cannot be attributed; dead-lettering it.");
-                if let Err(error) = dead.push(hit) {
-                    warn!(%error, hit_id = %hit.id, "Could not encode a rejected hit.");
-                }
-                reason.get_or_insert_with(|| why.clone());
-            }
-            if let Some(reason) = reason {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["attributor"])
-                    .inc_by(dead.len() as u64);
-                if let Err(error) = sub.dead_letter(&dead, &reason).await {
-                    warn!(%error, "Could not dead-letter hits; leaving the batch unacked.");
-                    continue;
-                }
-            }
-            if let Err(error) = sub.ack(batch.token).await {
-                warn!(%error, "Attributor could not ack a batch; it will be redelivered.");
-                self.metrics
-                    .adapter_errors
-                    .with_label_values(&[queue.name()])
-                    .inc();
-            }
-            if let Some(lag) = sub.lag() {
-                self.metrics
-                    .queue_depth
-                    .with_label_values(&["attributor"])
-                    .set(lag as i64);
-            }
+    ) {
+        let metrics = self.metrics.clone();
+        consumer::run(self, queue, health, metrics, shutdown).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for Attributor {
+    fn consumer(&self) -> Consumer {
+        Consumer::Attributor
+    }
+
+    fn batch_size(&self) -> (usize, std::time::Duration) {
+        (BATCH_HITS, BATCH_LINGER)
+    }
+
+    fn writes_to(&self) -> &'static str {
+        "store write"
+    }
+
+    /// Decodes the batch, processes it (idempotent, so a retry after a
+    /// store failure changes nothing twice), shows it live, and hands back
+    /// the lines that are not hits and the hits the store refuses.
+    async fn handle(&self, lines: &HitLines) -> Result<Handled, HandleError> {
+        // Decoded once per attempt, here, at the boundary; a line that is
+        // not a hit is set aside with the hits the store refuses.
+        let (hits, undecodable) = decode(lines);
+        // The store adapter counted a failure itself.
+        let outcome = self.process(&hits, None).await?;
+        // The batch is written: show it live. Never awaited, never
+        // counted on (see `crate::live`).
+        if let Some(live) = &self.live {
+            self.publish_live(live, &hits, &outcome.converted);
         }
-        info!("Attributor stopped.");
-        Ok(())
+        let (mut dead, mut reason) = match undecodable {
+            Some((lines, why)) => (lines, Some(why)),
+            None => (HitLines::new(), None),
+        };
+        for (hit, why) in &outcome.rejected {
+            warn!(hit_id = %hit.id, reason = why, "Hit cannot be attributed.");
+            if let Err(error) = dead.push(hit) {
+                warn!(%error, hit_id = %hit.id, "Could not encode a rejected hit.");
+            }
+            reason.get_or_insert_with(|| why.clone());
+        }
+        Ok(match reason {
+            Some(reason) => Handled::SetAside {
+                lines: dead,
+                reason,
+            },
+            None => Handled::Done,
+        })
     }
 }
 

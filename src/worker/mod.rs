@@ -1,12 +1,13 @@
 //! The queue consumers: the attributor (conversions) and the archiver (raw
-//! hits to the archive), and the loop that feeds them.
+//! hits to the archive), and the one loop that feeds them both
+//! ([`consumer::run`]).
 //!
 //! A consumer acks a batch only after its effect is durable. Transient
 //! backend failures are retried with capped exponential backoff while the
 //! batch stays unacked (so a crash simply redelivers it); hits that can
 //! never succeed go to the dead-letter place with their reason. On
 //! shutdown a consumer finishes the batch in hand and stops; it must never
-//! ack work it did not finish.
+//! ack work it did not finish, and it never stops for any other reason.
 
 use std::time::Duration;
 
@@ -16,10 +17,12 @@ use crate::queue::{Batch, QueueError, Subscription};
 
 pub mod archiver;
 pub mod attributor;
+pub mod consumer;
 pub mod goals;
 
 pub use archiver::Archiver;
 pub use attributor::Attributor;
+pub use consumer::ConsumerHealth;
 
 /// Backoff before retry `attempt` (1-based): 100 ms doubling to 30 s.
 pub fn backoff(attempt: u32) -> Duration {

@@ -1,6 +1,8 @@
 //! Health, readiness, metrics and request ids.
 
-use crate::helpers::spawn_app;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{archived_ids, spawn_app};
 
 #[tokio::test]
 async fn health_ready_and_metrics_answer() {
@@ -120,4 +122,78 @@ fn cli_mints_and_revokes_keys() {
     assert!(!ok && stderr.contains("no API key"), "{stderr}");
     let (ok, _, stderr) = run(&["keys", "create", "--site", "s_missing"]);
     assert!(!ok && stderr.contains("no site"), "{stderr}");
+}
+
+/// A consumer that cannot make progress keeps trying, `/ready` names it
+/// (though every adapter answers its check) and recovers with it, and no
+/// accepted hit is lost meanwhile.
+#[tokio::test]
+async fn ready_names_a_consumer_that_keeps_failing_until_it_recovers() {
+    let app = spawn_app().await;
+    let root = app.data_dir.path().join("archive");
+    // The archive folder becomes a file: every archive write fails (even
+    // as root), while the archive's own check still finds its path.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"").unwrap();
+    let batch = serde_json::json!([
+        app.pageview("https://shop.example/a", "v1"),
+        app.pageview("https://shop.example/b", "v2"),
+        app.pageview("https://shop.example/c", "v3"),
+    ]);
+    let mut ids = app.collect_ok(&batch).await;
+
+    let ready = || async {
+        let res = app.client.get(app.url("/ready")).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<serde_json::Value>().await.unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = ready().await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/ready stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("archiver: archive write failing"), "{body}");
+    assert_eq!(body["checks"]["consumer:attributor"], "ok", "{body}");
+    assert_eq!(body["checks"]["archive:local"], "ok", "{body}");
+    assert_eq!(
+        app.metric("tally_consumer_healthy{consumer=\"archiver\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        app.metric("tally_consumer_failures_total{consumer=\"archiver\",kind=\"write\"}")
+            .await
+            >= 1.0
+    );
+
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ready().await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.metric("tally_consumer_healthy{consumer=\"archiver\"}")
+            .await,
+        1.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut archived = archived_ids(&root).await;
+    while archived.len() < ids.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        archived = archived_ids(&root).await;
+    }
+    archived.sort();
+    ids.sort();
+    assert_eq!(archived, ids, "every accepted hit archived once");
 }

@@ -11,21 +11,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A free loopback port for a `tally web` to listen on.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// How to run `tally` in one test: a data directory, a port and the
-/// variables that choose its adapters. The environment is cleared first,
-/// so a variable the CI run exports for the tests (for example
+/// How to run `tally` in one test: a data directory and the variables
+/// that choose its adapters. The environment is cleared first, so a
+/// variable the CI run exports for the tests (for example
 /// `CASSANDRA_CONTACT_POINTS`) never changes which store a process uses.
+///
+/// A process that serves HTTP binds port 0 and reports the port it got
+/// ([`Tally::serve`]): a port a test picked and released could be taken by
+/// another process before tally binds it.
 pub struct Tally {
     pub dir: PathBuf,
-    pub port: u16,
     vars: Vec<(String, String)>,
 }
 
@@ -33,16 +28,11 @@ impl Tally {
     pub fn new(dir: &Path, vars: &[(&str, &str)]) -> Self {
         Tally {
             dir: dir.to_owned(),
-            port: free_port(),
             vars: vars
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         }
-    }
-
-    pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn command(&self) -> Command {
@@ -51,12 +41,8 @@ impl Tally {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env("TALLY_DATA_DIR", &self.dir)
-            .env("PORT", self.port.to_string())
             .env("HOST", "127.0.0.1")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", log_filter())
             .stdin(Stdio::null());
         c
     }
@@ -87,7 +73,7 @@ impl Tally {
         )
     }
 
-    /// Starts a long-running process (`web`, `worker`) with extra variables.
+    /// Starts a long-running process (`worker`) with extra variables.
     pub fn spawn(&self, what: &str, vars: &[(&str, &str)]) -> Child {
         self.command()
             .envs(vars.iter().copied())
@@ -95,6 +81,57 @@ impl Tally {
             .spawn()
             .expect("tally starts")
     }
+
+    /// Starts a process that serves HTTP (`web`, `all`) on port 0 and
+    /// returns it with its address, `http://127.0.0.1:PORT`. The port is
+    /// the one tally's "Listening." log line names (JSON logs on stderr,
+    /// which a thread reads and passes on to this test's stderr).
+    pub fn serve(&self, what: &str, vars: &[(&str, &str)]) -> (Child, String) {
+        use std::io::BufRead;
+        let mut child = self
+            .command()
+            .envs(vars.iter().copied())
+            .env("PORT", "0")
+            .env("LOG_FORMAT", "json")
+            // The start-up module's info lines include "Listening.".
+            .env("RUST_LOG", format!("{},tally::startup=info", log_filter()))
+            .stderr(Stdio::piped())
+            .arg(what)
+            .spawn()
+            .expect("tally starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "Listening." {
+                    if let (Some(tx), Some(port)) = (tx.take(), v["port"].as_u64()) {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(port) => (child, format!("http://127.0.0.1:{port}")),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tally {what} never said where it listens ({e}; its log is above)");
+            }
+        }
+    }
+}
+
+/// The log filter for `tally` children: `TEST_LOG`, else warnings.
+fn log_filter() -> String {
+    std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// Processes killed (and resumed first, if a test stopped one) when the
