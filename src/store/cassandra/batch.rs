@@ -113,7 +113,7 @@ use uuid::Uuid;
 use super::rows::{OrderRow, Stored};
 use super::{corrupt, credit_bucket, join_time, split_time, CassandraStore};
 use crate::domain::dedup::{decide, order_holder, Contender};
-use crate::domain::{credit_split, Conversion, Touchpoint};
+use crate::domain::{window_path, Conversion, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, StoreError};
 
 /// Settle rounds one call runs before it gives up and lets the batch be
@@ -160,6 +160,9 @@ type OrderDbRow = (DateTime<Utc>, Option<i32>, Uuid, Option<String>);
 /// The verdicts of a snapshot, per group: `None` counts.
 type Decisions = BTreeMap<GroupKey, Vec<(Uuid, Option<DuplicateReason>)>>;
 
+/// A visitor's verdicts (by candidate index) and what its settle did.
+type VisitorDone = (Vec<(usize, Recorded)>, Settled);
+
 /// What a visitor's settle ended with.
 #[derive(Default)]
 struct Settled {
@@ -167,6 +170,11 @@ struct Settled {
     verdicts: BTreeMap<(Uuid, Uuid), Option<DuplicateReason>>,
     displaced: u64,
     recredited: u64,
+    /// UTC days whose conversions the settle wrote, removed, or decided
+    /// on: their rollups are refreshed once the batch is written (a
+    /// redelivery refreshes them again, which a crash before the refresh
+    /// needs).
+    days: BTreeSet<chrono::NaiveDate>,
 }
 
 fn group<'a>(snap: &'a Snapshot, (goal, vid): &GroupKey) -> Vec<&'a Stored> {
@@ -391,6 +399,7 @@ impl CassandraStore {
         for (idx, credit) in c.credits.iter().enumerate() {
             batch.append_statement(st.insert_credit.clone());
             let mut row = key.clone();
+            let millis = |t: DateTime<Utc>| CqlValue::Timestamp(CqlTimestamp(t.timestamp_millis()));
             row.extend([
                 Some(CqlValue::Int(idx as i32)),
                 Some(CqlValue::Text(credit.source.clone())),
@@ -399,6 +408,10 @@ impl CassandraStore {
                 text(&credit.ad),
                 Some(CqlValue::Double(credit.credit)),
                 Some(CqlValue::Double(c.value)),
+                credit.touchpoint.map(CqlValue::Uuid),
+                credit.at.map(millis),
+                Some(millis(c.at)),
+                text(&c.currency),
             ]);
             values.push(row);
         }
@@ -553,6 +566,9 @@ impl CassandraStore {
                 .map(|s| (s.conversion.hit_id, s))
                 .collect();
             let have = regs.get(vid);
+            for s in members.values() {
+                out.days.insert(s.conversion.at.date_naive());
+            }
             for (hit, verdict) in verdicts {
                 out.verdicts.insert((*hit, *goal), *verdict);
                 let reg = have.and_then(|h| h.get(&(*hit, *goal)));
@@ -565,7 +581,7 @@ impl CassandraStore {
                         };
                         let mut c = stored.conversion.clone();
                         let tps = snap.touchpoints.get(vid).map_or(&[][..], Vec::as_slice);
-                        c.credits = credit_split(&c, tps);
+                        c.credits = window_path(&c, tps);
                         let current =
                             reg.is_some_and(|r| r.complete && r.conversion.credits == c.credits);
                         if current {
@@ -579,6 +595,9 @@ impl CassandraStore {
                 }
             }
         }
+        out.days
+            .extend(removals.iter().map(|r| r.conversion.at.date_naive()));
+        out.days.extend(writes.iter().map(|c| c.at.date_naive()));
         out.displaced += removals.len() as u64;
         try_join_all(
             removals
@@ -710,9 +729,12 @@ pub(super) async fn record_batch(
     }
     let work: Vec<_> = visitors
         .into_iter()
-        .map(|(key, v)| store.visitor(key, v))
+        .map(|(key, v)| {
+            let site = key.0.clone();
+            async move { Ok::<_, StoreError>((site, store.visitor(key, v).await?)) }
+        })
         .collect();
-    let done: Vec<(Vec<(usize, Recorded)>, Settled)> = stream::iter(work)
+    let done: Vec<(String, VisitorDone)> = stream::iter(work)
         .buffer_unordered(store.max_in_flight)
         .try_collect()
         .await?;
@@ -720,12 +742,32 @@ pub(super) async fn record_batch(
         recorded: vec![Recorded::Duplicate(DuplicateReason::SameHit); candidates.len()],
         ..Default::default()
     };
-    for (recorded, settled) in done {
+    // Days whose rollups this batch may have changed: its touchpoints'
+    // (clicks) and every day a settle decided on.
+    let mut days: BTreeMap<String, BTreeSet<chrono::NaiveDate>> = BTreeMap::new();
+    for tp in touchpoints {
+        days.entry(tp.site.clone())
+            .or_default()
+            .insert(tp.at.date_naive());
+    }
+    for cand in candidates {
+        let c = &cand.conversion;
+        days.entry(c.site.clone())
+            .or_default()
+            .insert(c.at.date_naive());
+    }
+    for (site, (recorded, settled)) in done {
+        days.entry(site)
+            .or_default()
+            .extend(settled.days.iter().copied());
         out.recredited += settled.recredited;
         out.displaced += settled.displaced;
         for (i, r) in recorded {
             out.recorded[i] = r;
         }
+    }
+    for (site, days) in &days {
+        super::rollups::refresh_days(store, site, days).await?;
     }
     Ok(out)
 }

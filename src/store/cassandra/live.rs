@@ -59,6 +59,10 @@ mod conformance {
         use super::cassandra;
         store_conformance_tests!(earliest_wins cassandra);
     }
+    mod rollups {
+        use super::cassandra;
+        store_conformance_tests!(rollups cassandra);
+    }
 }
 
 /// A migrated store in a fresh keyspace, or `None` (test skipped).
@@ -441,4 +445,75 @@ async fn a_crash_mid_removal_is_finished_by_the_next_settle() {
         store.conversions_for_hit(site, early.hit_id).await.unwrap(),
         vec![early]
     );
+}
+
+/// A keyspace written before it had rollups (here: its rollup rows and
+/// backfill mark taken away) gets them built by `migrate`: the report
+/// reads empty before and whole after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_backfills_the_rollups_of_days_written_before_them() {
+    use crate::domain::report::ReportQuery;
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = guard.second_handle().await;
+    let site = "s_backfill";
+    let draft: crate::domain::GoalDraft = serde_json::from_value(serde_json::json!({
+        "name": "Signup", "match": {"event": "signup"}, "value": 10.0, "model": "linear"
+    }))
+    .unwrap();
+    let goal = Goal::from_draft(draft, Uuid::now_v7(), site, Utc::now()).unwrap();
+    store.put_goal(&goal).await.unwrap();
+    let tp = Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: site.into(),
+        vid: "v1".into(),
+        at: Utc::now() - chrono::Duration::minutes(1),
+        source: "google".into(),
+        medium: Some("cpc".into()),
+        campaign: None,
+        ad: None,
+        click_id: None,
+    };
+    let c = conversion(site, Uuid::now_v7(), goal.id, None, "v1");
+    store
+        .record_batch(
+            std::slice::from_ref(&tp),
+            &[Candidate {
+                conversion: c.clone(),
+                once_per_visitor: false,
+            }],
+        )
+        .await
+        .unwrap();
+    let day = c.at.date_naive();
+    let query = ReportQuery {
+        from: day,
+        to: day,
+        goal: None,
+        group_by: vec![crate::domain::GroupKey::Source],
+        model: None,
+    };
+    let report = || async {
+        crate::store::report(store.as_ref(), site, &query)
+            .await
+            .unwrap()
+    };
+    let before = report().await;
+    assert_eq!((before.total.conversions, before.total.clicks), (1.0, 1));
+    let ks = cass.keyspace().to_owned();
+    for cql in [
+        format!("TRUNCATE {ks}.rollups_by_day"),
+        format!("TRUNCATE {ks}.click_rollups_by_day"),
+        format!(
+            "DELETE FROM {ks}.schema_version WHERE component = '{}'",
+            super::rollups::BACKFILL_COMPONENT
+        ),
+    ] {
+        cass.ddl(cql).await.unwrap();
+    }
+    let emptied = report().await;
+    assert_eq!((emptied.total.conversions, emptied.total.clicks), (0.0, 0));
+    store.migrate().await.unwrap();
+    assert_eq!(report().await, before);
 }

@@ -66,6 +66,7 @@ mod errors;
 #[cfg(test)]
 pub(crate) mod live;
 mod reports;
+mod rollups;
 mod rows;
 mod schema;
 mod sessions;
@@ -84,7 +85,11 @@ pub use schema::{
 pub use statements::{Statements, STATEMENTS};
 
 use crate::config::CassandraSettings;
-use crate::domain::{ApiKey, ClickRow, Conversion, CountMode, CreditRow, Goal, Site, Touchpoint};
+use crate::domain::report::{ClickTotal, RollupRow};
+use crate::domain::{
+    ApiKey, ClickRow, Conversion, CountMode, CreditRow, Goal, GroupKey, Model, ReportQuery, Site,
+    Touchpoint,
+};
 use crate::metrics::Metrics;
 
 /// Client-side bound on one request, above the server's own read, write
@@ -536,6 +541,25 @@ impl Store for CassandraStore {
         to: NaiveDate,
     ) -> Result<Vec<ClickRow>, StoreError> {
         reports::click_rows(self, site, from, to).await
+    }
+
+    async fn report_rows(
+        &self,
+        site: &str,
+        query: &ReportQuery,
+        goals: &[(Uuid, Model)],
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        rollups::report_rows(self, site, query, goals).await
+    }
+
+    async fn click_totals(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<ClickTotal>, StoreError> {
+        rollups::click_totals(self, site, from, to, group_by).await
     }
 
     async fn converted_hits(

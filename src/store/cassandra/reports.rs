@@ -56,8 +56,11 @@ pub(super) async fn credit_rows(
                         .await?
                 }
             };
+            // A path's steps that earn nothing under the recorded model
+            // are not credits.
             Ok::<_, StoreError>(
                 rows.into_iter()
+                    .filter(|row| row.5.is_some_and(|credit| credit > 0.0))
                     .map(
                         move |(goal, source, medium, campaign, ad, credit, value)| CreditRow {
                             day,

@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -148,6 +148,32 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             // with a TTL ending at the session's expiry.
             "CREATE TABLE IF NOT EXISTS {ks}.dashboard_sessions (\
            token_hash text PRIMARY KEY, site text, key_hash text, expires_at timestamp)",
+        ],
+    ),
+    (
+        7,
+        &[
+            // A conversion's credit rows hold its whole path (zero-credit
+            // steps too) with the times every model's credits follow from.
+            "ALTER TABLE {ks}.credits_by_day ADD tp uuid",
+            "ALTER TABLE {ks}.credits_by_day ADD tp_at timestamp",
+            "ALTER TABLE {ks}.credits_by_day ADD conv_at timestamp",
+            "ALTER TABLE {ks}.credits_by_day ADD conv_currency text",
+            // By (site, day, model): what a report reads, one partition per
+            // day and model holding every goal and label set. Rewritten
+            // whole from the day's credit rows (`cassandra/rollups.rs`);
+            // a missing label is '' (clustering columns cannot be null).
+            "CREATE TABLE IF NOT EXISTS {ks}.rollups_by_day (\
+           site text, day date, model text, goal uuid, \
+           source text, medium text, campaign text, ad text, channel text, currency text, \
+           conversions bigint, value bigint, \
+           PRIMARY KEY ((site, day, model), goal, source, medium, campaign, ad, channel, currency))",
+            // By (site, day): clicks per label set, rewritten whole from the
+            // day's clicks_by_day partitions.
+            "CREATE TABLE IF NOT EXISTS {ks}.click_rollups_by_day (\
+           site text, day date, source text, medium text, campaign text, ad text, channel text, \
+           clicks bigint, \
+           PRIMARY KEY ((site, day), source, medium, campaign, ad, channel))",
         ],
     ),
 ];
@@ -281,6 +307,50 @@ pub(super) async fn migrate(store: &CassandraStore) -> Result<(), StoreError> {
         info!(keyspace = %ks, version, "Cassandra schema migrated.");
     }
     store.st().await?;
+    backfill_rollups(store).await
+}
+
+/// Builds the rollups of the days written before the keyspace had them,
+/// once (recorded in `schema_version`), with a progress bar on a terminal.
+async fn backfill_rollups(store: &CassandraStore) -> Result<(), StoreError> {
+    let ks = &store.keyspace;
+    let done: Option<(i32,)> = store
+        .session
+        .query_unpaged(
+            format!("SELECT version FROM {ks}.schema_version WHERE component = ?"),
+            (super::rollups::BACKFILL_COMPONENT,),
+        )
+        .await
+        .map_err(|e| store.failed(e))?
+        .into_rows_result()
+        .map_err(super::errors::shape)?
+        .maybe_first_row::<(i32,)>()
+        .map_err(super::errors::shape)?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("rollups {bar:40} {pos}/{len} days ({eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    super::rollups::backfill(store, &mut |total, n| {
+        bar.set_length(total);
+        bar.set_position(n);
+    })
+    .await?;
+    bar.finish_and_clear();
+    store
+        .session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
+            ),
+            (super::rollups::BACKFILL_COMPONENT, 1, Utc::now()),
+        )
+        .await
+        .map_err(|e| store.failed(e))?;
+    info!(keyspace = %ks, "Cassandra rollups backfilled.");
     Ok(())
 }
 

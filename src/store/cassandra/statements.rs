@@ -53,6 +53,13 @@ pub struct Statements {
     pub(super) insert_click: PreparedStatement,
     pub(super) select_clicks: PreparedStatement,
     pub(super) select_credit_hits: PreparedStatement,
+    pub(super) select_paths: PreparedStatement,
+    pub(super) insert_rollup: PreparedStatement,
+    pub(super) delete_rollups: PreparedStatement,
+    pub(super) select_rollups: PreparedStatement,
+    pub(super) insert_click_rollup: PreparedStatement,
+    pub(super) delete_click_rollups: PreparedStatement,
+    pub(super) select_click_rollups: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -75,7 +82,16 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?)"),
     ("delete_conversion", "DELETE FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
-    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_paths", "SELECT goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    // Rollups are rewritten whole: a partition tombstone just below the
+    // rows' timestamp drops whatever an earlier rewrite left.
+    ("insert_rollup", "INSERT INTO {ks}.rollups_by_day (site, day, model, goal, source, medium, campaign, ad, channel, currency, conversions, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("delete_rollups", "DELETE FROM {ks}.rollups_by_day USING TIMESTAMP ? WHERE site = ? AND day = ? AND model = ?"),
+    ("select_rollups", "SELECT goal, source, medium, campaign, ad, conversions, value FROM {ks}.rollups_by_day WHERE site = ? AND day = ? AND model = ?"),
+    ("insert_click_rollup", "INSERT INTO {ks}.click_rollups_by_day (site, day, source, medium, campaign, ad, channel, clicks) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("delete_click_rollups", "DELETE FROM {ks}.click_rollups_by_day USING TIMESTAMP ? WHERE site = ? AND day = ?"),
+    ("select_click_rollups", "SELECT source, medium, campaign, ad, clicks FROM {ks}.click_rollups_by_day WHERE site = ? AND day = ?"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
     ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
@@ -154,6 +170,13 @@ impl Statements {
             insert_click: take("insert_click")?,
             select_clicks: take("select_clicks")?,
             select_credit_hits: take("select_credit_hits")?,
+            select_paths: take("select_paths")?,
+            insert_rollup: take("insert_rollup")?,
+            delete_rollups: take("delete_rollups")?,
+            select_rollups: take("select_rollups")?,
+            insert_click_rollup: take("insert_click_rollup")?,
+            delete_click_rollups: take("delete_click_rollups")?,
+            select_click_rollups: take("select_click_rollups")?,
         })
     }
 }
