@@ -152,13 +152,7 @@ async fn until_counted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_node_killed_under_load_loses_and_doubles_nothing() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .copied()
-        .filter(|v| std::env::var(v).is_err())
-        .collect();
-    if !missing.is_empty() {
-        tally::test_support::skip(&missing.join(", "));
+    if !common::servers_configured(&NEEDS) {
         return;
     }
     let started = Instant::now();

@@ -42,13 +42,7 @@ async fn archived_ids(archive: &S3Archive) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .copied()
-        .filter(|v| std::env::var(v).is_err())
-        .collect();
-    if !missing.is_empty() {
-        tally::test_support::skip(&missing.join(", "));
+    if !common::servers_configured(&NEEDS) {
         return;
     }
     let var = |v: &str| std::env::var(v).expect("checked above");

@@ -87,13 +87,7 @@ async fn assert_unauthorized(r: Response, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .copied()
-        .filter(|v| std::env::var(v).is_err())
-        .collect();
-    if !missing.is_empty() {
-        tally::test_support::skip(&missing.join(", "));
+    if !common::servers_configured(&NEEDS) {
         return;
     }
     let var = |v: &str| std::env::var(v).expect("checked above");

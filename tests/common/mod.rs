@@ -230,3 +230,19 @@ pub async fn drop_keyspace(contact_points: &str, keyspace: &str) {
         let _ = store.session().query_unpaged(drop, ()).await;
     }
 }
+
+/// Whether every variable in `needs` (a server's address) is set; if not,
+/// says which are missing through `test_support::skip` (a failure under
+/// `TALLY_REQUIRE_SERVERS=1`).
+#[allow(dead_code)]
+pub fn servers_configured(needs: &[&str]) -> bool {
+    let missing: Vec<&str> = needs
+        .iter()
+        .copied()
+        .filter(|v| std::env::var(v).is_err())
+        .collect();
+    if !missing.is_empty() {
+        tally::test_support::skip(&missing.join(", "));
+    }
+    missing.is_empty()
+}

@@ -59,26 +59,22 @@ pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(
     )?;
     for part in contributions(c.at, c.value, &c.credits) {
         let k = &part.key;
-        let key = params![
-            c.site,
-            goal,
+        let (model, medium, campaign, ad) = (
             k.model.as_str(),
-            day,
-            k.source,
             key_text(&k.medium),
             key_text(&k.campaign),
             key_text(&k.ad),
-            currency
-        ];
+        );
+        let key = params![c.site, goal, model, day, k.source, medium, campaign, ad, currency];
         upsert.execute(params![
             c.site,
             goal,
-            k.model.as_str(),
+            model,
             day,
             k.source,
-            key_text(&k.medium),
-            key_text(&k.campaign),
-            key_text(&k.ad),
+            medium,
+            campaign,
+            ad,
             currency,
             sign * part.conversions,
             sign * part.value
