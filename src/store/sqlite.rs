@@ -409,9 +409,11 @@ fn backfill_with_progress(tx: &Transaction<'_>) -> Result<(), StoreError> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    rollups::backfill(tx, &mut |total, done| {
-        bar.set_length(total);
-        bar.set_position(done);
+    rollups::deferred(tx, || {
+        rollups::backfill(tx, &mut |total, done| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
     })?;
     bar.finish_and_clear();
     Ok(())
@@ -767,12 +769,13 @@ impl Store for SqliteStore {
         self.write("put_touchpoints", move |conn| {
             // One transaction, so a batch of clicks costs one fsync.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
+            rollups::deferred(&tx, || {
                 let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
                 for tp in &tps {
                     batch::insert_touchpoint(&tx, &mut insert, tp)?;
                 }
-            }
+                Ok(())
+            })?;
             tx.commit()?;
             Ok(())
         })
@@ -815,7 +818,7 @@ impl Store for SqliteStore {
             // other writer can change a group in between; one commit (one
             // fsync) for the whole batch.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = batch::record_batch_in(&tx, &tps, &cands)?;
+            let out = rollups::deferred(&tx, || batch::record_batch_in(&tx, &tps, &cands))?;
             tx.commit()?;
             Ok(out)
         })

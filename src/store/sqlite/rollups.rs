@@ -20,6 +20,9 @@
 //! This module must never commit or roll back: the caller owns the
 //! transaction.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use chrono::NaiveDate;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
@@ -38,11 +41,60 @@ fn label_of(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// Adds (`sign` 1) or subtracts (`sign` -1) a counted conversion's
-/// contributions under every model; `c.credits` is its path.
-pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(), StoreError> {
-    let (goal, day) = (c.goal_id.to_string(), day_text(c.at.date_naive()));
-    let currency = c.currency.as_deref().unwrap_or("");
+/// A credit rollup row's key: site, goal, model, day, source, medium,
+/// campaign, ad, currency ('' for a missing label).
+type CreditKey = (
+    String,
+    String,
+    &'static str,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// A click rollup row's key: site, day, source, medium, campaign, ad.
+type ClickKey = (String, String, String, String, String, String);
+
+/// Rollup changes gathered over one attributor batch, written once per
+/// row at its end (see [`deferred`]).
+#[derive(Default)]
+struct Delta {
+    credits: HashMap<CreditKey, (i64, i64)>,
+    clicks: HashMap<ClickKey, i64>,
+}
+
+thread_local! {
+    /// The open [`Delta`] of the batch running on this thread, if any.
+    /// Every store call runs start to finish on one blocking thread, so a
+    /// batch's changes cannot land in another's.
+    static DEFERRED: RefCell<Option<Delta>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (one batch, inside `tx`) with its rollup changes gathered in
+/// memory, then writes each changed row once: a batch of a thousand hits
+/// mostly adds to a few rows per goal, model and day, and one upsert per
+/// row instead of one per conversion and model is most of what rollups
+/// cost to keep. Nothing is written if `f` fails (the caller rolls back).
+pub(super) fn deferred<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Delta::default()));
+    let out = f();
+    let delta = DEFERRED.with(|d| d.borrow_mut().take());
+    let out = out?;
+    if let Some(delta) = delta {
+        flush(tx, delta)?;
+    }
+    Ok(out)
+}
+
+/// Writes a [`Delta`]; a credit row a subtraction brought to zero is
+/// deleted.
+fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
     let mut upsert = tx.prepare_cached(
         "INSERT INTO credit_rollups
            (site, goal_id, model, day, source, medium, campaign, ad, channel, currency, conversions, value)
@@ -57,52 +109,103 @@ pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(
            AND medium = ?6 AND campaign = ?7 AND ad = ?8 AND channel = '' AND currency = ?9
            AND conversions = 0",
     )?;
-    for part in contributions(c.at, c.value, &c.credits) {
-        let k = &part.key;
-        let (model, medium, campaign, ad) = (
-            k.model.as_str(),
-            key_text(&k.medium),
-            key_text(&k.campaign),
-            key_text(&k.ad),
-        );
-        let key = params![c.site, goal, model, day, k.source, medium, campaign, ad, currency];
-        upsert.execute(params![
-            c.site,
-            goal,
-            model,
-            day,
-            k.source,
-            medium,
-            campaign,
-            ad,
-            currency,
-            sign * part.conversions,
-            sign * part.value
-        ])?;
-        if sign < 0 {
-            prune.execute(key)?;
+    for (k, (conversions, value)) in &delta.credits {
+        if (*conversions, *value) == (0, 0) {
+            continue;
         }
+        upsert.execute(params![
+            k.0,
+            k.1,
+            k.2,
+            k.3,
+            k.4,
+            k.5,
+            k.6,
+            k.7,
+            k.8,
+            conversions,
+            value
+        ])?;
+        if *conversions < 0 {
+            prune.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8])?;
+        }
+    }
+    let mut clicks = tx.prepare_cached(
+        "INSERT INTO click_rollups (site, day, source, medium, campaign, ad, channel, clicks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)
+         ON CONFLICT (site, day, source, medium, campaign, ad, channel)
+         DO UPDATE SET clicks = clicks + excluded.clicks",
+    )?;
+    for (k, n) in &delta.clicks {
+        clicks.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, n])?;
     }
     Ok(())
 }
 
+/// Adds (`sign` 1) or subtracts (`sign` -1) a counted conversion's
+/// contributions under every model; `c.credits` is its path. Inside
+/// [`deferred`] the change is gathered, else written at once.
+pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(), StoreError> {
+    let (goal, day) = (c.goal_id.to_string(), day_text(c.at.date_naive()));
+    let currency = c.currency.clone().unwrap_or_default();
+    let mut delta = Delta::default();
+    for part in contributions(c.at, c.value, &c.credits) {
+        let k = part.key;
+        let key: CreditKey = (
+            c.site.clone(),
+            goal.clone(),
+            k.model.as_str(),
+            day.clone(),
+            k.source,
+            k.medium.unwrap_or_default(),
+            k.campaign.unwrap_or_default(),
+            k.ad.unwrap_or_default(),
+            currency.clone(),
+        );
+        let slot = delta.credits.entry(key).or_default();
+        slot.0 += sign * part.conversions;
+        slot.1 += sign * part.value;
+    }
+    merge_or_flush(tx, delta)
+}
+
 /// Counts a new touchpoint on its day.
 pub(super) fn add_click(tx: &Connection, tp: &Touchpoint) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO click_rollups (site, day, source, medium, campaign, ad, channel, clicks)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', 1)
-         ON CONFLICT (site, day, source, medium, campaign, ad, channel)
-         DO UPDATE SET clicks = clicks + 1",
-    )?
-    .execute(params![
-        tp.site,
-        day_text(tp.at.date_naive()),
-        tp.source,
-        key_text(&tp.medium),
-        key_text(&tp.campaign),
-        key_text(&tp.ad)
-    ])?;
-    Ok(())
+    let mut delta = Delta::default();
+    delta.clicks.insert(
+        (
+            tp.site.clone(),
+            day_text(tp.at.date_naive()),
+            tp.source.clone(),
+            key_text(&tp.medium).to_owned(),
+            key_text(&tp.campaign).to_owned(),
+            key_text(&tp.ad).to_owned(),
+        ),
+        1,
+    );
+    merge_or_flush(tx, delta)
+}
+
+/// Adds `delta` to the open batch's, or writes it now when none is open.
+fn merge_or_flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
+    let rest = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(open) => {
+            for (k, (c, v)) in delta.credits {
+                let slot = open.credits.entry(k).or_default();
+                slot.0 += c;
+                slot.1 += v;
+            }
+            for (k, n) in delta.clicks {
+                *open.clicks.entry(k).or_default() += n;
+            }
+            None
+        }
+        None => Some(delta),
+    });
+    match rest {
+        Some(delta) => flush(tx, delta),
+        None => Ok(()),
+    }
 }
 
 /// The path stored for a conversion, oldest step first.
