@@ -767,7 +767,7 @@ pub(super) async fn record_batch(
         }
     }
     for (site, days) in &days {
-        super::rollups::refresh_days(store, site, days).await?;
+        super::rollups::mark_days(store, site, days).await?;
     }
     Ok(out)
 }

@@ -1,24 +1,32 @@
 //! Per-day rollups on Cassandra: what reports read instead of every credit
-//! row, rewritten whole from a day's credit rows whenever a batch changed
+//! row, rewritten whole from a day's credit rows when a batch changed
 //! that day.
 //!
 //! Counters are not idempotent (a retried increment counts twice), so a
-//! day's rollups are never incremented: after the attributor's batch has
-//! written its conversions, [`refresh`] reads the day's credit partitions
-//! (each conversion's path), sums every model's contributions
-//! ([`crate::domain::rollup::contributions`], the rule the SQLite store
-//! applies too) and rewrites the day's `rollups_by_day` partitions, one
-//! per model, and its `click_rollups_by_day` partition. Repeating a
-//! refresh changes nothing.
+//! day's rollups are never incremented. After the attributor's batch has
+//! written its conversions, it marks each day it touched in
+//! `rollup_dirty` ([`mark_days`]: one small write per day, before the
+//! batch is acknowledged, so a crash redelivers the batch and marks
+//! again). Before a report reads a range, [`ensure_fresh`] rewrites every
+//! day whose latest mark it has not seen done ([`refresh`]): it reads the
+//! day's credit partitions (each conversion's path), sums every model's
+//! contributions ([`crate::domain::rollup::contributions`], the rule the
+//! SQLite store applies too), rewrites the day's `rollups_by_day`
+//! partitions (one per model) and its `click_rollups_by_day` partition,
+//! then records the mark it started from as done. Repeating a refresh
+//! changes nothing; a batch pays one write per day it touched, and a
+//! day's rewrite is paid once per report that finds it changed, not once
+//! per batch.
 //!
 //! Racing refreshes of one day: each writes its rows with the write
 //! timestamp of the moment it started reading, under a partition
 //! tombstone one microsecond earlier, as one single-partition batch
 //! (atomic and isolated). The refresh that started reading last wins
-//! whole, and it saw every conversion written before it started: every
-//! writer refreshes after its own write completed. Like the conversion
+//! whole, and it saw every conversion written before it started; a mark
+//! written after a refresh read the marks is newer than what it records
+//! as done, so the next report rewrites the day again. Like the conversion
 //! units (`cassandra/batch.rs`), this relies on the clocks of the workers
-//! agreeing to better than the time between a write and its refresh.
+//! agreeing to better than the time between a write and its mark.
 //!
 //! A refresh costs a read of the day's credit rows, so its cost grows with
 //! the conversions of that day (not with the history); reports read one
@@ -251,14 +259,46 @@ async fn click_rows(
     Ok(out)
 }
 
-/// Refreshes every day in `days` of `site`, a few at a time.
-pub(super) async fn refresh_days(
+/// Marks `days` of `site` changed: a report rewrites their rollups before
+/// it reads them.
+pub(super) async fn mark_days(
     store: &CassandraStore,
     site: &str,
     days: &BTreeSet<NaiveDate>,
 ) -> Result<(), StoreError> {
-    stream::iter(days.iter().copied())
-        .map(|day| refresh(store, site, day))
+    let st = store.st().await?;
+    let marked = Utc::now().timestamp_micros();
+    futures_util::future::try_join_all(
+        days.iter()
+            .map(|day| store.exec(&st.mark_dirty, (site, *day, marked))),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Rewrites the rollups of every day of `site` in `from..=to` marked
+/// changed since its last rewrite, a few days at a time.
+pub(super) async fn ensure_fresh(
+    store: &CassandraStore,
+    site: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(), StoreError> {
+    let st = store.st().await?;
+    let marks: Vec<(NaiveDate, Option<i64>, Option<i64>)> =
+        store.all_rows(&st.select_dirty, (site, from, to)).await?;
+    let stale: Vec<(NaiveDate, i64)> = marks
+        .into_iter()
+        .filter_map(|(day, marked, done)| {
+            let marked = marked?;
+            (done != Some(marked)).then_some((day, marked))
+        })
+        .collect();
+    stream::iter(stale)
+        .map(|(day, marked)| async move {
+            refresh(store, site, day).await?;
+            store.exec(&st.mark_done, (site, day, marked)).await
+        })
         .buffer_unordered(DAY_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
@@ -283,6 +323,7 @@ pub(super) async fn report_rows(
     query: &ReportQuery,
     goals: &[(Uuid, Model)],
 ) -> Result<Vec<RollupRow>, StoreError> {
+    ensure_fresh(store, site, query.from, query.to).await?;
     let st = store.st().await?;
     let models: BTreeSet<Model> = goals.iter().map(|(_, m)| *m).collect();
     let wanted: BTreeSet<(Uuid, Model)> = goals.iter().copied().collect();
@@ -340,6 +381,7 @@ pub(super) async fn click_totals(
     to: NaiveDate,
     group_by: &[GroupKey],
 ) -> Result<Vec<ClickTotal>, StoreError> {
+    ensure_fresh(store, site, from, to).await?;
     let st = store.st().await?;
     let has = |k| group_by.contains(&k);
     type Row = (

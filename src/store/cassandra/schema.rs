@@ -174,6 +174,13 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            site text, day date, source text, medium text, campaign text, ad text, channel text, \
            clicks bigint, \
            PRIMARY KEY ((site, day), source, medium, campaign, ad, channel))",
+            // By (site), one row per day: when a batch last changed the
+            // day (`marked`, µs) and which change its rollups were last
+            // rewritten for (`done`); a report rewrites a day whose mark
+            // it has not seen done before reading it.
+            "CREATE TABLE IF NOT EXISTS {ks}.rollup_dirty (\
+           site text, day date, marked bigint, done bigint, \
+           PRIMARY KEY ((site), day))",
         ],
     ),
 ];

@@ -60,6 +60,9 @@ pub struct Statements {
     pub(super) insert_click_rollup: PreparedStatement,
     pub(super) delete_click_rollups: PreparedStatement,
     pub(super) select_click_rollups: PreparedStatement,
+    pub(super) mark_dirty: PreparedStatement,
+    pub(super) mark_done: PreparedStatement,
+    pub(super) select_dirty: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -91,6 +94,9 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("select_rollups", "SELECT goal, source, medium, campaign, ad, conversions, value FROM {ks}.rollups_by_day WHERE site = ? AND day = ? AND model = ?"),
     ("insert_click_rollup", "INSERT INTO {ks}.click_rollups_by_day (site, day, source, medium, campaign, ad, channel, clicks) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
     ("delete_click_rollups", "DELETE FROM {ks}.click_rollups_by_day USING TIMESTAMP ? WHERE site = ? AND day = ?"),
+    ("mark_dirty", "INSERT INTO {ks}.rollup_dirty (site, day, marked) VALUES (?, ?, ?)"),
+    ("mark_done", "INSERT INTO {ks}.rollup_dirty (site, day, done) VALUES (?, ?, ?)"),
+    ("select_dirty", "SELECT day, marked, done FROM {ks}.rollup_dirty WHERE site = ? AND day >= ? AND day <= ?"),
     ("select_click_rollups", "SELECT source, medium, campaign, ad, clicks FROM {ks}.click_rollups_by_day WHERE site = ? AND day = ?"),
     ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
@@ -177,6 +183,9 @@ impl Statements {
             insert_click_rollup: take("insert_click_rollup")?,
             delete_click_rollups: take("delete_click_rollups")?,
             select_click_rollups: take("select_click_rollups")?,
+            mark_dirty: take("mark_dirty")?,
+            mark_done: take("mark_done")?,
+            select_dirty: take("select_dirty")?,
         })
     }
 }
