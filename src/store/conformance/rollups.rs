@@ -243,8 +243,9 @@ async fn write_shuffled(rng: &mut StdRng, store: &Arc<dyn Store>, h: &History, m
 /// What the store counts is what [`decide`] rules over every candidate
 /// of the history, each order held by its earliest candidate.
 async fn assert_counted(store: &Arc<dyn Store>, site: &str, h: &History, what: &str) {
-    let mut orders: BTreeMap<(Uuid, String), Vec<(chrono::DateTime<chrono::Utc>, Uuid)>> =
-        BTreeMap::new();
+    // (goal, order id) -> (time, hit) of each candidate carrying it.
+    type Carriers = Vec<(chrono::DateTime<chrono::Utc>, Uuid)>;
+    let mut orders: BTreeMap<(Uuid, String), Carriers> = BTreeMap::new();
     let mut groups: BTreeMap<(Uuid, String), Vec<Contender<'_>>> = BTreeMap::new();
     for cand in &h.candidates {
         let c = &cand.conversion;
