@@ -28,7 +28,10 @@ use crate::domain::{
 };
 
 mod rollups;
-pub use rollups::{assert_same, reports_equal_a_recomputation_on_random_histories};
+pub use rollups::{
+    a_long_single_visitor_history_equals_a_recomputation, assert_same,
+    reports_equal_a_recomputation_on_random_histories,
+};
 
 /// Keeps whatever backs a store (a temporary directory...) alive.
 pub type Guard = Box<dyn Any + Send>;
@@ -76,6 +79,12 @@ macro_rules! store_conformance_tests {
     (rollups $factory:path) => {
         $crate::store::conformance::store_conformance_tests!(@cases $factory;
             reports_equal_a_recomputation_on_random_histories,
+        );
+    };
+    // One visitor with a long history, written in shuffled batches.
+    (one_visitor $factory:path) => {
+        $crate::store::conformance::store_conformance_tests!(@cases $factory;
+            a_long_single_visitor_history_equals_a_recomputation,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -297,6 +297,12 @@ INSERT INTO click_rollups
 CREATE INDEX conversions_site_time ON conversions (site, at_ns);
 DROP INDEX conversion_credits_day;
 "#,
+    // 8: a late touchpoint re-credits only the conversions whose path it
+    // enters: a visitor's counted conversions by window length and time,
+    // so that each is a range read whatever the visitor's history.
+    r#"
+CREATE INDEX conversions_visitor_window ON conversions (site, vid, window_days, at_ns);
+"#,
 ];
 
 /// The migration after which the credit rollups are backfilled.
@@ -1048,6 +1054,10 @@ mod tests {
     mod rollups {
         use super::sqlite;
         store_conformance_tests!(rollups sqlite);
+    }
+    mod one_visitor {
+        use super::sqlite;
+        store_conformance_tests!(one_visitor sqlite);
     }
 
     #[tokio::test]

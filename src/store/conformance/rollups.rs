@@ -4,7 +4,8 @@
 //! each counted conversion credited, under the model asked for, over every
 //! touchpoint of its visitor, and every touchpoint counted as a click.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::{goal, new_site, t0, Candidate, Store};
 use crate::domain::attribution::{recredit, ALL_MODELS};
+use crate::domain::dedup::{decide, order_holder, Contender};
 use crate::domain::report::{aggregate_with_clicks, Report};
 use crate::domain::{ClickRow, Conversion, CreditRow, GroupKey, Model, ReportQuery, Touchpoint};
 
@@ -27,6 +29,21 @@ struct History {
 /// A random history of one site: visitors with 0-4 touchpoints and 0-3
 /// conversion candidates over ten days, some sharing order ids.
 fn history(rng: &mut StdRng, site: &str, goals: &[(Uuid, Model, bool)]) -> History {
+    history_of(rng, site, goals, 14, 0..5, 0..4, 4)
+}
+
+/// A random history of one site: `visitors` visitors, each with a number
+/// of touchpoints and of conversion candidates drawn from the ranges, over
+/// ten days; 30% of candidates carry one of `orders` order ids.
+fn history_of(
+    rng: &mut StdRng,
+    site: &str,
+    goals: &[(Uuid, Model, bool)],
+    visitors: usize,
+    touchpoints: Range<usize>,
+    candidates: Range<usize>,
+    orders: usize,
+) -> History {
     let start = t0() - Duration::days(10);
     let at =
         |rng: &mut StdRng| start + Duration::milliseconds(rng.random_range(0..10 * 86_400_000));
@@ -34,9 +51,9 @@ fn history(rng: &mut StdRng, site: &str, goals: &[(Uuid, Model, bool)]) -> Histo
         touchpoints: Vec::new(),
         candidates: Vec::new(),
     };
-    for v in 0..14 {
+    for v in 0..visitors {
         let vid = format!("v{v}");
-        for _ in 0..rng.random_range(0..5) {
+        for _ in 0..rng.random_range(touchpoints.clone()) {
             let source = SOURCES[rng.random_range(0..SOURCES.len())];
             h.touchpoints.push(Touchpoint {
                 hit_id: Uuid::now_v7(),
@@ -54,7 +71,7 @@ fn history(rng: &mut StdRng, site: &str, goals: &[(Uuid, Model, bool)]) -> Histo
                 click_id: None,
             });
         }
-        for _ in 0..rng.random_range(0..4) {
+        for _ in 0..rng.random_range(candidates.clone()) {
             let (goal_id, model, once) = goals[rng.random_range(0..goals.len())];
             let conversion = Conversion {
                 hit_id: Uuid::now_v7(),
@@ -66,7 +83,7 @@ fn history(rng: &mut StdRng, site: &str, goals: &[(Uuid, Model, bool)]) -> Histo
                 currency: None,
                 order_id: rng
                     .random_bool(0.3)
-                    .then(|| format!("o{}", rng.random_range(0..4))),
+                    .then(|| format!("o{}", rng.random_range(0..orders))),
                 model,
                 window_days: 7,
                 credits: Vec::new(),
@@ -151,6 +168,148 @@ pub fn assert_same(got: &Report, want: &Report, what: &str) {
     }
 }
 
+/// Every report of a grid of queries over the history's ten days equals
+/// its recomputation.
+async fn assert_reports(
+    store: &Arc<dyn Store>,
+    site: &str,
+    h: &History,
+    goals: &[(Uuid, Model, bool)],
+    what: &str,
+) {
+    let first: NaiveDate = (t0() - Duration::days(10)).date_naive();
+    let last: NaiveDate = t0().date_naive();
+    let groupings = [
+        "",
+        "day",
+        "source,campaign",
+        "goal,source,medium,campaign,ad",
+        "day,ad",
+    ];
+    for group_by in groupings {
+        for model in std::iter::once(None).chain(ALL_MODELS.map(Some)) {
+            for (from, to, goal) in [
+                (first, last, None),
+                (first + Duration::days(3), last - Duration::days(2), None),
+                (first, last, Some(goals[1].0)),
+            ] {
+                let query = ReportQuery {
+                    from,
+                    to,
+                    goal,
+                    group_by: GroupKey::parse_list(group_by).unwrap(),
+                    model,
+                };
+                let got = crate::store::report(store.as_ref(), site, &query)
+                    .await
+                    .unwrap();
+                let want = recomputed(store, site, h, &query, goals).await;
+                assert_same(
+                    &got,
+                    &want,
+                    &format!("{what}, group_by {group_by:?}, {model:?}, {from}..{to}, {goal:?}"),
+                );
+            }
+        }
+    }
+}
+
+/// Writes the history in random batches of 1 to `max_batch` touchpoints
+/// and candidates, in random order, some of them delivered twice.
+async fn write_shuffled(rng: &mut StdRng, store: &Arc<dyn Store>, h: &History, max_batch: usize) {
+    let mut events: Vec<(Option<Touchpoint>, Option<Candidate>)> = h
+        .touchpoints
+        .iter()
+        .map(|t| (Some(t.clone()), None))
+        .chain(h.candidates.iter().map(|c| (None, Some(c.clone()))))
+        .collect();
+    for i in (1..events.len()).rev() {
+        events.swap(i, rng.random_range(0..=i));
+    }
+    let mut rest = &events[..];
+    while !rest.is_empty() {
+        let n = rng.random_range(1..=rest.len().min(max_batch));
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        let tps: Vec<Touchpoint> = batch.iter().filter_map(|e| e.0.clone()).collect();
+        let cands: Vec<Candidate> = batch.iter().filter_map(|e| e.1.clone()).collect();
+        let times = if rng.random_bool(0.2) { 2 } else { 1 };
+        for _ in 0..times {
+            store.record_batch(&tps, &cands).await.unwrap();
+        }
+    }
+}
+
+/// What the store counts is what [`decide`] rules over every candidate
+/// of the history, each order held by its earliest candidate.
+async fn assert_counted(store: &Arc<dyn Store>, site: &str, h: &History, what: &str) {
+    // (goal, order id) -> (time, hit) of each candidate carrying it.
+    type Carriers = Vec<(chrono::DateTime<chrono::Utc>, Uuid)>;
+    let mut orders: BTreeMap<(Uuid, String), Carriers> = BTreeMap::new();
+    let mut groups: BTreeMap<(Uuid, String), Vec<Contender<'_>>> = BTreeMap::new();
+    for cand in &h.candidates {
+        let c = &cand.conversion;
+        if let Some(order) = &c.order_id {
+            orders
+                .entry((c.goal_id, order.clone()))
+                .or_default()
+                .push((c.at, c.hit_id));
+        }
+        groups
+            .entry((c.goal_id, c.vid.clone()))
+            .or_default()
+            .push(Contender {
+                conversion: c,
+                once_per_visitor: cand.once_per_visitor,
+            });
+    }
+    let mut want: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+    for ((goal, _), group) in &groups {
+        let holders = orders
+            .iter()
+            .filter(|((g, _), _)| g == goal)
+            .filter_map(|((_, o), rows)| Some((o.clone(), order_holder(rows.iter().copied())?)))
+            .collect();
+        for (hit, verdict) in decide(group, &holders) {
+            if verdict.is_none() {
+                want.insert((hit, *goal));
+            }
+        }
+    }
+    let mut got: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+    let hits: BTreeSet<Uuid> = h.candidates.iter().map(|c| c.conversion.hit_id).collect();
+    for hit in hits {
+        for c in store.conversions_for_hit(site, hit).await.unwrap() {
+            got.insert((c.hit_id, c.goal_id));
+        }
+    }
+    assert_eq!(got, want, "{what}: counted conversions");
+}
+
+/// One visitor with a long history: 300 touchpoints and 300 candidates
+/// over ten days, so that most 7-day paths hold more touchpoints than a
+/// path keeps, written in shuffled batches with redeliveries. What counts
+/// is what [`decide`] rules and every report equals the recomputation.
+pub async fn a_long_single_visitor_history_equals_a_recomputation(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(21);
+    let site = new_site(&store).await;
+    let mut goals = Vec::new();
+    for (event, model, once) in [
+        ("signup", Model::PositionBased, false),
+        ("lead", Model::Linear, true),
+        ("buy", Model::TimeDecay, false),
+    ] {
+        let mut g = goal(&site.key, event, model);
+        g.window_days = 7;
+        store.put_goal(&g).await.unwrap();
+        goals.push((g.id, model, once));
+    }
+    let h = history_of(&mut rng, &site.key, &goals, 1, 300..301, 300..301, 40);
+    write_shuffled(&mut rng, &store, &h, 40).await;
+    assert_counted(&store, &site.key, &h, "one visitor").await;
+    assert_reports(&store, &site.key, &h, &goals, "one visitor").await;
+}
+
 pub async fn reports_equal_a_recomputation_on_random_histories(store: Arc<dyn Store>) {
     for seed in 0..4u64 {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -167,65 +326,8 @@ pub async fn reports_equal_a_recomputation_on_random_histories(store: Arc<dyn St
             goals.push((g.id, model, once));
         }
         let h = history(&mut rng, &site.key, &goals);
-        // Random batches of touchpoints and candidates, in random order,
-        // some of them delivered twice.
-        let mut events: Vec<(Option<Touchpoint>, Option<Candidate>)> = h
-            .touchpoints
-            .iter()
-            .map(|t| (Some(t.clone()), None))
-            .chain(h.candidates.iter().map(|c| (None, Some(c.clone()))))
-            .collect();
-        for i in (1..events.len()).rev() {
-            events.swap(i, rng.random_range(0..=i));
-        }
-        let mut rest = &events[..];
-        while !rest.is_empty() {
-            let n = rng.random_range(1..=rest.len().min(6));
-            let (batch, tail) = rest.split_at(n);
-            rest = tail;
-            let tps: Vec<Touchpoint> = batch.iter().filter_map(|e| e.0.clone()).collect();
-            let cands: Vec<Candidate> = batch.iter().filter_map(|e| e.1.clone()).collect();
-            let times = if rng.random_bool(0.2) { 2 } else { 1 };
-            for _ in 0..times {
-                store.record_batch(&tps, &cands).await.unwrap();
-            }
-        }
-        let first: NaiveDate = (t0() - Duration::days(10)).date_naive();
-        let last: NaiveDate = t0().date_naive();
-        let groupings = [
-            "",
-            "day",
-            "source,campaign",
-            "goal,source,medium,campaign,ad",
-            "day,ad",
-        ];
-        for group_by in groupings {
-            for model in std::iter::once(None).chain(ALL_MODELS.map(Some)) {
-                for (from, to, goal) in [
-                    (first, last, None),
-                    (first + Duration::days(3), last - Duration::days(2), None),
-                    (first, last, Some(goals[1].0)),
-                ] {
-                    let query = ReportQuery {
-                        from,
-                        to,
-                        goal,
-                        group_by: GroupKey::parse_list(group_by).unwrap(),
-                        model,
-                    };
-                    let got = crate::store::report(store.as_ref(), &site.key, &query)
-                        .await
-                        .unwrap();
-                    let want = recomputed(&store, &site.key, &h, &query, &goals).await;
-                    assert_same(
-                        &got,
-                        &want,
-                        &format!(
-                            "seed {seed}, group_by {group_by:?}, {model:?}, {from}..{to}, {goal:?}"
-                        ),
-                    );
-                }
-            }
-        }
+        write_shuffled(&mut rng, &store, &h, 6).await;
+        assert_counted(&store, &site.key, &h, &format!("seed {seed}")).await;
+        assert_reports(&store, &site.key, &h, &goals, &format!("seed {seed}")).await;
     }
 }

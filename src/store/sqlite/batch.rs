@@ -2,18 +2,38 @@
 //! candidates, dedup and re-crediting, all inside the caller's one
 //! transaction (one fsync per batch).
 //!
-//! What counts is settled per (site, goal, visitor) group from every
-//! candidate the store holds, so the result is a function of the hits and
-//! never of the order batches arrived in. This module must never commit
-//! or roll back: the caller owns the transaction.
+//! What counts is a function of the stored candidates (earliest wins, as
+//! [`decide`] rules), never of the order batches arrived in. This module
+//! must never commit or roll back: the caller owns the transaction, and
+//! it must never read a visitor's whole history: one visitor id may carry
+//! millions of hits (a backend sending without `vid`, an office behind one
+//! address), so every read here is an indexed range bounded by the path
+//! cap ([`MAX_CREDITED`]), by the batch, or by the rows whose verdict or
+//! path actually changes.
+//!
+//! Why a few rows suffice:
+//! - A group's verdicts ([`decide`]) hinge on its first candidate that
+//!   passes the order rule (the first that counts): before it nothing
+//!   counts, after it a candidate counts iff it passes the order rule and
+//!   its goal counts every time. So [`decide`] over that first candidate
+//!   plus any others gives those others the verdicts the whole group would.
+//!   A batch changes a verdict only for its new candidates, the order
+//!   holders they displace, and the group's first counting candidate
+//!   before and after; [`settle`] reads those and nothing else.
+//! - A conversion's path ([`window_path`]) is the first touchpoint of its
+//!   window and the latest `MAX_CREDITED - 1` up to it: two reads with a
+//!   LIMIT.
+//! - A new touchpoint enters the path of a conversion after it in the
+//!   window only if fewer than `MAX_CREDITED - 1` touchpoints lie between
+//!   them, or if no touchpoint precedes it in that window (it becomes the
+//!   first step): two time ranges of the visitor's conversions per window
+//!   length, read by an index (see [`recredit_visitor`]).
 //!
 //! Cost: every statement is prepared once per connection
 //! (`prepare_cached`; preparing costs more than running one of these), and
-//! what a batch reads more than once is read once into [`Batch`]: an order
-//! id's holder, found with the groups it touches; a visitor's touchpoints,
-//! shared by that visitor's conversions. Both stay valid for the whole
-//! call because the batch writes all its touchpoints and candidates before
-//! it reads either.
+//! an order id's holder is read once per batch into [`Batch`]; it stays
+//! valid for the whole call because the batch writes all its touchpoints
+//! and candidates before it reads any.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,43 +41,88 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::{instant, nanos, touchpoint_from_row, uuid_col, write_credits};
+use crate::domain::attribution::MAX_CREDITED;
 use crate::domain::dedup::{decide, Contender};
-use crate::domain::{window_path, Conversion, Model, Touchpoint};
+use crate::domain::{window_path, Conversion, Credit, Model, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, StoreError};
 
-/// A visitor's touchpoints at or after `?3`.
-const VISITOR_TOUCHPOINTS: &str =
-    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
-     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3";
+/// The latest steps a path keeps besides its first.
+const LATEST: usize = MAX_CREDITED - 1;
 
-/// Every candidate holding an order id for a goal, earliest first. Not
-/// DISTINCT: SQLite would then walk the visitor index, every candidate of
-/// the goal (quadratic).
+/// Candidates a group walk reads at a time (see [`settle`]).
+const WALK_PAGE: i64 = 16;
+
+/// Nanoseconds in a day of a lookback window.
+const DAY_NS: i64 = 86_400 * 1_000_000_000;
+
+/// The first of a visitor's touchpoints at or after `?3`.
+const FIRST_TOUCHPOINT: &str =
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3
+     ORDER BY at_ns, hit_id LIMIT 1";
+
+/// The latest `?6` of a visitor's touchpoints at or after `?3` and not
+/// after (`?4`, `?5`) by (time, hit id).
+const LATEST_TOUCHPOINTS: &str =
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3 AND (at_ns, hit_id) <= (?4, ?5)
+     ORDER BY at_ns DESC, hit_id DESC LIMIT ?6";
+
+/// The visitor's touchpoint just before (`?3`, `?4`): its time.
+const PREVIOUS_TOUCHPOINT: &str = "SELECT at_ns FROM touchpoints
+     WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) < (?3, ?4)
+     ORDER BY at_ns DESC, hit_id DESC LIMIT 1";
+
+/// The visitor's `?5`-th touchpoint (0 the first) after (`?3`, `?4`).
+const LATER_TOUCHPOINT: &str = "SELECT at_ns, hit_id FROM touchpoints
+     WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) > (?3, ?4)
+     ORDER BY at_ns, hit_id LIMIT 1 OFFSET ?5";
+
+/// The first `?4` candidates holding an order id for a goal, earliest
+/// first. Not DISTINCT: SQLite would then walk the visitor index, every
+/// candidate of the goal (quadratic).
 const ORDER_CANDIDATES: &str =
     "SELECT hit_id, vid FROM candidates WHERE site = ?1 AND goal_id = ?2 AND order_id = ?3
-     ORDER BY at_ns, hit_id";
+     ORDER BY at_ns, hit_id LIMIT ?4";
 
-/// A (site, goal, visitor) group's candidates, earliest first, and whether
-/// each is counted. Every counted conversion has its candidate (`count`
-/// inserts only candidates; version 3 made candidates of older
-/// conversions), so the join finds what is counted without an index of
-/// its own.
-const GROUP_CANDIDATES: &str =
-    "SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
-            c.model, c.window_days, c.once_per_visitor, v.hit_id IS NOT NULL
-     FROM candidates c
-     LEFT JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
-     WHERE c.site = ?1 AND c.goal_id = ?2 AND c.vid = ?3 ORDER BY c.at_ns, c.hit_id";
+/// The columns of a candidate read with whether it is counted. Every
+/// counted conversion has its candidate (`count` inserts only candidates;
+/// version 3 made candidates of older conversions), so the join finds
+/// what is counted without an index of its own.
+macro_rules! candidate_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT c.hit_id, c.goal_id, c.site, c.vid, c.at_ns, c.value, c.currency, c.order_id,
+                    c.model, c.window_days, c.once_per_visitor, v.hit_id IS NOT NULL
+             FROM candidates c
+             LEFT JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
+             WHERE ",
+            $where
+        )
+    };
+}
 
-/// A visitor's counted conversions at or after `?3`, through the
-/// candidates' visitor index (a conversion and its candidate share site,
-/// visitor and time).
-const VISITOR_CONVERSIONS: &str =
-    "SELECT v.hit_id, v.goal_id, v.site, v.vid, v.at_ns, v.value, v.currency, v.order_id,
-            v.model, v.window_days
-     FROM candidates c
-     JOIN conversions v ON v.hit_id = c.hit_id AND v.goal_id = c.goal_id
-     WHERE c.site = ?1 AND c.vid = ?2 AND c.at_ns >= ?3";
+/// A page of a (site, goal, visitor) group's candidates after (`?4`,
+/// `?5`), earliest first.
+const GROUP_PAGE: &str = candidate_select!(
+    "c.site = ?1 AND c.vid = ?2 AND c.goal_id = ?3 AND (c.at_ns, c.hit_id) > (?4, ?5)
+     ORDER BY c.at_ns, c.hit_id LIMIT ?6"
+);
+
+/// One candidate, by its key.
+const CANDIDATE: &str = candidate_select!("c.hit_id = ?1 AND c.goal_id = ?2");
+
+/// The smallest window length above `?3` among a visitor's counted
+/// conversions.
+const NEXT_WINDOW: &str = "SELECT window_days FROM conversions
+     WHERE site = ?1 AND vid = ?2 AND window_days > ?3 ORDER BY window_days LIMIT 1";
+
+/// A visitor's counted conversions with a `?3`-day window made from `?4`
+/// to `?5` (inclusive).
+const WINDOW_CONVERSIONS: &str =
+    "SELECT hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days
+     FROM conversions
+     WHERE site = ?1 AND vid = ?2 AND window_days = ?3 AND at_ns >= ?4 AND at_ns <= ?5";
 
 /// (site, goal id, order id).
 type OrderKey = (String, String, String);
@@ -68,49 +133,24 @@ struct Batch<'t, 'c> {
     /// The hit that holds each order id looked at so far (see
     /// [`Batch::order_holder`]).
     holders: HashMap<OrderKey, Option<String>>,
-    /// Each visitor's touchpoints at or after the instant kept beside them.
-    touchpoints: HashMap<(String, String), (i64, Vec<Touchpoint>)>,
 }
 
 impl Batch<'_, '_> {
-    /// A visitor's touchpoints at or after `since_ns` (and maybe earlier
-    /// ones, which [`window_path`] leaves out by window anyway).
-    fn visitor_touchpoints(
-        &mut self,
-        site: &str,
-        vid: &str,
-        since_ns: i64,
-    ) -> Result<&[Touchpoint], StoreError> {
-        let key = (site.to_owned(), vid.to_owned());
-        let fresh = self
-            .touchpoints
-            .get(&key)
-            .is_some_and(|(since, _)| *since <= since_ns);
-        if !fresh {
-            let mut stmt = self.tx.prepare_cached(VISITOR_TOUCHPOINTS)?;
-            let rows = stmt
-                .query_map(params![site, vid, since_ns], touchpoint_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            self.touchpoints.insert(key.clone(), (since_ns, rows));
-        }
-        Ok(self
-            .touchpoints
-            .get(&key)
-            .map_or(&[][..], |(_, tps)| tps.as_slice()))
-    }
-
-    /// Every candidate holding `order` for this goal, earliest first by
-    /// (`at`, hit id): (hit id, visitor). Ids are hyphenated lower-case
-    /// UUID text, which sorts as the UUIDs do.
+    /// The first `limit` candidates holding `order` for this goal, earliest
+    /// first by (`at`, hit id): (hit id, visitor). Ids are hyphenated
+    /// lower-case UUID text, which sorts as the UUIDs do.
     fn order_candidates(
         &self,
         site: &str,
         goal: &str,
         order: &str,
+        limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self.tx.prepare_cached(ORDER_CANDIDATES)?;
         let rows = stmt
-            .query_map(params![site, goal, order], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![site, goal, order, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -127,12 +167,21 @@ impl Batch<'_, '_> {
             return Ok(holder.clone());
         }
         let holder = self
-            .order_candidates(site, goal, order)?
+            .order_candidates(site, goal, order, 1)?
             .into_iter()
             .next()
             .map(|(hit, _)| hit);
         self.holders.insert(key, holder.clone());
         Ok(holder)
+    }
+
+    /// Whether `c` passes the order rule: no order id, or it holds it.
+    fn holds_its_order(&mut self, c: &Conversion) -> Result<bool, StoreError> {
+        let Some(order) = c.order_id.as_deref() else {
+            return Ok(true);
+        };
+        let (goal, hit) = (c.goal_id.to_string(), c.hit_id.to_string());
+        Ok(self.order_holder(&c.site, &goal, order)?.as_deref() == Some(hit.as_str()))
     }
 }
 
@@ -163,12 +212,40 @@ pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Co
     ))
 }
 
+/// `c`'s path as the store holds the visitor's touchpoints now: the first
+/// touchpoint of its window and the latest [`LATEST`] up to it are all
+/// [`window_path`] keeps of the window.
+fn path(tx: &Transaction<'_>, c: &Conversion) -> Result<Vec<Credit>, StoreError> {
+    let since = nanos(c.window_start()).unwrap_or(i64::MIN);
+    let mut tps: Vec<Touchpoint> = tx
+        .prepare_cached(FIRST_TOUCHPOINT)?
+        .query_row(params![c.site, c.vid, since], touchpoint_from_row)
+        .optional()?
+        .into_iter()
+        .collect();
+    let mut latest = tx.prepare_cached(LATEST_TOUCHPOINTS)?;
+    let rows = latest.query_map(
+        params![
+            c.site,
+            c.vid,
+            since,
+            nanos(c.at)?,
+            c.hit_id.to_string(),
+            LATEST as i64
+        ],
+        touchpoint_from_row,
+    )?;
+    for tp in rows {
+        tps.push(tp?);
+    }
+    Ok(window_path(c, &tps))
+}
+
 /// Inserts a counted conversion with credits computed from the visitor's
 /// touchpoints as the store holds them now.
-fn count(b: &mut Batch<'_, '_>, mut c: Conversion) -> Result<(), StoreError> {
-    let since = nanos(c.window_start()).unwrap_or(i64::MIN);
-    c.credits = window_path(&c, b.visitor_touchpoints(&c.site, &c.vid, since)?);
-    b.tx.prepare_cached(
+fn count(tx: &Transaction<'_>, mut c: Conversion) -> Result<(), StoreError> {
+    c.credits = path(tx, &c)?;
+    tx.prepare_cached(
         "INSERT INTO conversions (hit_id, goal_id, site, vid, at_ns, value, currency, order_id, model, window_days)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
@@ -184,7 +261,7 @@ fn count(b: &mut Batch<'_, '_>, mut c: Conversion) -> Result<(), StoreError> {
         c.model.as_str(),
         c.window_days
     ])?;
-    write_credits(b.tx, &c)
+    write_credits(tx, &c)
 }
 
 /// Deletes a conversion's credit rows and takes its contributions out of
@@ -207,32 +284,80 @@ fn uncount(tx: &Transaction<'_>, hit: &str, goal: &str) -> Result<(), StoreError
     Ok(())
 }
 
+/// (site, goal id, visitor).
 type Group = (String, String, String);
 
 /// A stored candidate of a group: the conversion it would be, its stored
 /// model, whether its goal counts once per visitor, whether it is counted.
 type GroupRow = ((Conversion, String), bool, bool);
 
+fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRow> {
+    Ok((conversion_from_row(r)?, r.get(10)?, r.get(11)?))
+}
+
 /// Brings one (site, goal, visitor) group's counted conversions in line
-/// with its candidates, as [`decide`] rules; records why each candidate
+/// with its candidates, as [`decide`] rules, for `touched` (hit ids: the
+/// group's new candidates and the order holders they displaced) and the
+/// group's first counting candidate before and after; records why each
 /// does or does not count.
+///
+/// The walk from the group's start stops at the first candidate that
+/// passes the order rule and the first that is counted (the one before
+/// this batch): usually the same, first row; only candidates that count
+/// for nothing lie before them.
 fn settle(
     b: &mut Batch<'_, '_>,
     (site, goal, vid): &Group,
+    touched: &BTreeSet<String>,
     verdicts: &mut HashMap<(String, String), Recorded>,
     out: &mut BatchRecorded,
 ) -> Result<(), StoreError> {
-    let rows: Vec<GroupRow> = {
-        let mut stmt = b.tx.prepare_cached(GROUP_CANDIDATES)?;
-        let rows = stmt
-            .query_map(params![site, goal, vid], |r| {
-                Ok((conversion_from_row(r)?, r.get(10)?, r.get(11)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
-    };
+    let tx = b.tx;
+    let mut rows: BTreeMap<String, GroupRow> = BTreeMap::new();
+    let (mut first_ok, mut first_counted) = (false, false);
+    let mut after = (i64::MIN, String::new());
+    'walk: loop {
+        let page: Vec<GroupRow> = tx
+            .prepare_cached(GROUP_PAGE)?
+            .query_map(
+                params![site, vid, goal, after.0, after.1, WALK_PAGE],
+                group_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        let full = page.len() as i64 == WALK_PAGE;
+        for row in page {
+            let ((c, _), _, counted) = &row;
+            let hit = c.hit_id.to_string();
+            after = (nanos(c.at)?, hit.clone());
+            let ok = !first_ok && b.holds_its_order(c)?;
+            let is_first_counted = !first_counted && *counted;
+            first_ok |= ok;
+            first_counted |= is_first_counted;
+            if ok || is_first_counted {
+                rows.insert(hit, row);
+            }
+            if first_ok && first_counted {
+                break 'walk;
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    for hit in touched {
+        if rows.contains_key(hit) {
+            continue;
+        }
+        let row = tx
+            .prepare_cached(CANDIDATE)?
+            .query_row(params![hit, goal], group_row)
+            .optional()?;
+        if let Some(row) = row {
+            rows.insert(hit.clone(), row);
+        }
+    }
     let mut holders: BTreeMap<String, Uuid> = BTreeMap::new();
-    for ((c, _), _, _) in &rows {
+    for ((c, _), _, _) in rows.values() {
         if let Some(order) = c.order_id.as_deref() {
             if let Some(holder) = b.order_holder(site, goal, order)? {
                 holders.insert(order.to_owned(), hit_id(&holder)?);
@@ -241,7 +366,7 @@ fn settle(
     }
     let decided: HashMap<Uuid, Option<DuplicateReason>> = {
         let group: Vec<Contender<'_>> = rows
-            .iter()
+            .values()
             .map(|((c, _), once, _)| Contender {
                 conversion: c,
                 once_per_visitor: *once,
@@ -249,8 +374,7 @@ fn settle(
             .collect();
         decide(&group, &holders).into_iter().collect()
     };
-    for ((mut c, model), _, counted) in rows {
-        let hit = c.hit_id.to_string();
+    for (hit, ((mut c, model), _, counted)) in rows {
         // `decide` answers for every candidate it is given.
         let Some(&verdict) = decided.get(&c.hit_id) else {
             continue;
@@ -262,10 +386,10 @@ fn settle(
         match (verdict.is_none(), counted) {
             (true, false) => {
                 c.model = model_of(&model)?;
-                count(b, c)?;
+                count(tx, c)?;
             }
             (false, true) => {
-                uncount(b.tx, &hit, goal)?;
+                uncount(tx, &hit, goal)?;
                 out.displaced += 1;
             }
             _ => {}
@@ -285,36 +409,88 @@ fn hit_id(text: &str) -> Result<Uuid, StoreError> {
     })
 }
 
-/// Rewrites the credits of a visitor's recorded conversions that a newly
-/// stored touchpoint precedes inside their window. Returns how many
-/// changed.
-fn recredit_visitor(
-    b: &mut Batch<'_, '_>,
-    site: &str,
-    vid: &str,
-    new: &[Touchpoint],
-) -> Result<u64, StoreError> {
-    let Some(earliest) = new.iter().map(|t| t.at).min() else {
-        return Ok(0);
-    };
-    let convs: Vec<(Conversion, String)> = {
-        let mut stmt = b.tx.prepare_cached(VISITOR_CONVERSIONS)?;
-        let rows = stmt
-            .query_map(params![site, vid, nanos(earliest)?], conversion_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
-    };
-    let mut changed = 0;
-    for (mut c, model) in convs {
-        if !new.iter().any(|t| c.is_credited_by(t)) {
-            continue;
+/// (time in ns, hit id) of a stored row, the order paths are built in.
+type Position = (i64, String);
+
+/// Adds to `into` the visitor's counted conversions whose path `t` (stored
+/// already) enters, keyed by (hit, goal). For a conversion `c` after `t`
+/// in whose window `t` falls, `t` is in the path iff
+/// - fewer than [`LATEST`] touchpoints lie after `t` up to `c`: `c` comes
+///   before the [`LATEST`]-th touchpoint after `t`; or
+/// - `t` is the window's first: the touchpoint just before `t` is outside
+///   `c`'s window, whose start is then after it and at or before `t`.
+///
+/// Each is a time range of conversions per window length.
+fn conversions_entered(
+    tx: &Transaction<'_>,
+    t: &Touchpoint,
+    into: &mut BTreeMap<(String, String), (Conversion, String)>,
+) -> Result<(), StoreError> {
+    let (at, hit) = (nanos(t.at)?, t.hit_id.to_string());
+    let bound: Option<Position> = tx
+        .prepare_cached(LATER_TOUCHPOINT)?
+        .query_row(params![t.site, t.vid, at, hit, LATEST as i64 - 1], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let previous: Option<i64> = tx
+        .prepare_cached(PREVIOUS_TOUCHPOINT)?
+        .query_row(params![t.site, t.vid, at, hit], |r| r.get(0))
+        .optional()?;
+    let mut window: i64 = 0;
+    loop {
+        let Some(days) = tx
+            .prepare_cached(NEXT_WINDOW)?
+            .query_row(params![t.site, t.vid, window], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(());
+        };
+        window = days;
+        let span = days.saturating_mul(DAY_NS);
+        let end = at.saturating_add(span);
+        // Before the LATEST-th touchpoint after `t`.
+        let near = (at, bound.as_ref().map_or(end, |(b, _)| end.min(*b)));
+        // Starting after the touchpoint before `t`, at or before `t`.
+        let first = (
+            previous.map_or(at, |p| at.max(p.saturating_add(span).saturating_add(1))),
+            end,
+        );
+        for (from, to) in [near, first] {
+            if from > to {
+                continue;
+            }
+            let mut stmt = tx.prepare_cached(WINDOW_CONVERSIONS)?;
+            let rows =
+                stmt.query_map(params![t.site, t.vid, days, from, to], conversion_from_row)?;
+            for row in rows {
+                let (c, model) = row?;
+                let pos: Position = (nanos(c.at)?, c.hit_id.to_string());
+                let before_bound = bound.as_ref().is_none_or(|b| pos < *b);
+                let window_start = nanos(c.window_start()).unwrap_or(i64::MIN);
+                let is_first = previous.is_none_or(|p| p < window_start);
+                if c.is_credited_by(t) && (before_bound || is_first) {
+                    into.insert((pos.1, c.goal_id.to_string()), (c, model));
+                }
+            }
         }
+    }
+}
+
+/// Rewrites the paths of a visitor's counted conversions that newly
+/// stored touchpoints enter. Returns how many changed.
+fn recredit_visitor(tx: &Transaction<'_>, new: &[Touchpoint]) -> Result<u64, StoreError> {
+    let mut entered = BTreeMap::new();
+    for t in new {
+        conversions_entered(tx, t, &mut entered)?;
+    }
+    let mut changed = 0;
+    for ((hit, goal), (mut c, model)) in entered {
         c.model = model_of(&model)?;
-        let since = nanos(c.window_start()).unwrap_or(i64::MIN);
-        c.credits = window_path(&c, b.visitor_touchpoints(site, vid, since)?);
+        c.credits = path(tx, &c)?;
         // Same keys (hit, goal, ord): a report never sees both splits.
-        delete_credits(b.tx, &c.hit_id.to_string(), &c.goal_id.to_string())?;
-        write_credits(b.tx, &c)?;
+        delete_credits(tx, &hit, &goal)?;
+        write_credits(tx, &c)?;
         changed += 1;
     }
     Ok(changed)
@@ -384,7 +560,6 @@ pub(super) fn record_batch_in(
     let mut b = Batch {
         tx,
         holders: HashMap::new(),
-        touchpoints: HashMap::new(),
     };
     // 1. Touchpoints; remember those new to the store, by visitor.
     let mut fresh: BTreeMap<(String, String), Vec<Touchpoint>> = BTreeMap::new();
@@ -402,13 +577,13 @@ pub(super) fn record_batch_in(
     }
     // 2. Re-credit what was recorded before these touchpoints arrived.
     //    Before step 3, so conversions counted below are not done twice.
-    for ((site, vid), new) in &fresh {
-        out.recredited += recredit_visitor(&mut b, site, vid, new)?;
+    for new in fresh.values() {
+        out.recredited += recredit_visitor(tx, new)?;
     }
     // 3. Candidates: store each once, then settle every group they touch.
     let mut same_hit: BTreeSet<usize> = BTreeSet::new();
-    let mut dirty: BTreeSet<Group> = BTreeSet::new();
-    let mut orders: BTreeSet<OrderKey> = BTreeSet::new();
+    let mut dirty: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
+    let mut orders: BTreeMap<OrderKey, BTreeSet<String>> = BTreeMap::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO candidates
@@ -417,9 +592,9 @@ pub(super) fn record_batch_in(
         )?;
         for (i, cand) in candidates.iter().enumerate() {
             let c = &cand.conversion;
-            let goal = c.goal_id.to_string();
+            let (hit, goal) = (c.hit_id.to_string(), c.goal_id.to_string());
             let n = insert.execute(params![
-                c.hit_id.to_string(),
+                hit,
                 goal,
                 c.site,
                 c.vid,
@@ -436,25 +611,38 @@ pub(super) fn record_batch_in(
                 continue;
             }
             if let Some(order) = &c.order_id {
-                orders.insert((c.site.clone(), goal.clone(), order.clone()));
+                orders
+                    .entry((c.site.clone(), goal.clone(), order.clone()))
+                    .or_default()
+                    .insert(hit.clone());
             }
-            dirty.insert((c.site.clone(), goal, c.vid.clone()));
+            dirty
+                .entry((c.site.clone(), goal, c.vid.clone()))
+                .or_default()
+                .insert(hit);
         }
     }
-    // The order's previous holder may be another visitor's: its group
-    // changes too. Read once all candidates are in, so the holder found
-    // here is the one settling must use.
-    for (site, goal, order) in orders {
-        let rows = b.order_candidates(&site, &goal, &order)?;
+    // An order's previous holder (the earliest candidate stored before
+    // this batch; it may be another visitor's) loses it when a new one is
+    // earlier: its group changes too. Read once all candidates are in, so
+    // the holder found here is the one settling must use.
+    for ((site, goal, order), new) in orders {
+        let rows = b.order_candidates(&site, &goal, &order, new.len() + 1)?;
         let holder = rows.first().map(|(hit, _)| hit.clone());
-        for (_, vid) in rows {
-            dirty.insert((site.clone(), goal.clone(), vid));
+        let previous = rows.into_iter().find(|(hit, _)| !new.contains(hit));
+        if let (Some(holder), Some((old, vid))) = (&holder, previous) {
+            if *holder != old {
+                dirty
+                    .entry((site.clone(), goal.clone(), vid))
+                    .or_default()
+                    .insert(old);
+            }
         }
         b.holders.insert((site, goal, order), holder);
     }
     let mut verdicts: HashMap<(String, String), Recorded> = HashMap::new();
-    for group in &dirty {
-        settle(&mut b, group, &mut verdicts, &mut out)?;
+    for (group, touched) in &dirty {
+        settle(&mut b, group, touched, &mut verdicts, &mut out)?;
     }
     out.recorded = candidates
         .iter()
@@ -480,9 +668,10 @@ mod tests {
     use super::*;
 
     /// Each batch read finds its rows through an index on the columns it
-    /// is given, never by scanning a table: a scan here is paid per
-    /// candidate or visitor, so a batch would cost as much as the store is
-    /// large.
+    /// is given, never by scanning a table, and a read with a LIMIT walks
+    /// the index in the order asked for (no sort of every match first): a
+    /// scan or a sort here is paid per candidate or touchpoint, so a batch
+    /// would cost as much as the store, or one visitor's history, is large.
     #[test]
     fn batch_reads_search_an_index_on_their_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -490,37 +679,72 @@ mod tests {
         super::super::apply_migrations(&mut conn).unwrap();
         let expected = [
             (
-                VISITOR_TOUCHPOINTS,
+                FIRST_TOUCHPOINT,
                 "touchpoints_visitor (site=? AND vid=? AND at_ns>?)",
+            ),
+            (
+                LATEST_TOUCHPOINTS,
+                "touchpoints_visitor (site=? AND vid=? AND at_ns>? AND (at_ns,hit_id)<(?,?))",
+            ),
+            (
+                PREVIOUS_TOUCHPOINT,
+                "touchpoints_visitor (site=? AND vid=? AND (at_ns,hit_id)<(?,?))",
+            ),
+            (
+                LATER_TOUCHPOINT,
+                "touchpoints_visitor (site=? AND vid=? AND (at_ns,hit_id)>(?,?))",
             ),
             (
                 ORDER_CANDIDATES,
                 "candidates_order (site=? AND goal_id=? AND order_id=?)",
             ),
             (
-                GROUP_CANDIDATES,
-                "candidates_by_visitor (site=? AND vid=? AND goal_id=?)",
+                GROUP_PAGE,
+                "candidates_by_visitor (site=? AND vid=? AND goal_id=? AND (at_ns,hit_id)>(?,?))",
+            ),
+            (CANDIDATE, "PRIMARY KEY (hit_id=? AND goal_id=?)"),
+            (
+                NEXT_WINDOW,
+                "conversions_visitor_window (site=? AND vid=? AND window_days>?)",
             ),
             (
-                VISITOR_CONVERSIONS,
-                "candidates_by_visitor (site=? AND vid=?)",
+                WINDOW_CONVERSIONS,
+                "conversions_visitor_window (site=? AND vid=? AND window_days=? AND at_ns>? AND at_ns<?)",
             ),
         ];
         for (sql, index) in expected {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = stmt.parameter_count();
+            let values: Vec<i64> = (0..n as i64).collect();
             let plan: Vec<String> = stmt
-                .query_map(params!["s", "x", 0], |r| r.get::<_, String>(3))
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    r.get::<_, String>(3)
+                })
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
             assert!(
-                plan.iter().all(|step| !step.starts_with("SCAN")),
+                plan.iter()
+                    .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
                 "{sql}: {plan:?}"
             );
             assert!(
                 plan.iter().any(|step| step.contains(index)),
                 "{sql}: {plan:?}"
             );
+        }
+        // Every read but a key lookup or a range bounded by the changed
+        // rows stops at a LIMIT no larger than a path or a page.
+        for sql in [
+            FIRST_TOUCHPOINT,
+            LATEST_TOUCHPOINTS,
+            PREVIOUS_TOUCHPOINT,
+            LATER_TOUCHPOINT,
+            ORDER_CANDIDATES,
+            GROUP_PAGE,
+            NEXT_WINDOW,
+        ] {
+            assert!(sql.contains(" LIMIT "), "{sql}");
         }
     }
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Work per hit whatever the visitor (issue 21): the same HITS hits (one in
+# ten an ad landing arriving LATE_MS late, the rest purchases and
+# sign-ups) counted on SQLite from one visitor and from HITS visitors;
+# prints both times and their ratio. Target: ratio <= 2. Figures only, not
+# a test.
+#
+# Measured (release build, 2 shared cores, load ~6, LATE_MS=5):
+#   before (batch write reading a visitor's whole history):
+#     100,000 hits: 11.74 s from 100,000 visitors, 156.11 s from one (13.30x)
+#      20,000 hits:  2.89 s from  20,000 visitors,   6.47 s from one (2.24x)
+#   after (reads bounded by the path cap and the rows that change):
+#     100,000 hits: 14.77 s from 100,000 visitors,  20.11 s from one (1.36x)
+#      20,000 hits:  2.34 s from  20,000 visitors,   3.30 s from one (1.41x)
+#
+#   bench/visitor.sh
+#   HITS=20000 LATE_MS=50 bench/visitor.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HITS=${HITS:-100000} LATE_MS=${LATE_MS:-5}
+cargo build --release --quiet --example visitor_bench
+"${CARGO_TARGET_DIR:-target}/release/examples/visitor_bench"
