@@ -235,7 +235,12 @@ fn hit(site: &str, e: &Event) -> anyhow::Result<Hit> {
     let stamp = Stamp {
         received_at: at,
         user_agent: Some(UA.into()),
-        ip: Some(std::net::IpAddr::from([203, 0, 113, (e.visitor % 250) as u8])),
+        ip: Some(std::net::IpAddr::from([
+            203,
+            0,
+            113,
+            (e.visitor % 250) as u8,
+        ])),
         request_id: None,
         keep_full_ip: false,
     };
@@ -334,7 +339,12 @@ async fn drop_keyspace(name: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["write"] => write().await,
         ["drop-keyspace", name] => drop_keyspace(name).await,
         _ => anyhow::bail!("usage: report_history write | drop-keyspace NAME"),
