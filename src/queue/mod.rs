@@ -37,7 +37,7 @@ impl Consumer {
 
 /// The body of one queued message (a local record or a broker message).
 ///
-/// Version 2, written since issue 17: the line `{"v":"2"}` then the hits'
+/// Version 2, what tally writes: the line `{"v":"2"}` then the hits'
 /// NDJSON ([`HitLines`]): the bytes `/collect` encoded, which the archiver
 /// writes as they are. Version 1, `{"v":"1","hits":[...]}`, is still read,
 /// so a backlog left by an older tally (a local queue, a broker queue) is
