@@ -45,36 +45,11 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
     if !common::servers_configured(&NEEDS) {
         return;
     }
-    let var = |v: &str| std::env::var(v).expect("checked above");
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let (amqp, contact_points, s3_endpoint) = (
-        var("TALLY_TEST_AMQP_URL"),
-        var("CASSANDRA_CONTACT_POINTS"),
-        var("TALLY_TEST_S3_ENDPOINT"),
-    );
-    let (prefix, keyspace, bucket) = (
-        format!("prod-{run_id}"),
-        format!("tally_prod_{run_id}"),
-        format!("tally-prod-{run_id}"),
-    );
+    let env = common::ProductionEnv::new("prod");
     let dir = tempfile::tempdir().expect("temp dir");
-    let tally = Tally::new(
-        dir.path(),
-        &[
-            ("AMQP_URL", &amqp),
-            ("AMQP_PREFIX", &prefix),
-            ("CASSANDRA_CONTACT_POINTS", &contact_points),
-            ("CASSANDRA_KEYSPACE", &keyspace),
-            // One local node: quorum of one.
-            ("CASSANDRA_REPLICATION_FACTOR", "1"),
-            ("S3_BUCKET", &bucket),
-            ("S3_ENDPOINT", &s3_endpoint),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("ARCHIVE_BATCH_SECONDS", "0.5"),
-        ],
-    );
+    let mut vars = env.vars();
+    vars.push(("ARCHIVE_BATCH_SECONDS", "0.5"));
+    let tally = Tally::new(dir.path(), &vars);
     // Arrange: schema, topology and bucket; a site; web + worker; a goal.
     let (site, key) = tally.migrate_and_create_site("prod", &["--domain", "shop.example"]);
     let (web, base) = tally.serve("web", &[]);
@@ -143,9 +118,9 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
     // Both hits are in the S3 archive.
     let archive = S3Archive::new(
         &S3Settings {
-            bucket: bucket.clone(),
+            bucket: env.bucket.clone(),
             prefix: "hits/".into(),
-            endpoint: Some(s3_endpoint.clone()),
+            endpoint: Some(env.s3_endpoint.clone()),
             region: Some("us-east-1".into()),
         },
         Arc::new(tally::metrics::Metrics::new()),
@@ -168,7 +143,6 @@ async fn web_and_worker_on_rabbitmq_cassandra_and_s3_count_and_archive() {
 
     // Clean up: processes first, then the broker topology and keyspace.
     drop(procs);
-    common::delete_broker_topology(&amqp, &prefix).await;
-    common::drop_keyspace(&contact_points, &keyspace).await;
+    env.clean_up().await;
     drop(dir);
 }

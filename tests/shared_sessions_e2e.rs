@@ -90,31 +90,8 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
     if !common::servers_configured(&NEEDS) {
         return;
     }
-    let var = |v: &str| std::env::var(v).expect("checked above");
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let (amqp, contact_points, s3_endpoint) = (
-        var("TALLY_TEST_AMQP_URL"),
-        var("CASSANDRA_CONTACT_POINTS"),
-        var("TALLY_TEST_S3_ENDPOINT"),
-    );
-    let (prefix, keyspace, bucket) = (
-        format!("sess-{run_id}"),
-        format!("tally_sess_{run_id}"),
-        format!("tally-sess-{run_id}"),
-    );
-    let vars = [
-        ("AMQP_URL", amqp.as_str()),
-        ("AMQP_PREFIX", &prefix),
-        ("CASSANDRA_CONTACT_POINTS", &contact_points),
-        ("CASSANDRA_KEYSPACE", &keyspace),
-        // One local node: quorum of one.
-        ("CASSANDRA_REPLICATION_FACTOR", "1"),
-        ("S3_BUCKET", &bucket),
-        ("S3_ENDPOINT", &s3_endpoint),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-    ];
+    let env = common::ProductionEnv::new("sess");
+    let vars = env.vars();
     // Each process has its own data directory: nothing on disk is shared,
     // only the broker and the cluster.
     let dirs: Vec<tempfile::TempDir> = (0..3)
@@ -296,7 +273,6 @@ async fn a_session_made_on_one_web_process_works_and_ends_on_another() {
 
     // Clean up: processes first, then the broker topology and keyspace.
     drop(procs);
-    common::delete_broker_topology(&amqp, &prefix).await;
-    common::drop_keyspace(&contact_points, &keyspace).await;
+    env.clean_up().await;
     drop(dirs);
 }

@@ -200,13 +200,7 @@ pub trait Store: Send + Sync + 'static {
         site: &str,
         query: &ReportQuery,
         goals: &[(Uuid, Model)],
-    ) -> Result<Vec<RollupRow>, StoreError> {
-        // Adapters without rollups sum the recorded credit rows.
-        let wanted: std::collections::HashSet<Uuid> = goals.iter().map(|(g, _)| *g).collect();
-        let mut rows = self.credit_rows(site, query.from, query.to, None).await?;
-        rows.retain(|r| wanted.contains(&r.goal));
-        Ok(crate::domain::report::rollup_rows_from_credits(query, rows))
-    }
+    ) -> Result<Vec<RollupRow>, StoreError>;
     /// Ad clicks (touchpoints) on UTC days `from..=to`, summed from the
     /// per-day click rollups and grouped by `group_by` (`goal` ignored).
     async fn click_totals(
@@ -215,19 +209,7 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
         group_by: &[GroupKey],
-    ) -> Result<Vec<ClickTotal>, StoreError> {
-        let query = ReportQuery {
-            from,
-            to,
-            goal: None,
-            group_by: group_by.to_vec(),
-            model: None,
-        };
-        Ok(crate::domain::report::click_totals_from_rows(
-            &query,
-            self.click_rows(site, from, to).await?,
-        ))
-    }
+    ) -> Result<Vec<ClickTotal>, StoreError>;
     /// Ids of the hits that converted on UTC days `from..=to`, each once,
     /// newest first (ids are UUID v7), at most `limit`.
     async fn converted_hits(

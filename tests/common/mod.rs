@@ -246,3 +246,57 @@ pub fn servers_configured(needs: &[&str]) -> bool {
     }
     missing.is_empty()
 }
+
+/// The servers of a production-shaped run (RabbitMQ, Cassandra, S3) and
+/// this run's own names on them: a broker prefix, a keyspace, a bucket.
+#[allow(dead_code)]
+pub struct ProductionEnv {
+    pub amqp: String,
+    pub contact_points: String,
+    pub s3_endpoint: String,
+    pub prefix: String,
+    pub keyspace: String,
+    pub bucket: String,
+}
+
+#[allow(dead_code)]
+impl ProductionEnv {
+    /// From `TALLY_TEST_AMQP_URL`, `CASSANDRA_CONTACT_POINTS` and
+    /// `TALLY_TEST_S3_ENDPOINT` (checked by [`servers_configured`] first),
+    /// with names made from `tag` and a fresh id.
+    pub fn new(tag: &str) -> Self {
+        let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is not set"));
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        ProductionEnv {
+            amqp: var("TALLY_TEST_AMQP_URL"),
+            contact_points: var("CASSANDRA_CONTACT_POINTS"),
+            s3_endpoint: var("TALLY_TEST_S3_ENDPOINT"),
+            prefix: format!("{tag}-{run_id}"),
+            keyspace: format!("tally_{tag}_{run_id}"),
+            bucket: format!("tally-{tag}-{run_id}"),
+        }
+    }
+
+    /// The environment of a `tally` process on these servers.
+    pub fn vars(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AMQP_URL", self.amqp.as_str()),
+            ("AMQP_PREFIX", &self.prefix),
+            ("CASSANDRA_CONTACT_POINTS", &self.contact_points),
+            ("CASSANDRA_KEYSPACE", &self.keyspace),
+            // One local node: quorum of one.
+            ("CASSANDRA_REPLICATION_FACTOR", "1"),
+            ("S3_BUCKET", &self.bucket),
+            ("S3_ENDPOINT", &self.s3_endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ]
+    }
+
+    /// Drops this run's broker topology and keyspace.
+    pub async fn clean_up(&self) {
+        delete_broker_topology(&self.amqp, &self.prefix).await;
+        drop_keyspace(&self.contact_points, &self.keyspace).await;
+    }
+}

@@ -286,16 +286,17 @@ async fn assert_counted(store: &Arc<dyn Store>, site: &str, h: &History, what: &
     assert_eq!(got, want, "{what}: counted conversions");
 }
 
-/// One visitor with a long history: 300 touchpoints and 300 candidates
-/// over ten days, so that most 7-day paths hold more touchpoints than a
-/// path keeps, written in shuffled batches with redeliveries. What counts
-/// is what [`decide`] rules and every report equals the recomputation.
-pub async fn a_long_single_visitor_history_equals_a_recomputation(store: Arc<dyn Store>) {
-    let mut rng = StdRng::seed_from_u64(21);
-    let site = new_site(&store).await;
+/// A new site with three goals on 7-day windows: signups under `signup`
+/// (every), leads once per visitor (linear), purchases (time decay); each
+/// as (id, model, once per visitor).
+async fn site_with_goals(
+    store: &Arc<dyn Store>,
+    signup: Model,
+) -> (crate::domain::Site, Vec<(Uuid, Model, bool)>) {
+    let site = new_site(store).await;
     let mut goals = Vec::new();
     for (event, model, once) in [
-        ("signup", Model::PositionBased, false),
+        ("signup", signup, false),
         ("lead", Model::Linear, true),
         ("buy", Model::TimeDecay, false),
     ] {
@@ -304,6 +305,16 @@ pub async fn a_long_single_visitor_history_equals_a_recomputation(store: Arc<dyn
         store.put_goal(&g).await.unwrap();
         goals.push((g.id, model, once));
     }
+    (site, goals)
+}
+
+/// One visitor with a long history: 300 touchpoints and 300 candidates
+/// over ten days, so that most 7-day paths hold more touchpoints than a
+/// path keeps, written in shuffled batches with redeliveries. What counts
+/// is what [`decide`] rules and every report equals the recomputation.
+pub async fn a_long_single_visitor_history_equals_a_recomputation(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(21);
+    let (site, goals) = site_with_goals(&store, Model::PositionBased).await;
     let h = history_of(&mut rng, &site.key, &goals, 1, 300..301, 300..301, 40);
     write_shuffled(&mut rng, &store, &h, 40).await;
     assert_counted(&store, &site.key, &h, "one visitor").await;
@@ -313,18 +324,7 @@ pub async fn a_long_single_visitor_history_equals_a_recomputation(store: Arc<dyn
 pub async fn reports_equal_a_recomputation_on_random_histories(store: Arc<dyn Store>) {
     for seed in 0..4u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let site = new_site(&store).await;
-        let mut goals = Vec::new();
-        for (event, model, once) in [
-            ("signup", Model::LastClick, false),
-            ("lead", Model::Linear, true),
-            ("buy", Model::TimeDecay, false),
-        ] {
-            let mut g = goal(&site.key, event, model);
-            g.window_days = 7;
-            store.put_goal(&g).await.unwrap();
-            goals.push((g.id, model, once));
-        }
+        let (site, goals) = site_with_goals(&store, Model::LastClick).await;
         let h = history(&mut rng, &site.key, &goals);
         write_shuffled(&mut rng, &store, &h, 6).await;
         assert_counted(&store, &site.key, &h, &format!("seed {seed}")).await;
