@@ -1,7 +1,9 @@
 //! Work per hit whatever the visitor: one attributor counts the same
-//! backlog of HITS hits twice on fresh SQLite files, once with every hit
-//! from one visitor and once with each hit from its own visitor, and
-//! prints both times and their ratio. Figures only, not a test;
+//! backlog of HITS hits twice on a fresh store, once with every hit from
+//! one visitor and once with each hit from its own visitor, and prints
+//! both times and their ratio. The store is a fresh SQLite file, or with
+//! `cassandra` as argument a fresh keyspace on the cluster in
+//! `CASSANDRA_CONTACT_POINTS`. Figures only, not a test;
 //! `bench/visitor.sh` runs it in release mode.
 //!
 //! The backlog, in arrival order: one hit in ten is an ad landing that
@@ -10,7 +12,7 @@
 //! a purchase (goal counted every time, every other one with an order id)
 //! and a sign-up (goal counted once per visitor).
 //!
-//!   HITS=100000 LATE_MS=5 cargo run --release --example visitor_bench
+//!   HITS=100000 LATE_MS=5 cargo run --release --example visitor_bench [sqlite|cassandra]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,8 @@ use std::time::Instant;
 use chrono::Utc;
 use tally::domain::{Goal, GoalDraft, Hit, RawHit, Site, Stamp};
 use tally::metrics::Metrics;
+use tally::config::{Settings, StoreSettings};
+use tally::store::cassandra::CassandraStore;
 use tally::store::sqlite::SqliteStore;
 use tally::store::Store;
 use tally::worker::Attributor;
@@ -91,13 +95,31 @@ fn backlog(site: &str, n: usize, one_visitor: bool, late_ms: i64) -> Vec<Hit> {
         .collect()
 }
 
-/// Seconds to count the backlog, and the conversions counted.
-async fn run(n: usize, one_visitor: bool, late_ms: i64) -> (f64, u64) {
+/// A fresh store of the kind asked for, and what to drop afterwards.
+async fn fresh_store(cassandra: bool) -> (Arc<dyn Store>, Option<Arc<CassandraStore>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("bench.sqlite3"), Arc::new(Metrics::new()))
-            .expect("open sqlite"),
+    if !cassandra {
+        let store = SqliteStore::open(&dir.path().join("bench.sqlite3"), Arc::new(Metrics::new()))
+            .expect("open sqlite");
+        return (Arc::new(store), None, dir);
+    }
+    let settings = Settings::from_env().expect("settings");
+    let StoreSettings::Cassandra(mut c) = settings.store else {
+        panic!("cassandra: CASSANDRA_CONTACT_POINTS is not set");
+    };
+    c.keyspace = format!("tally_bench_{}", Uuid::new_v4().simple());
+    let store = Arc::new(
+        CassandraStore::connect(&c, Arc::new(Metrics::new()))
+            .await
+            .expect("connect"),
     );
+    store.migrate().await.expect("migrate");
+    (store.clone(), Some(store), dir)
+}
+
+/// Seconds to count the backlog, and the conversions counted.
+async fn run(n: usize, one_visitor: bool, late_ms: i64, cassandra: bool) -> (f64, u64) {
+    let (store, cass, _dir) = fresh_store(cassandra).await;
     let site = Site::new("bench", vec![], Utc::now());
     store.create_site(&site).await.expect("create site");
     for g in goals(&site.key) {
@@ -111,16 +133,25 @@ async fn run(n: usize, one_visitor: bool, late_ms: i64) -> (f64, u64) {
         let out = attributor.process(batch, None).await.expect("process");
         conversions += out.conversions;
     }
-    (t0.elapsed().as_secs_f64(), conversions as u64)
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(cass) = cass {
+        let drop = format!("DROP KEYSPACE IF EXISTS {}", cass.keyspace());
+        if let Err(error) = cass.session().query_unpaged(drop, ()).await {
+            eprintln!("could not drop the bench keyspace: {error}");
+        }
+    }
+    (secs, conversions as u64)
 }
 
 #[tokio::main]
 async fn main() {
+    let cassandra = std::env::args().nth(1).as_deref() == Some("cassandra");
     let n = env_or("HITS", 100_000);
     let late_ms = env_or("LATE_MS", 5) as i64;
-    let (many, many_conv) = run(n, false, late_ms).await;
-    println!("{n} hits from {n} visitors: {many:.2} s ({many_conv} conversions)");
-    let (one, one_conv) = run(n, true, late_ms).await;
-    println!("{n} hits from one visitor: {one:.2} s ({one_conv} conversions)");
-    println!("ratio one/many: {:.2}", one / many);
+    let store = if cassandra { "cassandra" } else { "sqlite" };
+    let (many, many_conv) = run(n, false, late_ms, cassandra).await;
+    println!("{store}: {n} hits from {n} visitors: {many:.2} s ({many_conv} conversions)");
+    let (one, one_conv) = run(n, true, late_ms, cassandra).await;
+    println!("{store}: {n} hits from one visitor: {one:.2} s ({one_conv} conversions)");
+    println!("{store}: ratio one/many: {:.2}", one / many);
 }

@@ -1,61 +1,83 @@
 //! The attributor's batch write on Cassandra: many visitors at once,
-//! earliest-wins dedup settled from stored candidates, without Paxos.
+//! earliest-wins dedup settled from stored candidates, without Paxos, and
+//! with work per hit bounded by what the hit can change, not by how many
+//! hits its visitor sent before.
 //!
 //! # What counts
 //!
 //! Every candidate (a hit that matched a goal) is stored idempotently,
 //! keyed by its hit, in `visitor_candidates` (partition `(site, vid)`,
-//! clustered by goal, time, hit: one read gives all of a visitor's groups)
-//! and, when it carries an order id, in `order_candidates` (partition
-//! `(site, goal, order_id)`). What counts in a (site, goal, visitor) group
-//! is then a pure function of the stored candidates
-//! ([`crate::domain::dedup`], the rule the SQLite store applies too): the
-//! order's holder is its earliest candidate by (`at`, hit id); a
+//! clustered by goal, time, hit) and, when it carries an order id, in
+//! `order_candidates` (partition `(site, goal, order_id)`). What counts in
+//! a (site, goal, visitor) group is a pure function of the stored
+//! candidates ([`crate::domain::dedup`], the rule the SQLite store applies
+//! too): the order's holder is its earliest candidate by (`at`, hit id); a
 //! `once_per_visitor` candidate counts if no earlier one of its group
 //! counted. Counted conversions that are no longer wanted are removed
-//! ("displaced"), wanted ones written. A candidate with an order id also
-//! settles the groups of every visitor in its order partition (it
-//! may take the order from one of them). The old `order_claims` and
-//! `visitor_claims` tables stay in the schema for old data but decide
-//! nothing any more.
+//! ("displaced"), wanted ones written.
+//!
+//! # What a settle reads (bounded)
+//!
+//! A settle never reads a visitor's whole history. For each group it
+//! settles it reads:
+//! - this call's own candidates of the group;
+//! - *points*: candidates named by key, read one by one: every candidate of
+//!   an order partition one of its own candidates carries (one may take
+//!   the order from another: that one must be displaced), each registered
+//!   conversion a late touchpoint of this call precedes (re-credit), and
+//!   every row of the group's `once_counted` partition: the
+//!   `once_per_visitor` conversions registered in the group, at most one
+//!   once settled;
+//! - if any of those is `once_per_visitor`, the *walk*: the group's
+//!   candidates in time order up to its first *counter* (a candidate with
+//!   no order id or holding it; nothing before it counts, so it counts
+//!   and no `once_per_visitor` candidate after it does), and at least as
+//!   far as any earlier round of the same settle read;
+//! - the order partition of every candidate read that carries an order id;
+//! - for each candidate that counts, its path: the touchpoints of its
+//!   window, read newest first with a `LIMIT` and, when the window holds
+//!   more than the read returned, oldest first too (a path is its first
+//!   step and its latest [`MAX_CREDITED`] − 1).
+//!
+//! The verdict of every candidate read is the rule's verdict over all of
+//! its group: one after the walk's end is preceded by a counter. A late
+//! touchpoint finds the conversions it precedes with one range read of
+//! `conversions_by_visitor` from its own time (the window's maximum,
+//! [`MAX_WINDOW_DAYS`], bounds it): on time, it finds none.
 //!
 //! # Steps, per visitor of the batch (up to `max_in_flight` at once)
 //!
 //! 1. its touchpoints are written;
-//! 2. its registered conversions (`conversions_by_visitor`) are read: the
-//!    ones a new touchpoint precedes get their groups settled (re-credit),
-//!    and a candidate already registered complete is a redelivery;
+//! 2. the registered conversions they precede are read (re-credit);
 //! 3. its candidates are written (both tables);
-//! 4. settle rounds: read a snapshot (the order partitions of this call's
-//!    candidates, every candidate of each visitor with a group to settle,
-//!    the order partitions those candidates carry, the touchpoints of the
-//!    visitors with counted conversions), read what is registered, remove
-//!    what is no longer wanted, write what is wanted and missing or
-//!    differently credited; then read the snapshot again. Stop when a
-//!    snapshot equals the one acted on. A snapshot still changing after
-//!    [`SETTLE_ROUNDS`] fails the call as unavailable, so the batch is
-//!    retried after a back-off.
+//! 4. settle rounds: read a snapshot (the reads above), read the
+//!    registration of every candidate in it, remove what is no longer
+//!    wanted, write what is wanted and missing or differently credited;
+//!    then read the snapshot again, at least as wide as before (points
+//!    and walk extents only grow). Stop when a snapshot equals the one
+//!    acted on. A snapshot still changing after [`SETTLE_ROUNDS`] fails
+//!    the call as unavailable, so the batch is retried after a back-off.
 //!
 //! # Conversions are written and removed as units
 //!
 //! A conversion's rows (its registration in `conversions_by_visitor`, its
-//! credit rows, its `conversions_by_hit` row) are written by one logged
-//! batch and removed by another. Every statement of a batch carries the
-//! same write timestamp and the batch log applies all of them, so each
-//! conversion is, row by row, in the state of the unit with the latest
-//! timestamp: all there or all gone, never a registration missing while a
-//! counted row stays (which separate statements allowed when a removal
-//! raced a write), and a report sees a re-credit's old split or its new
-//! one, never a mix.
+//! `once_counted` row if its candidate is `once_per_visitor`, its credit
+//! rows, its `conversions_by_hit` row) are written by one logged batch and
+//! removed by another. Every statement of a batch carries the same write
+//! timestamp and the batch log applies all of them, so each conversion
+//! is, row by row, in the state of the unit with the latest timestamp:
+//! all there or all gone, never a registration missing while a counted
+//! row stays (which separate statements allowed when a removal raced a
+//! write), and a report sees a re-credit's old split or its new one,
+//! never a mix.
 //!
-//! A unit spans three partitions, so Cassandra's batch size thresholds
+//! A unit spans four partitions, so Cassandra's batch size thresholds
 //! apply, and its size grows with the touchpoints a conversion is credited
 //! to (each adds a credit to two JSON bodies and a credit row): past
 //! `batch_size_warn_threshold` (5 KiB by default) the server logs a
 //! warning; past `batch_size_fail_threshold` (50 KiB) it refuses the
 //! unit. The domain bounds what a unit can hold: at most
-//! [`MAX_CREDITED`](crate::domain::attribution::MAX_CREDITED) credits,
-//! labels of at most
+//! [`MAX_CREDITED`] credits, labels of at most
 //! [`MAX_DIMENSION_BYTES`](crate::domain::attribution::MAX_DIMENSION_BYTES),
 //! and the conformance case `a_long_path_of_long_labels_is_counted_in_full`
 //! writes the largest unit a hit can make (measured: written at 24
@@ -65,21 +87,30 @@
 //!
 //! # Why the result is the full set's decision
 //!
-//! The decision is a pure function of the stored candidates and
+//! Each verdict is a pure function of the stored candidates and
 //! touchpoints, so it is enough that the unit acting last on each
-//! conversion was decided from the full set. Take the last unit on a
-//! conversion, issued by worker P from snapshot S. After its act P reads
-//! the snapshot again. If a candidate or touchpoint missing from S was
-//! written before that re-read, P sees a different snapshot and settles
-//! again: it reads the registration (which the unit left exactly) and acts
-//! if the full set wants otherwise, so P's unit was not the last. If it was
-//! written after the re-read, its writer reads the snapshot and then the
-//! registration after P's unit completed, and acts if the full set wants
-//! otherwise: again P's unit was not the last. Touchpoints follow the same
-//! rule: a touchpoint writer reads registrations after writing it (step
-//! 2). Stopping after [`SETTLE_ROUNDS`] would break this argument (a
-//! worker that acted on a stale snapshot would leave its unit unchecked),
-//! hence the retry.
+//! conversion X was decided from everything X's verdict and path depend
+//! on: the candidates of its group before it, the order partition it
+//! carries, the touchpoints of its window. Take that last unit, issued by
+//! worker P from snapshot S. X is in every later snapshot of P's settle
+//! (points only grow; a counted X is inside the walk). After its act P
+//! reads the snapshot again. If a candidate or touchpoint X depends on and
+//! missing from S was written before that re-read, P sees a different
+//! snapshot and settles again: it reads X's registration (which the unit
+//! left exactly) and acts if the full set wants otherwise, so P's unit was
+//! not the last. If it was written after the re-read, its writer read
+//! after P's unit completed and finds X: an earlier candidate's writer
+//! reads the group's `once_counted` rows (X, if `once_per_visitor`) or
+//! the order partition (X, if it carries the order); a touchpoint's
+//! writer reads the registrations after the touchpoint (step 2). It then
+//! acts on X if the full set wants otherwise: again P's unit was not the
+//! last. A `once_per_visitor` conversion that is not X but shares its
+//! group is displaced the same way: it is a `once_counted` row. Stopping
+//! after [`SETTLE_ROUNDS`] would break this argument (a worker that acted
+//! on a stale snapshot would leave its unit unchecked), hence the retry.
+//! A crash between P's unit and its re-read redelivers P's batch, whose
+//! settle reads the same groups (its own candidates, its order partitions,
+//! the registrations its touchpoints precede) and so finds X again.
 //!
 //! This relies on two properties of the cluster. (a) Read-your-writes:
 //! reads and writes at a consistency where R + W > RF (the default
@@ -92,11 +123,17 @@
 //! Every row is written whole by an `INSERT` or removed by a `DELETE`,
 //! never an `UPDATE`. A registration marked incomplete was left by a crash
 //! in the middle of a write of an older version (which wrote rows one by
-//! one): the next settle of its group rewrites or removes it as a unit.
-//! A registered conversion without a stored candidate predates schema 5
-//! (first-processed-wins claims): it is left as it is, neither displaced
-//! nor re-credited, until its hit comes again (`tally replay` over its
-//! day), which stores its candidate like any other. This module must never take a lightweight transaction.
+//! one): the next settle that reads its candidate rewrites or removes it
+//! as a unit. A registered conversion without a stored candidate predates
+//! schema 5 (first-processed-wins claims): it is left as it is, neither
+//! displaced nor re-credited, until its hit comes again (`tally replay`
+//! over its day), which stores its candidate like any other.
+//!
+//! What is not bounded: an order id carried by many candidates costs each
+//! of them a read of all of them (the order partition and its points).
+//!
+//! This module must never take a lightweight transaction, nor read a
+//! visitor's or a group's candidates or registrations whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -110,9 +147,11 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use tracing::debug;
 use uuid::Uuid;
 
-use super::rows::{OrderRow, Stored};
-use super::{corrupt, credit_bucket, join_time, split_time, CassandraStore};
+use super::rows::{touchpoint_from_row, OrderRow, Stored, TouchpointRow};
+use super::{corrupt, credit_bucket, join_time, shape, split_time, CassandraStore};
+use crate::domain::attribution::MAX_CREDITED;
 use crate::domain::dedup::{decide, order_holder, Contender};
+use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::domain::{window_path, Conversion, Touchpoint};
 use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, StoreError};
 
@@ -122,10 +161,17 @@ use crate::store::{BatchRecorded, Candidate, DuplicateReason, Recorded, Store, S
 /// many batches touching one visitor at once as there are rounds.
 const SETTLE_ROUNDS: usize = 8;
 
+/// Touchpoints one path read asks for. A window holding fewer is read
+/// whole by one read; a longer one takes a second, oldest first.
+const PATH_READ: i32 = 64;
+
 /// A (goal, visitor) group of one site.
 type GroupKey = (Uuid, String);
 /// A (goal, order id) partition of one site.
 type OrderKey = (Uuid, String);
+/// A candidate's clustering key in its group: time in milliseconds (as
+/// the key column holds it) and hit.
+type CandKey = (DateTime<Utc>, Uuid);
 
 /// One visitor's share of a batch.
 #[derive(Default)]
@@ -134,17 +180,39 @@ struct Visitor<'a> {
     candidates: Vec<(usize, &'a Candidate)>,
 }
 
+/// What a settle reads, grown round by round: a round reads at least
+/// every candidate an earlier round read.
+#[derive(Default)]
+struct Plan {
+    /// The groups to settle, with the candidates read by key (points).
+    points: BTreeMap<GroupKey, BTreeSet<CandKey>>,
+    /// How far (milliseconds) each walked group has been read.
+    reach: BTreeMap<GroupKey, DateTime<Utc>>,
+    /// This call's own candidates, by group and hit.
+    own: BTreeMap<GroupKey, BTreeMap<Uuid, Stored>>,
+    /// This call's order ids.
+    seeds: BTreeSet<OrderKey>,
+}
+
 /// What a settle round read. Two equal snapshots in a row mean nobody
 /// wrote a candidate or touchpoint it depends on in between.
 #[derive(Debug, Default, PartialEq)]
 struct Snapshot {
-    /// Every stored candidate of each visitor with a group to settle.
-    candidates: BTreeMap<String, Vec<Stored>>,
+    /// The candidates read of each group, by hit.
+    groups: BTreeMap<GroupKey, BTreeMap<Uuid, Stored>>,
     /// Each order partition read, sorted.
     orders: BTreeMap<OrderKey, Vec<OrderRow>>,
-    /// Touchpoints of the visitors with counted conversions, from the
-    /// earliest window start, sorted by (time, hit).
-    touchpoints: BTreeMap<String, Vec<Touchpoint>>,
+    /// The path touchpoints of each counted (hit, goal), sorted.
+    paths: BTreeMap<(Uuid, Uuid), Vec<Touchpoint>>,
+}
+
+/// What one group's reads found (see [`CassandraStore::read_group`]).
+struct GroupRead {
+    members: BTreeMap<Uuid, Stored>,
+    /// Points found in `once_counted`.
+    found: BTreeSet<CandKey>,
+    reach: Option<DateTime<Utc>>,
+    orders: BTreeMap<OrderKey, Vec<OrderRow>>,
 }
 
 /// A conversion as `conversions_by_visitor` registers it.
@@ -166,8 +234,11 @@ type VisitorDone = (Vec<(usize, Recorded)>, Settled);
 /// What a visitor's settle ended with.
 #[derive(Default)]
 struct Settled {
-    /// Verdict per (hit, goal) of every candidate in the settled groups.
+    /// Verdict per (hit, goal) of every candidate the settle read.
     verdicts: BTreeMap<(Uuid, Uuid), Option<DuplicateReason>>,
+    /// (hit, goal) of this call's candidates registered complete when the
+    /// first round read them: redeliveries.
+    counted_before: BTreeSet<(Uuid, Uuid)>,
     displaced: u64,
     recredited: u64,
     /// UTC days whose conversions the settle wrote, removed, or decided
@@ -177,24 +248,28 @@ struct Settled {
     days: BTreeSet<chrono::NaiveDate>,
 }
 
-fn group<'a>(snap: &'a Snapshot, (goal, vid): &GroupKey) -> Vec<&'a Stored> {
-    snap.candidates
-        .get(vid)
-        .map(|all| {
-            all.iter()
-                .filter(|s| s.conversion.goal_id == *goal)
-                .collect()
-        })
-        .unwrap_or_default()
+fn cand_key(c: &Conversion) -> CandKey {
+    (split_time(c.at).0, c.hit_id)
 }
 
-fn decisions(snap: &Snapshot, dirty: &BTreeSet<GroupKey>) -> Decisions {
-    dirty
+/// Whether `s` holds its order or carries none, by the order partitions
+/// in `orders` (which must hold its order's).
+fn is_counter(s: &Stored, orders: &BTreeMap<OrderKey, Vec<OrderRow>>) -> bool {
+    match &s.conversion.order_id {
+        None => true,
+        Some(order) => orders
+            .get(&(s.conversion.goal_id, order.clone()))
+            .and_then(|rows| order_holder(rows.iter().map(|r| (r.at, r.hit))))
+            == Some(s.conversion.hit_id),
+    }
+}
+
+fn decisions(snap: &Snapshot) -> Decisions {
+    snap.groups
         .iter()
-        .map(|key| {
-            let members = group(snap, key);
+        .map(|(key, members)| {
             let holders: BTreeMap<String, Uuid> = members
-                .iter()
+                .values()
                 .filter_map(|s| s.conversion.order_id.clone())
                 .filter_map(|order| {
                     let rows = snap.orders.get(&(key.0, order.clone()))?;
@@ -204,7 +279,7 @@ fn decisions(snap: &Snapshot, dirty: &BTreeSet<GroupKey>) -> Decisions {
                     Some((order, order_holder(rows.iter().map(|r| (r.at, r.hit)))?))
                 })
                 .collect();
-            let contenders: Vec<Contender<'_>> = members.iter().map(|s| s.contender()).collect();
+            let contenders: Vec<Contender<'_>> = members.values().map(|s| s.contender()).collect();
             (key.clone(), decide(&contenders, &holders))
         })
         .collect()
@@ -223,6 +298,40 @@ fn credit_key(c: &Conversion) -> Vec<Option<CqlValue>> {
 
 fn body_of(c: &Conversion) -> Result<String, StoreError> {
     serde_json::to_string(c).map_err(|e| StoreError::Rejected(format!("conversion: {e}")))
+}
+
+/// A candidate as stored: its conversion without credits.
+fn stored_of(cand: &Candidate) -> Stored {
+    Stored {
+        conversion: Conversion {
+            credits: Vec::new(),
+            ..cand.conversion.clone()
+        },
+        once_per_visitor: cand.once_per_visitor,
+    }
+}
+
+fn stored_from_row((body, once): (Option<String>, Option<bool>)) -> Result<Stored, StoreError> {
+    let conversion: Conversion =
+        serde_json::from_str(body.as_deref().unwrap_or("")).map_err(|e| corrupt("candidate", e))?;
+    Ok(Stored {
+        conversion,
+        once_per_visitor: once.unwrap_or(false),
+    })
+}
+
+fn registered_from_row(
+    (body, complete): (Option<String>, Option<bool>),
+) -> Result<Option<Registered>, StoreError> {
+    let Some(body) = body else { return Ok(None) };
+    let conversion: Conversion =
+        serde_json::from_str(&body).map_err(|e| corrupt("conversion", e))?;
+    Ok(Some(Registered {
+        conversion,
+        // Rows registered before schema 5 have no flag: their
+        // conversions were complete when registered.
+        complete: complete.unwrap_or(true),
+    }))
 }
 
 impl CassandraStore {
@@ -251,10 +360,7 @@ impl CassandraStore {
     pub(super) async fn store_candidate(&self, cand: &Candidate) -> Result<(), StoreError> {
         let st = self.st().await?;
         let c = &cand.conversion;
-        let body = body_of(&Conversion {
-            credits: Vec::new(),
-            ..c.clone()
-        })?;
+        let body = body_of(&stored_of(cand).conversion)?;
         let (at, at_ns) = split_time(c.at);
         let by_visitor = self.exec(
             &st.insert_visitor_candidate,
@@ -283,21 +389,18 @@ impl CassandraStore {
         Ok(())
     }
 
-    async fn visitor_candidates(&self, site: &str, vid: &str) -> Result<Vec<Stored>, StoreError> {
+    /// One candidate by key, if stored.
+    async fn candidate(
+        &self,
+        site: &str,
+        (goal, vid): &GroupKey,
+        (at, hit): CandKey,
+    ) -> Result<Option<Stored>, StoreError> {
         let st = self.st().await?;
         let rows: Vec<(Option<String>, Option<bool>)> = self
-            .timed(self.all_rows(&st.select_visitor_candidates, (site, vid)))
+            .timed(self.all_rows(&st.select_candidate, (site, vid, *goal, at, hit)))
             .await?;
-        rows.into_iter()
-            .map(|(body, once)| {
-                let conversion: Conversion = serde_json::from_str(body.as_deref().unwrap_or(""))
-                    .map_err(|e| corrupt("candidate", e))?;
-                Ok(Stored {
-                    conversion,
-                    once_per_visitor: once.unwrap_or(false),
-                })
-            })
-            .collect()
+        rows.into_iter().next().map(stored_from_row).transpose()
     }
 
     async fn order_rows(
@@ -321,32 +424,205 @@ impl CassandraStore {
         Ok(out)
     }
 
-    /// A visitor's registered conversions, by (hit, goal).
-    pub(super) async fn registered(
+    /// The registration of one candidate, if any.
+    pub(super) async fn registration(&self, s: &Stored) -> Result<Option<Registered>, StoreError> {
+        let st = self.st().await?;
+        let c = &s.conversion;
+        let (at, _) = split_time(c.at);
+        let rows: Vec<(Option<String>, Option<bool>)> = self
+            .timed(self.all_rows(
+                &st.select_registration,
+                (&c.site, &c.vid, at, c.hit_id, c.goal_id),
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(registered_from_row)
+            .transpose()?
+            .flatten())
+    }
+
+    /// The registered conversions of `vid` that one of `tps` (its
+    /// touchpoints) precedes inside their windows: one range read from
+    /// the earliest touchpoint to the longest window after the latest.
+    async fn preceded(
         &self,
         site: &str,
         vid: &str,
-    ) -> Result<BTreeMap<(Uuid, Uuid), Registered>, StoreError> {
+        tps: &[&Touchpoint],
+    ) -> Result<Vec<Conversion>, StoreError> {
+        let (Some(first), Some(last)) = (
+            tps.iter().map(|t| t.at).min(),
+            tps.iter().map(|t| t.at).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
         let st = self.st().await?;
+        let from = split_time(first).0;
+        let to = last + chrono::Duration::days(i64::from(MAX_WINDOW_DAYS));
         let rows: Vec<(Option<String>, Option<bool>)> = self
-            .timed(self.all_rows(&st.select_visitor_conversions, (site, vid)))
+            .timed(self.all_rows(&st.select_registrations_from, (site, vid, from, to)))
             .await?;
-        let mut out = BTreeMap::new();
-        for (body, complete) in rows {
-            let Some(body) = body else { continue };
-            let conversion: Conversion =
-                serde_json::from_str(&body).map_err(|e| corrupt("conversion", e))?;
-            out.insert(
-                (conversion.hit_id, conversion.goal_id),
-                Registered {
-                    conversion,
-                    // Rows registered before schema 5 have no flag: their
-                    // conversions were complete when registered.
-                    complete: complete.unwrap_or(true),
-                },
-            );
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(r) = registered_from_row(row)? {
+                if tps.iter().any(|t| r.conversion.is_credited_by(t)) {
+                    out.push(r.conversion);
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// The touchpoints `c`'s path is built from: every one in its window
+    /// when the window holds fewer than [`PATH_READ`], else the latest
+    /// and the earliest [`PATH_READ`] (exact unless more than that share
+    /// a millisecond at the edge of a read, when the window is read whole).
+    async fn path_touchpoints(&self, c: &Conversion) -> Result<Vec<Touchpoint>, StoreError> {
+        let st = self.st().await?;
+        let (site, vid) = (c.site.as_str(), c.vid.as_str());
+        let start = c.window_start();
+        let (from, to) = (split_time(start).0, split_time(c.at).0);
+        let read = |statement| async move {
+            let rows: Vec<TouchpointRow> = self
+                .timed(self.all_rows(statement, (site, vid, from, to, PATH_READ)))
+                .await?;
+            let full = rows.len() >= PATH_READ as usize;
+            let edge = rows.last().map(|r| r.1);
+            let tps: Vec<Touchpoint> = rows
+                .into_iter()
+                .map(|row| touchpoint_from_row(site, vid, row))
+                .filter(|t| c.is_credited_by(t))
+                .collect();
+            Ok::<_, StoreError>((tps, full, edge))
+        };
+        let (mut latest, full, edge) = read(&st.select_path_latest).await?;
+        if !full {
+            return Ok(latest);
+        }
+        let ms = |t: &Touchpoint| split_time(t.at).0;
+        latest.sort_by_key(|t| std::cmp::Reverse((t.at, t.hit_id)));
+        let need = MAX_CREDITED - 1;
+        let latest_exact = latest.len() >= need && Some(ms(&latest[need - 1])) > edge;
+        let (mut earliest, full, edge) = read(&st.select_path_earliest).await?;
+        earliest.sort_by_key(|t| (t.at, t.hit_id));
+        let earliest_exact = !full || earliest.first().is_some_and(|t| Some(ms(t)) < edge);
+        if !(latest_exact && earliest_exact) {
+            let mut all = self.timed(self.touchpoints(site, vid, start)).await?;
+            all.retain(|t| c.is_credited_by(t));
+            return Ok(all);
+        }
+        latest.truncate(need);
+        latest.extend(earliest.into_iter().take(1));
+        Ok(latest)
+    }
+
+    /// Reads `group` in time order from its start until its first counter
+    /// and at least through `reach` (milliseconds). Order partitions it
+    /// needs are read into `orders`. Returns the candidates read and how
+    /// far it read.
+    async fn walk(
+        &self,
+        site: &str,
+        (goal, vid): &GroupKey,
+        reach: DateTime<Utc>,
+        orders: &mut BTreeMap<OrderKey, Vec<OrderRow>>,
+    ) -> Result<(Vec<Stored>, DateTime<Utc>), StoreError> {
+        let st = self.st().await?;
+        let mut rows = self
+            .session
+            .execute_iter(st.walk_candidates.clone(), (site, vid, *goal))
+            .await
+            .map_err(|e| self.failed(e))?
+            .rows_stream::<(Option<String>, Option<bool>)>()
+            .map_err(shape)?;
+        let mut out: Vec<Stored> = Vec::new();
+        let mut counter: Option<DateTime<Utc>> = None;
+        let mut read_to = reach;
+        let started = Instant::now();
+        while let Some(row) = rows.try_next().await.map_err(|e| self.failed(e))? {
+            let s = stored_from_row(row)?;
+            let ms = split_time(s.conversion.at).0;
+            if counter.is_some_and(|first| ms > first.max(reach)) {
+                break;
+            }
+            if counter.is_none() {
+                if let Some(order) = &s.conversion.order_id {
+                    let key = (*goal, order.clone());
+                    if !orders.contains_key(&key) {
+                        let rows = self.order_rows(site, &key).await?;
+                        orders.insert(key, rows);
+                    }
+                }
+                if is_counter(&s, orders) {
+                    counter = Some(ms);
+                }
+            }
+            read_to = read_to.max(ms);
+            out.push(s);
+        }
+        self.busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok((out, read_to))
+    }
+
+    /// Everything one group's snapshot needs but its paths: its own
+    /// candidates, its points (plus the `once_counted` rows, which become
+    /// points), the walk if any of those is `once_per_visitor`, and the
+    /// order partitions of all of them.
+    async fn read_group(
+        &self,
+        site: &str,
+        key: &GroupKey,
+        points: &BTreeSet<CandKey>,
+        own: Option<&BTreeMap<Uuid, Stored>>,
+        reach: Option<DateTime<Utc>>,
+        seen: &BTreeMap<OrderKey, Vec<OrderRow>>,
+    ) -> Result<GroupRead, StoreError> {
+        let st = self.st().await?;
+        let once_rows: Vec<(DateTime<Utc>, Uuid)> = self
+            .timed(self.all_rows(&st.select_once_counted, (site, &key.1, key.0)))
+            .await?;
+        let found: BTreeSet<CandKey> = once_rows
+            .into_iter()
+            .filter(|k| !points.contains(k))
+            .collect();
+        let mut members: BTreeMap<Uuid, Stored> = own.cloned().unwrap_or_default();
+        let wanted: Vec<CandKey> = points
+            .iter()
+            .chain(&found)
+            .filter(|(_, hit)| !members.contains_key(hit))
+            .copied()
+            .collect();
+        let read = try_join_all(wanted.into_iter().map(|k| self.candidate(site, key, k))).await?;
+        members.extend(read.into_iter().flatten().map(|s| (s.conversion.hit_id, s)));
+        let mut orders: BTreeMap<OrderKey, Vec<OrderRow>> = BTreeMap::new();
+        let mut new_reach = None;
+        // The walk decides its counters by the partitions this round
+        // already read, so it agrees with the round's verdicts.
+        let mut known = seen.clone();
+        if reach.is_some() || members.values().any(|s| s.once_per_visitor) {
+            let from = reach.unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let (walked, to) = self.walk(site, key, from, &mut known).await?;
+            orders.extend(known.into_iter().filter(|(k, _)| !seen.contains_key(k)));
+            members.extend(walked.into_iter().map(|s| (s.conversion.hit_id, s)));
+            new_reach = Some(to);
+        }
+        let missing: BTreeSet<OrderKey> = members
+            .values()
+            .filter_map(|s| s.conversion.order_id.clone())
+            .map(|o| (key.0, o))
+            .filter(|k| !orders.contains_key(k) && !seen.contains_key(k))
+            .collect();
+        let rows = try_join_all(missing.iter().map(|k| self.order_rows(site, k))).await?;
+        orders.extend(missing.into_iter().zip(rows));
+        Ok(GroupRead {
+            members,
+            found,
+            reach: new_reach,
+            orders,
+        })
     }
 
     /// Registers `c` alone, as a crash in the middle of a pre-unit write
@@ -423,17 +699,24 @@ impl CassandraStore {
     }
 
     /// Writes (`put`) or removes a conversion as one unit: its
-    /// registration, credit rows and `conversions_by_hit` row in one logged
-    /// batch. Cassandra gives every statement of a batch the same write
-    /// timestamp and applies all of it or (after a crash, from the batch
-    /// log) eventually all of it, so when two workers act on the same
-    /// conversion at once every row ends as the later unit left it. Written
-    /// as separate statements, a removal racing a write could delete the
-    /// registration after the write's last statement yet leave its
-    /// `conversions_by_hit` row behind, counted but no longer registered,
-    /// which no later settle would find (CI caught this in
+    /// registration, `once_counted` row (written only for a
+    /// `once_per_visitor` candidate, `once`), credit rows and
+    /// `conversions_by_hit` row in one logged batch. Cassandra gives every
+    /// statement of a batch the same write timestamp and applies all of
+    /// it or (after a crash, from the batch log) eventually all of it, so
+    /// when two workers act on the same conversion at once every row ends
+    /// as the later unit left it. Written as separate statements, a
+    /// removal racing a write could delete the registration after the
+    /// write's last statement yet leave its `conversions_by_hit` row
+    /// behind, counted but no longer registered, which no later settle
+    /// would find (CI caught this in
     /// `racing_calls_leave_exactly_the_earliest_counted`).
-    pub(super) async fn put_unit(&self, c: &Conversion, put: bool) -> Result<(), StoreError> {
+    pub(super) async fn put_unit(
+        &self,
+        c: &Conversion,
+        once: bool,
+        put: bool,
+    ) -> Result<(), StoreError> {
         let st = self.st().await?;
         let mut batch = Batch::new(BatchType::Logged);
         // Replaying a unit is harmless: its rows are whole-row inserts or
@@ -447,6 +730,13 @@ impl CassandraStore {
             Some(CqlValue::Uuid(c.hit_id)),
             Some(CqlValue::Uuid(c.goal_id)),
         );
+        let once_key = vec![
+            text(&c.site),
+            text(&c.vid),
+            goal.clone(),
+            at.clone(),
+            hit.clone(),
+        ];
         if put {
             let body = body_of(c)?;
             self.credit_statements(c, &mut batch, &mut values).await?;
@@ -468,6 +758,10 @@ impl CassandraStore {
                 text(&body),
                 Some(CqlValue::Boolean(true)),
             ]);
+            if once {
+                batch.append_statement(st.insert_once_counted.clone());
+                values.push(once_key);
+            }
         } else {
             batch.append_statement(st.delete_credits_from.clone());
             let mut row = credit_key(c);
@@ -477,6 +771,8 @@ impl CassandraStore {
             values.push(vec![text(&c.site), hit.clone(), goal.clone()]);
             batch.append_statement(st.delete_conversion_by_visitor.clone());
             values.push(vec![text(&c.site), text(&c.vid), at, hit, goal]);
+            batch.append_statement(st.delete_once_counted.clone());
+            values.push(once_key);
         }
         self.timed(self.session.batch(&batch, values))
             .await
@@ -484,144 +780,157 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// Reads what the groups in `dirty` depend on. The order partitions of
-    /// `seeds` (this call's order ids) may add groups to `dirty`: a
-    /// candidate may take an order from another visitor.
-    async fn snapshot(
-        &self,
-        site: &str,
-        dirty: &mut BTreeSet<GroupKey>,
-        seeds: &BTreeSet<OrderKey>,
-    ) -> Result<Snapshot, StoreError> {
+    /// Reads what the groups of `plan` depend on, growing the plan: the
+    /// order partitions of its seeds add points (a candidate may take an
+    /// order from another visitor), `once_counted` rows add points, walks
+    /// extend their reach.
+    async fn snapshot(&self, site: &str, plan: &mut Plan) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
-        let seed_rows = try_join_all(seeds.iter().map(|k| self.order_rows(site, k))).await?;
-        for (key, rows) in seeds.iter().zip(seed_rows) {
-            dirty.extend(rows.iter().map(|r| (key.0, r.vid.clone())));
+        let seed_rows = try_join_all(plan.seeds.iter().map(|k| self.order_rows(site, k))).await?;
+        for (key, rows) in plan.seeds.iter().zip(seed_rows) {
+            for r in &rows {
+                plan.points
+                    .entry((key.0, r.vid.clone()))
+                    .or_default()
+                    .insert((split_time(r.at).0, r.hit));
+            }
             snap.orders.insert(key.clone(), rows);
         }
-        let vids: BTreeSet<String> = dirty.iter().map(|(_, v)| v.clone()).collect();
-        let cands = try_join_all(vids.iter().map(|vid| self.visitor_candidates(site, vid))).await?;
-        snap.candidates = vids.iter().cloned().zip(cands).collect();
-        let more: BTreeSet<OrderKey> = dirty
-            .iter()
-            .flat_map(|key| {
-                group(&snap, key)
+        let seen = &snap.orders;
+        let reads = try_join_all(plan.points.iter().map(|(key, points)| {
+            self.read_group(
+                site,
+                key,
+                points,
+                plan.own.get(key),
+                plan.reach.get(key).copied(),
+                seen,
+            )
+        }))
+        .await?;
+        let keys: Vec<GroupKey> = plan.points.keys().cloned().collect();
+        for (key, read) in keys.into_iter().zip(reads) {
+            if let Some(points) = plan.points.get_mut(&key) {
+                points.extend(read.found);
+            }
+            if let Some(reach) = read.reach {
+                plan.reach.insert(key.clone(), reach);
+            }
+            for (order, rows) in read.orders {
+                snap.orders.entry(order).or_insert(rows);
+            }
+            snap.groups.insert(key, read.members);
+        }
+        let counted: Vec<&Stored> = decisions(&snap)
+            .into_iter()
+            .flat_map(|(key, verdicts)| {
+                let members = &snap.groups[&key];
+                verdicts
                     .into_iter()
-                    .filter_map(|s| s.conversion.order_id.clone())
-                    .map(|o| (key.0, o))
+                    .filter(|(_, v)| v.is_none())
+                    .filter_map(|(hit, _)| members.get(&hit))
                     .collect::<Vec<_>>()
             })
-            .filter(|k| !snap.orders.contains_key(k))
             .collect();
-        let more_rows = try_join_all(more.iter().map(|k| self.order_rows(site, k))).await?;
-        snap.orders.extend(more.into_iter().zip(more_rows));
-        // Touchpoints from the earliest window start of a counted candidate.
-        let mut since: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-        for (key, verdicts) in decisions(&snap, dirty) {
-            for s in group(&snap, &key) {
-                let counts = verdicts
-                    .iter()
-                    .any(|(hit, v)| *hit == s.conversion.hit_id && v.is_none());
-                if counts {
-                    let start = s.conversion.window_start();
-                    since
-                        .entry(key.1.clone())
-                        .and_modify(|t| *t = (*t).min(start))
-                        .or_insert(start);
-                }
-            }
-        }
-        let tps = try_join_all(
-            since
-                .iter()
-                .map(|(vid, t)| self.timed(self.touchpoints(site, vid, *t))),
-        )
-        .await?;
-        for ((vid, _), mut list) in since.into_iter().zip(tps) {
-            list.sort_by_key(|t| (t.at, t.hit_id));
-            snap.touchpoints.insert(vid, list);
-        }
+        let paths =
+            try_join_all(counted.iter().map(|s| self.path_touchpoints(&s.conversion))).await?;
+        let paths: BTreeMap<(Uuid, Uuid), Vec<Touchpoint>> = counted
+            .iter()
+            .map(|s| (s.conversion.hit_id, s.conversion.goal_id))
+            .zip(paths.into_iter().map(|mut list| {
+                list.sort_by_key(|t| (t.at, t.hit_id));
+                list.dedup_by_key(|t| t.hit_id);
+                list
+            }))
+            .collect();
+        snap.paths = paths;
         Ok(snap)
     }
 
     /// One round's actions on `snap`: removals first, then writes.
     async fn act(
         &self,
-        site: &str,
-        dirty: &BTreeSet<GroupKey>,
+        plan: &Plan,
         snap: &Snapshot,
-        own: &BTreeSet<(Uuid, Uuid)>,
+        first: bool,
         out: &mut Settled,
     ) -> Result<(), StoreError> {
-        let decided = decisions(snap, dirty);
+        let decided = decisions(snap);
         // Read after this call's candidate writes: see the module doc.
-        let vids: BTreeSet<&String> = dirty.iter().map(|(_, v)| v).collect();
-        let regs = try_join_all(vids.iter().map(|vid| self.registered(site, vid))).await?;
-        let regs: BTreeMap<&String, _> = vids.into_iter().zip(regs).collect();
+        let members: Vec<(&GroupKey, &Stored)> = snap
+            .groups
+            .iter()
+            .flat_map(|(key, m)| m.values().map(move |s| (key, s)))
+            .collect();
+        let regs = try_join_all(members.iter().map(|(_, s)| self.registration(s))).await?;
+        let regs: BTreeMap<(Uuid, Uuid), Registered> = regs
+            .into_iter()
+            .flatten()
+            .map(|r| ((r.conversion.hit_id, r.conversion.goal_id), r))
+            .collect();
+        let own = |hit: Uuid, key: &GroupKey| {
+            plan.own
+                .get(key)
+                .is_some_and(|group| group.contains_key(&hit))
+        };
         let mut removals: Vec<&Registered> = Vec::new();
-        let mut writes: Vec<Conversion> = Vec::new();
-        for ((goal, vid), verdicts) in &decided {
-            let members: BTreeMap<Uuid, &Stored> = group(snap, &(*goal, vid.clone()))
-                .into_iter()
-                .map(|s| (s.conversion.hit_id, s))
-                .collect();
-            let have = regs.get(vid);
-            for s in members.values() {
+        let mut writes: Vec<(Conversion, bool)> = Vec::new();
+        for (key, verdicts) in &decided {
+            let group = &snap.groups[key];
+            for s in group.values() {
                 out.days.insert(s.conversion.at.date_naive());
             }
             for (hit, verdict) in verdicts {
-                out.verdicts.insert((*hit, *goal), *verdict);
-                let reg = have.and_then(|h| h.get(&(*hit, *goal)));
+                let id = (*hit, key.0);
+                out.verdicts.insert(id, *verdict);
+                let reg = regs.get(&id);
+                if first && own(*hit, key) && reg.is_some_and(|r| r.complete) {
+                    out.counted_before.insert(id);
+                }
                 match (verdict, reg) {
                     (Some(_), Some(r)) => removals.push(r),
                     (Some(_), None) => {}
                     (None, reg) => {
-                        let Some(stored) = members.get(hit) else {
+                        let Some(stored) = group.get(hit) else {
                             continue;
                         };
                         let mut c = stored.conversion.clone();
-                        let tps = snap.touchpoints.get(vid).map_or(&[][..], Vec::as_slice);
+                        let tps = snap.paths.get(&id).map_or(&[][..], Vec::as_slice);
                         c.credits = window_path(&c, tps);
                         let current =
                             reg.is_some_and(|r| r.complete && r.conversion.credits == c.credits);
                         if current {
                             continue;
                         }
-                        if reg.is_some_and(|r| r.complete) && !own.contains(&(*hit, *goal)) {
+                        if reg.is_some_and(|r| r.complete) && !own(*hit, key) {
                             out.recredited += 1;
                         }
-                        writes.push(c);
+                        writes.push((c, stored.once_per_visitor));
                     }
                 }
             }
         }
         out.days
             .extend(removals.iter().map(|r| r.conversion.at.date_naive()));
-        out.days.extend(writes.iter().map(|c| c.at.date_naive()));
+        out.days.extend(writes.iter().map(|(c, _)| c.at.date_naive()));
         out.displaced += removals.len() as u64;
         try_join_all(
             removals
                 .into_iter()
-                .map(|r| self.put_unit(&r.conversion, false)),
+                .map(|r| self.put_unit(&r.conversion, false, false)),
         )
         .await?;
-        try_join_all(writes.iter().map(|c| self.put_unit(c, true))).await?;
+        try_join_all(writes.iter().map(|(c, once)| self.put_unit(c, *once, true))).await?;
         Ok(())
     }
 
-    /// Settles the groups in `dirty` (and those `seeds` add) until a
-    /// snapshot read after acting equals the one acted on.
-    async fn settle(
-        &self,
-        site: &str,
-        mut dirty: BTreeSet<GroupKey>,
-        seeds: &BTreeSet<OrderKey>,
-        own: &BTreeSet<(Uuid, Uuid)>,
-    ) -> Result<Settled, StoreError> {
+    /// Settles the groups of `plan` until a snapshot read after acting
+    /// equals the one acted on.
+    async fn settle(&self, site: &str, mut plan: Plan) -> Result<Settled, StoreError> {
         let mut out = Settled::default();
         let mut acted: Option<Snapshot> = None;
         for round in 0..=SETTLE_ROUNDS {
-            let snap = self.snapshot(site, &mut dirty, seeds).await?;
+            let snap = self.snapshot(site, &mut plan).await?;
             if acted.as_ref() == Some(&snap) {
                 break;
             }
@@ -635,7 +944,7 @@ impl CassandraStore {
                     "conversions of site {site} still changing after {round} settle rounds"
                 )));
             }
-            self.act(site, &dirty, &snap, own, &mut out).await?;
+            self.act(&plan, &snap, round == 0, &mut out).await?;
             acted = Some(snap);
         }
         Ok(out)
@@ -655,29 +964,32 @@ impl CassandraStore {
         )
         .await?;
         // 2.
-        let before = self.registered(&site, &vid).await?;
-        let mut dirty: BTreeSet<GroupKey> = before
-            .values()
-            .filter(|r| v.touchpoints.iter().any(|t| r.conversion.is_credited_by(t)))
-            .map(|r| (r.conversion.goal_id, vid.clone()))
-            .collect();
+        let mut plan = Plan::default();
+        for c in self.preceded(&site, &vid, &v.touchpoints).await? {
+            plan.points
+                .entry((c.goal_id, vid.clone()))
+                .or_default()
+                .insert(cand_key(&c));
+        }
         // 3.
         try_join_all(v.candidates.iter().map(|(_, c)| self.store_candidate(c))).await?;
-        if dirty.is_empty() && v.candidates.is_empty() {
+        if plan.points.is_empty() && v.candidates.is_empty() {
             return Ok((Vec::new(), Settled::default()));
         }
         // 4.
-        let mut seeds: BTreeSet<OrderKey> = BTreeSet::new();
-        let mut own: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
         for (_, cand) in &v.candidates {
             let c = &cand.conversion;
-            dirty.insert((c.goal_id, vid.clone()));
-            own.insert((c.hit_id, c.goal_id));
+            let key = (c.goal_id, vid.clone());
+            plan.points.entry(key.clone()).or_default();
+            plan.own
+                .entry(key)
+                .or_default()
+                .insert(c.hit_id, stored_of(cand));
             if let Some(order) = &c.order_id {
-                seeds.insert((c.goal_id, order.clone()));
+                plan.seeds.insert((c.goal_id, order.clone()));
             }
         }
-        let settled = self.settle(&site, dirty, &seeds, &own).await?;
+        let settled = self.settle(&site, plan).await?;
         let recorded = v
             .candidates
             .iter()
@@ -691,12 +1003,13 @@ impl CassandraStore {
                         cand.conversion.hit_id
                     ))
                 })?;
-                let counted_before = before.get(&key).is_some_and(|r| r.complete);
                 Ok((
                     *i,
                     match verdict {
                         Some(reason) => Recorded::Duplicate(*reason),
-                        None if counted_before => Recorded::Duplicate(DuplicateReason::SameHit),
+                        None if settled.counted_before.contains(&key) => {
+                            Recorded::Duplicate(DuplicateReason::SameHit)
+                        }
                         None => Recorded::Inserted,
                     },
                 ))
@@ -704,6 +1017,55 @@ impl CassandraStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((recorded, settled))
     }
+}
+
+/// The `schema_version` component recording that `once_counted` holds
+/// the once-per-visitor conversions registered before it existed.
+pub(super) const ONCE_BACKFILL_COMPONENT: &str = "tally_once_counted_backfill";
+
+/// Fills `once_counted` from what was registered before it existed: a
+/// full scan of `visitor_candidates`, keeping the `once_per_visitor`
+/// candidates whose conversion is registered. Run once by `tally migrate`;
+/// `progress` is told how many such candidates there are, then how many
+/// are done. Repeating it writes the same rows.
+pub(super) async fn backfill_once_counted(
+    store: &CassandraStore,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<(), StoreError> {
+    let ks = &store.keyspace;
+    let rows: Vec<(Option<String>, Option<bool>)> = store
+        .session
+        .query_iter(
+            format!("SELECT body, once_per_visitor FROM {ks}.visitor_candidates"),
+            (),
+        )
+        .await
+        .map_err(|e| store.failed(e))?
+        .rows_stream::<(Option<String>, Option<bool>)>()
+        .map_err(shape)?
+        .map_err(|e| store.failed(e))
+        .try_filter(|(_, once)| std::future::ready(once.unwrap_or(false)))
+        .try_collect()
+        .await?;
+    let total = rows.len() as u64;
+    progress(total, 0);
+    let st = store.st().await?;
+    let mut done = 0;
+    for row in rows {
+        let s = stored_from_row(row)?;
+        if store.registration(&s).await?.is_some() {
+            let c = &s.conversion;
+            store
+                .exec(
+                    &st.insert_once_counted,
+                    (&c.site, &c.vid, c.goal_id, split_time(c.at).0, c.hit_id),
+                )
+                .await?;
+        }
+        done += 1;
+        progress(total, done);
+    }
+    Ok(())
 }
 
 pub(super) async fn record_batch(

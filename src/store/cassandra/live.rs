@@ -63,6 +63,10 @@ mod conformance {
         use super::cassandra;
         store_conformance_tests!(rollups cassandra);
     }
+    mod one_visitor {
+        use super::cassandra;
+        store_conformance_tests!(one_visitor cassandra);
+    }
 }
 
 /// A migrated store in a fresh keyspace, or `None` (test skipped).
@@ -274,17 +278,20 @@ async fn a_write_and_a_removal_racing_leave_all_rows_or_none() {
             .into_iter()
             .map(|put| {
                 let (cass, c) = (cass.clone(), c.clone());
-                tokio::spawn(async move { cass.put_unit(&c, put).await })
+                tokio::spawn(async move { cass.put_unit(&c, false, put).await })
             })
             .collect();
         for u in units {
             u.await.unwrap().unwrap();
         }
         let registered = cass
-            .registered(site, &c.vid)
+            .registration(&super::rows::Stored {
+                conversion: c.clone(),
+                once_per_visitor: false,
+            })
             .await
             .unwrap()
-            .contains_key(&(c.hit_id, c.goal_id));
+            .is_some();
         let by_hit = store
             .conversions_for_hit(site, c.hit_id)
             .await
@@ -320,7 +327,7 @@ async fn a_conversion_counted_before_schema_5_joins_earliest_wins_once_replayed(
     let mut early = conversion("s_t", Uuid::now_v7(), goal, Some("o-1"), "v-early");
     early.at = late.at - chrono::Duration::hours(1);
     // What schema 4 left: the conversion's rows, no candidate.
-    cass.put_unit(&late, true).await.unwrap();
+    cass.put_unit(&late, false, true).await.unwrap();
     let day = late.at.date_naive();
     let counted = || async {
         let mut hits: Vec<Uuid> = Vec::new();
@@ -516,4 +523,42 @@ async fn migrate_backfills_the_rollups_of_days_written_before_them() {
     assert_eq!((emptied.total.conversions, emptied.total.clicks), (0.0, 0));
     store.migrate().await.unwrap();
     assert_eq!(report().await, before);
+}
+
+/// A once-per-visitor conversion registered before `once_counted` existed
+/// (here: its row and the backfill mark taken away) is found by `migrate`,
+/// so an earlier candidate of its visitor still displaces it. Without the
+/// backfill both would count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_backfills_once_counted_so_an_earlier_candidate_still_displaces() {
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = guard.second_handle().await;
+    let (site, goal) = ("s_once", Uuid::now_v7());
+    let late = conversion(site, Uuid::now_v7(), goal, None, "v1");
+    assert_eq!(rec(&store, &late, true).await, Recorded::Inserted);
+    let ks = cass.keyspace().to_owned();
+    for cql in [
+        format!("TRUNCATE {ks}.once_counted"),
+        format!(
+            "DELETE FROM {ks}.schema_version WHERE component = '{}'",
+            super::batch::ONCE_BACKFILL_COMPONENT
+        ),
+    ] {
+        cass.ddl(cql).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    let mut early = conversion(site, Uuid::now_v7(), goal, None, "v1");
+    early.at = late.at - chrono::Duration::minutes(5);
+    assert_eq!(rec(&store, &early, true).await, Recorded::Inserted);
+    assert!(store
+        .conversions_for_hit(site, late.hit_id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.conversions_for_hit(site, early.hit_id).await.unwrap(),
+        vec![early]
+    );
 }

@@ -12,8 +12,9 @@
 //! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
 //! `order_id` and `once_per_visitor` is earliest-wins, as on SQLite, and
 //! needs no Paxos: every candidate is stored, and what counts is settled
-//! from the stored candidates (`batch.rs` says how, and why racing
-//! workers agree; [`crate::domain::dedup`] is the rule). An attributor
+//! from the stored candidates (`batch.rs` says how, why racing workers
+//! agree, and why a hit's cost does not grow with its visitor's history;
+//! [`crate::domain::dedup`] is the rule). An attributor
 //! batch is written as concurrent statements across visitors, at most
 //! `CASSANDRA_MAX_IN_FLIGHT` visitors at once; a touchpoint written after a
 //! conversion it precedes re-credits it through `conversions_by_visitor`.
@@ -77,7 +78,7 @@ mod tests;
 pub use consistency::{check_read_your_writes, parse_consistency, serial_for};
 use errors::{corrupt, shape, IntoStoreError};
 pub use reports::{credit_bucket, report_partitions, CREDIT_BUCKETS};
-use rows::{goal_from_row, join_time, split_time, GoalRow, Lwt, TouchpointRow};
+use rows::{goal_from_row, join_time, split_time, touchpoint_from_row, GoalRow, Lwt, TouchpointRow};
 pub use schema::{
     create_keyspace_cql, keyspace_name, render, salt_ttl_seconds, MIGRATIONS, SCHEMA_VERSION,
     TOUCHPOINT_TTL_SECONDS,
@@ -472,19 +473,7 @@ impl Store for CassandraStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(hit, at, at_ns, source, medium, campaign, ad, param, value)| Touchpoint {
-                    hit_id: hit,
-                    site: site.to_owned(),
-                    vid: vid.to_owned(),
-                    at: join_time(at, at_ns),
-                    source: source.unwrap_or_default(),
-                    medium,
-                    campaign,
-                    ad,
-                    click_id: param.zip(value),
-                },
-            )
+            .map(|row| touchpoint_from_row(site, vid, row))
             // The clustering key keeps milliseconds; compare exactly here.
             .filter(|tp| tp.at >= since)
             .collect())

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::errors::{corrupt, shape};
 use crate::domain::dedup::Contender;
-use crate::domain::{Conversion, CountMode, Goal, GoalMatch, Model};
+use crate::domain::{Conversion, CountMode, Goal, GoalMatch, Model, Touchpoint};
 use crate::store::StoreError;
 
 pub(super) type GoalRow = (
@@ -73,6 +73,22 @@ pub(super) struct OrderRow {
     pub at: DateTime<Utc>,
     pub hit: Uuid,
     pub vid: String,
+}
+
+/// A touchpoint from its row in `(site, vid)`'s partition.
+pub(super) fn touchpoint_from_row(site: &str, vid: &str, row: TouchpointRow) -> Touchpoint {
+    let (hit, at, at_ns, source, medium, campaign, ad, param, value) = row;
+    Touchpoint {
+        hit_id: hit,
+        site: site.to_owned(),
+        vid: vid.to_owned(),
+        at: join_time(at, at_ns),
+        source: source.unwrap_or_default(),
+        medium,
+        campaign,
+        ad,
+        click_id: param.zip(value),
+    }
 }
 
 /// CQL `timestamp` keeps milliseconds; the rest is kept beside it so a

@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -183,6 +183,20 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            PRIMARY KEY ((site), day))",
         ],
     ),
+    (
+        8,
+        &[
+            // By (site, visitor, goal): the once-per-visitor conversions
+            // registered in a group, at most one once it is settled, so a
+            // settle finds the one an earlier candidate displaces without
+            // reading the visitor's history. Written and removed with the
+            // conversion's unit; rows live as long as its registration.
+            "CREATE TABLE IF NOT EXISTS {ks}.once_counted (\
+           site text, vid text, goal uuid, at timestamp, hit uuid, \
+           PRIMARY KEY ((site, vid, goal), at, hit)) \
+         WITH default_time_to_live = {ttl}",
+        ],
+    ),
 ];
 
 /// Which row in `schema_version` this application owns.
@@ -314,50 +328,73 @@ pub(super) async fn migrate(store: &CassandraStore) -> Result<(), StoreError> {
         info!(keyspace = %ks, version, "Cassandra schema migrated.");
     }
     store.st().await?;
-    backfill_rollups(store).await
+    run_backfills(store).await
 }
 
-/// Builds the rollups of the days written before the keyspace had them,
-/// once (recorded in `schema_version`), with a progress bar on a terminal.
-async fn backfill_rollups(store: &CassandraStore) -> Result<(), StoreError> {
+/// A data migration run once per keyspace (recorded in `schema_version`
+/// under `component`), with a progress bar on a terminal.
+type Backfill = for<'a> fn(
+    &'a CassandraStore,
+    &'a mut (dyn FnMut(u64, u64) + Send),
+) -> futures_util::future::BoxFuture<'a, Result<(), StoreError>>;
+
+/// The data migrations `migrate` runs after the schema's: the rollups of
+/// the days written before the keyspace had them, and the `once_counted`
+/// rows of the conversions registered before it existed.
+const BACKFILLS: &[(&str, &str, Backfill)] = &[
+    (super::rollups::BACKFILL_COMPONENT, "rollups", |store, progress| {
+        Box::pin(super::rollups::backfill(store, progress))
+    }),
+    (
+        super::batch::ONCE_BACKFILL_COMPONENT,
+        "once-per-visitor conversions",
+        |store, progress| Box::pin(super::batch::backfill_once_counted(store, progress)),
+    ),
+];
+
+async fn run_backfills(store: &CassandraStore) -> Result<(), StoreError> {
     let ks = &store.keyspace;
-    let done: Option<(i32,)> = store
-        .session
-        .query_unpaged(
-            format!("SELECT version FROM {ks}.schema_version WHERE component = ?"),
-            (super::rollups::BACKFILL_COMPONENT,),
-        )
-        .await
-        .map_err(|e| store.failed(e))?
-        .into_rows_result()
-        .map_err(super::errors::shape)?
-        .maybe_first_row::<(i32,)>()
-        .map_err(super::errors::shape)?;
-    if done.is_some() {
-        return Ok(());
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("rollups {bar:40} {pos}/{len} days ({eta} left)")
+    for (component, what, run) in BACKFILLS {
+        let done: Option<(i32,)> = store
+            .session
+            .query_unpaged(
+                format!("SELECT version FROM {ks}.schema_version WHERE component = ?"),
+                (*component,),
+            )
+            .await
+            .map_err(|e| store.failed(e))?
+            .into_rows_result()
+            .map_err(super::errors::shape)?
+            .maybe_first_row::<(i32,)>()
+            .map_err(super::errors::shape)?;
+        if done.is_some() {
+            continue;
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} {{bar:40}} {{pos}}/{{len}} ({{eta}} left)"
+            ))
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    super::rollups::backfill(store, &mut |total, n| {
-        bar.set_length(total);
-        bar.set_position(n);
-    })
-    .await?;
-    bar.finish_and_clear();
-    store
-        .session
-        .query_unpaged(
-            format!(
-                "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
-            ),
-            (super::rollups::BACKFILL_COMPONENT, 1, Utc::now()),
-        )
-        .await
-        .map_err(|e| store.failed(e))?;
-    info!(keyspace = %ks, "Cassandra rollups backfilled.");
+        );
+        run(store, &mut |total, n| {
+            bar.set_length(total);
+            bar.set_position(n);
+        })
+        .await?;
+        bar.finish_and_clear();
+        store
+            .session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
+                ),
+                (*component, 1, Utc::now()),
+            )
+            .await
+            .map_err(|e| store.failed(e))?;
+        info!(keyspace = %ks, backfill = what, "Cassandra data backfilled.");
+    }
     Ok(())
 }
 

@@ -18,6 +18,9 @@ use crate::store::StoreError;
 
 /// Rows per page for reads that can grow.
 const PAGE_SIZE: i32 = 1_000;
+/// Rows per page of a group walk, which usually stops within its first
+/// few rows (`cassandra/batch.rs`).
+const WALK_PAGE_SIZE: i32 = 16;
 
 /// Every statement the store runs, prepared once per process.
 pub struct Statements {
@@ -43,11 +46,18 @@ pub struct Statements {
     pub(super) claim_salt: PreparedStatement,
     pub(super) delete_salt: PreparedStatement,
     pub(super) insert_conversion_by_visitor: PreparedStatement,
-    pub(super) select_visitor_conversions: PreparedStatement,
     pub(super) delete_conversion_by_visitor: PreparedStatement,
     pub(super) delete_credits_from: PreparedStatement,
     pub(super) insert_visitor_candidate: PreparedStatement,
-    pub(super) select_visitor_candidates: PreparedStatement,
+    pub(super) select_candidate: PreparedStatement,
+    pub(super) walk_candidates: PreparedStatement,
+    pub(super) select_registration: PreparedStatement,
+    pub(super) select_registrations_from: PreparedStatement,
+    pub(super) select_path_latest: PreparedStatement,
+    pub(super) select_path_earliest: PreparedStatement,
+    pub(super) select_once_counted: PreparedStatement,
+    pub(super) insert_once_counted: PreparedStatement,
+    pub(super) delete_once_counted: PreparedStatement,
     pub(super) insert_order_candidate: PreparedStatement,
     pub(super) select_order_candidates: PreparedStatement,
     pub(super) insert_click: PreparedStatement,
@@ -103,12 +113,25 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
     ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
     ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-    ("select_visitor_conversions", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ?"),
     ("delete_conversion_by_visitor", "DELETE FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at = ? AND hit = ? AND goal = ?"),
     // Candidates, stored idempotently by hit (schema version 5): what
     // counts is settled from them (`cassandra/batch.rs`).
     ("insert_visitor_candidate", "INSERT INTO {ks}.visitor_candidates (site, vid, goal, at, hit, at_ns, order_id, once_per_visitor, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_visitor_candidates", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ?"),
+    // Reads bounded by what a hit can change (schema version 8,
+    // `cassandra/batch.rs`): one candidate or registration by key, a
+    // group's candidates in time order (read a page at a time, as far as
+    // its walk needs), the registrations after a late touchpoint, a path
+    // from either end of its window, a group's once-per-visitor
+    // conversions.
+    ("select_candidate", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ? AND goal = ? AND at = ? AND hit = ?"),
+    ("walk_candidates", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ? AND goal = ?"),
+    ("select_registration", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at = ? AND hit = ? AND goal = ?"),
+    ("select_registrations_from", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at >= ? AND at <= ?"),
+    ("select_path_latest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? LIMIT ?"),
+    ("select_path_earliest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? ORDER BY at ASC LIMIT ?"),
+    ("select_once_counted", "SELECT at, hit FROM {ks}.once_counted WHERE site = ? AND vid = ? AND goal = ?"),
+    ("insert_once_counted", "INSERT INTO {ks}.once_counted (site, vid, goal, at, hit) VALUES (?, ?, ?, ?, ?)"),
+    ("delete_once_counted", "DELETE FROM {ks}.once_counted WHERE site = ? AND vid = ? AND goal = ? AND at = ? AND hit = ?"),
     ("insert_order_candidate", "INSERT INTO {ks}.order_candidates (site, goal, order_id, at, hit, at_ns, vid) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     ("select_order_candidates", "SELECT at, at_ns, hit, vid FROM {ks}.order_candidates WHERE site = ? AND goal = ? AND order_id = ?"),
     // A range delete on the last clustering column: the credit rows past a
@@ -135,6 +158,8 @@ impl Statements {
             p.set_is_idempotent(true);
             if name.starts_with("select") {
                 p.set_page_size(PAGE_SIZE);
+            } else if name.starts_with("walk") {
+                p.set_page_size(WALK_PAGE_SIZE);
             }
             prepared.insert(name, p);
         }
@@ -166,11 +191,18 @@ impl Statements {
             claim_salt: take("claim_salt")?,
             delete_salt: take("delete_salt")?,
             insert_conversion_by_visitor: take("insert_conversion_by_visitor")?,
-            select_visitor_conversions: take("select_visitor_conversions")?,
             delete_conversion_by_visitor: take("delete_conversion_by_visitor")?,
             delete_credits_from: take("delete_credits_from")?,
             insert_visitor_candidate: take("insert_visitor_candidate")?,
-            select_visitor_candidates: take("select_visitor_candidates")?,
+            select_candidate: take("select_candidate")?,
+            walk_candidates: take("walk_candidates")?,
+            select_registration: take("select_registration")?,
+            select_registrations_from: take("select_registrations_from")?,
+            select_path_latest: take("select_path_latest")?,
+            select_path_earliest: take("select_path_earliest")?,
+            select_once_counted: take("select_once_counted")?,
+            insert_once_counted: take("insert_once_counted")?,
+            delete_once_counted: take("delete_once_counted")?,
             insert_order_candidate: take("insert_order_candidate")?,
             select_order_candidates: take("select_order_candidates")?,
             insert_click: take("insert_click")?,
