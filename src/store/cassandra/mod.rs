@@ -7,7 +7,7 @@
 //! exists, into [`Statements`]. Reads that can grow (touchpoints, credit
 //! rows) are paged.
 //!
-//! The schema (see [`MIGRATIONS`] and `docs/production.md`) is designed so
+//! The schema (see [`MIGRATIONS`] and the README's "The Cassandra store") is designed so
 //! that every write is idempotent, keyed by hit id, and a report reads a
 //! bounded set of partitions (site × UTC day × [`CREDIT_BUCKETS`]). Dedup by
 //! `order_id` and `once_per_visitor` is earliest-wins, as on SQLite, and
