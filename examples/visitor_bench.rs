@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use tally::config::{Settings, StoreSettings};
 use tally::domain::{Goal, GoalDraft, Hit, RawHit, Site, Stamp};
 use tally::metrics::Metrics;
-use tally::config::{Settings, StoreSettings};
 use tally::store::cassandra::CassandraStore;
 use tally::store::sqlite::SqliteStore;
 use tally::store::Store;
@@ -96,7 +96,13 @@ fn backlog(site: &str, n: usize, one_visitor: bool, late_ms: i64) -> Vec<Hit> {
 }
 
 /// A fresh store of the kind asked for, and what to drop afterwards.
-async fn fresh_store(cassandra: bool) -> (Arc<dyn Store>, Option<Arc<CassandraStore>>, tempfile::TempDir) {
+async fn fresh_store(
+    cassandra: bool,
+) -> (
+    Arc<dyn Store>,
+    Option<Arc<CassandraStore>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     if !cassandra {
         let store = SqliteStore::open(&dir.path().join("bench.sqlite3"), Arc::new(Metrics::new()))

@@ -257,10 +257,12 @@ fn cand_key(c: &Conversion) -> CandKey {
 fn is_counter(s: &Stored, orders: &BTreeMap<OrderKey, Vec<OrderRow>>) -> bool {
     match &s.conversion.order_id {
         None => true,
-        Some(order) => orders
-            .get(&(s.conversion.goal_id, order.clone()))
-            .and_then(|rows| order_holder(rows.iter().map(|r| (r.at, r.hit))))
-            == Some(s.conversion.hit_id),
+        Some(order) => {
+            orders
+                .get(&(s.conversion.goal_id, order.clone()))
+                .and_then(|rows| order_holder(rows.iter().map(|r| (r.at, r.hit))))
+                == Some(s.conversion.hit_id)
+        }
     }
 }
 
@@ -912,7 +914,8 @@ impl CassandraStore {
         }
         out.days
             .extend(removals.iter().map(|r| r.conversion.at.date_naive()));
-        out.days.extend(writes.iter().map(|(c, _)| c.at.date_naive()));
+        out.days
+            .extend(writes.iter().map(|(c, _)| c.at.date_naive()));
         out.displaced += removals.len() as u64;
         try_join_all(
             removals

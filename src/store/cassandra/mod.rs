@@ -78,7 +78,9 @@ mod tests;
 pub use consistency::{check_read_your_writes, parse_consistency, serial_for};
 use errors::{corrupt, shape, IntoStoreError};
 pub use reports::{credit_bucket, report_partitions, CREDIT_BUCKETS};
-use rows::{goal_from_row, join_time, split_time, touchpoint_from_row, GoalRow, Lwt, TouchpointRow};
+use rows::{
+    goal_from_row, join_time, split_time, touchpoint_from_row, GoalRow, Lwt, TouchpointRow,
+};
 pub use schema::{
     create_keyspace_cql, keyspace_name, render, salt_ttl_seconds, MIGRATIONS, SCHEMA_VERSION,
     TOUCHPOINT_TTL_SECONDS,

@@ -342,9 +342,11 @@ type Backfill = for<'a> fn(
 /// the days written before the keyspace had them, and the `once_counted`
 /// rows of the conversions registered before it existed.
 const BACKFILLS: &[(&str, &str, Backfill)] = &[
-    (super::rollups::BACKFILL_COMPONENT, "rollups", |store, progress| {
-        Box::pin(super::rollups::backfill(store, progress))
-    }),
+    (
+        super::rollups::BACKFILL_COMPONENT,
+        "rollups",
+        |store, progress| Box::pin(super::rollups::backfill(store, progress)),
+    ),
     (
         super::batch::ONCE_BACKFILL_COMPONENT,
         "once-per-visitor conversions",
