@@ -8,7 +8,9 @@
 //! order for UUID v7. A hit's hour partition is a pure function of its
 //! `received_at`, so every copy of a hit lives in the same hour and
 //! deduplicating one hour at a time is exact while memory stays bounded
-//! by the busiest hour.
+//! by the busiest hour. Batches of `BATCH_HITS` span hours, so a
+//! history of quiet hours costs a store transaction per batch, not per
+//! hour.
 //!
 //! Replay never writes to the archive and never counts anything itself:
 //! the store's dedup rules make processing a hit again a no-op, which is
@@ -146,6 +148,9 @@ pub async fn replay(
     info!(%from, %to, site = ?site, goal = ?goal, objects = progress.objects_total, "Replay started.");
 
     let mut summary = ReplaySummary::default();
+    // Hits wait here until a whole batch is ready, across hours: a quiet
+    // hour holds a few hits, and a batch is one store transaction.
+    let mut pending: Vec<Hit> = Vec::new();
     for (hour, keys) in hours {
         let mut seen: HashSet<Uuid> = HashSet::new();
         let mut hits: Vec<Hit> = Vec::new();
@@ -175,25 +180,46 @@ pub async fn replay(
             progress.hits = summary.hits + hits.len() as u64;
             on_progress(progress);
         }
+        // Hours come in order and a hit's id starts with its time, so
+        // batches stay in time order across hours.
         hits.sort_by_key(|h| h.id);
-        for chunk in hits.chunks(BATCH_HITS) {
-            let outcome = with_retries("attribute", StoreError::is_transient, async || {
-                attributor.process(chunk, *goal).await
-            })
-            .await?;
-            summary.conversions += outcome.conversions as u64;
-            summary.already_counted += outcome.duplicates as u64;
-            summary.touchpoints += outcome.touchpoints as u64;
-            summary.rejected += outcome.rejected.len() as u64;
-            for (hit, reason) in &outcome.rejected {
-                warn!(hit_id = %hit.id, reason, "Replayed hit cannot be attributed.");
-            }
-        }
         summary.hits += hits.len() as u64;
-        info!(hour, hits = hits.len(), "Replayed an hour.");
+        info!(hour, hits = hits.len(), "Read an hour.");
+        pending.extend(hits);
+        while pending.len() >= BATCH_HITS {
+            let rest = pending.split_off(BATCH_HITS);
+            attribute(attributor, &pending, *goal, &mut summary).await?;
+            pending = rest;
+        }
     }
+    attribute(attributor, &pending, *goal, &mut summary).await?;
     info!(?summary, "Replay finished.");
     Ok(summary)
+}
+
+/// Counts one batch of replayed hits, retrying what the store calls
+/// transient, and adds the outcome to `summary`.
+async fn attribute(
+    attributor: &Attributor,
+    batch: &[Hit],
+    goal: Option<Uuid>,
+    summary: &mut ReplaySummary,
+) -> Result<(), ReplayError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let outcome = with_retries("attribute", StoreError::is_transient, async || {
+        attributor.process(batch, goal).await
+    })
+    .await?;
+    summary.conversions += outcome.conversions as u64;
+    summary.already_counted += outcome.duplicates as u64;
+    summary.touchpoints += outcome.touchpoints as u64;
+    summary.rejected += outcome.rejected.len() as u64;
+    for (hit, reason) in &outcome.rejected {
+        warn!(hit_id = %hit.id, reason, "Replayed hit cannot be attributed.");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
