@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -183,6 +183,27 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            PRIMARY KEY ((site), day))",
         ],
     ),
+    (
+        8,
+        &[
+            // By (site, model), then day: what a report grouped by day
+            // and/or goal reads, one slice per model for its whole range,
+            // one row per day, goal and currency whatever label sets the
+            // day saw. Rewritten with the day's rollups (a range tombstone
+            // on the day under the new rows); grows by days x goals x
+            // currencies, so it stays small for decades of history.
+            "CREATE TABLE IF NOT EXISTS {ks}.rollup_totals (\
+           site text, model text, day date, goal uuid, currency text, \
+           conversions bigint, value bigint, \
+           PRIMARY KEY ((site, model), day, goal, currency))",
+            // By (site), then day: a day's clicks, read as one slice for a
+            // report's range; rewritten with the day's click rollups, no
+            // row for a day without clicks.
+            "CREATE TABLE IF NOT EXISTS {ks}.click_totals (\
+           site text, day date, clicks bigint, \
+           PRIMARY KEY ((site), day))",
+        ],
+    ),
 ];
 
 /// Which row in `schema_version` this application owns.
@@ -317,8 +338,9 @@ pub(super) async fn migrate(store: &CassandraStore) -> Result<(), StoreError> {
     backfill_rollups(store).await
 }
 
-/// Builds the rollups of the days written before the keyspace had them,
-/// once (recorded in `schema_version`), with a progress bar on a terminal.
+/// Builds the rollups and totals of the days written before the keyspace
+/// had them, once per [`BACKFILL_VERSION`](super::rollups::BACKFILL_VERSION)
+/// (recorded in `schema_version`), with a progress bar on a terminal.
 async fn backfill_rollups(store: &CassandraStore) -> Result<(), StoreError> {
     let ks = &store.keyspace;
     let done: Option<(i32,)> = store
@@ -333,7 +355,7 @@ async fn backfill_rollups(store: &CassandraStore) -> Result<(), StoreError> {
         .map_err(super::errors::shape)?
         .maybe_first_row::<(i32,)>()
         .map_err(super::errors::shape)?;
-    if done.is_some() {
+    if done.is_some_and(|(version,)| version >= super::rollups::BACKFILL_VERSION) {
         return Ok(());
     }
     let bar = indicatif::ProgressBar::new(0);
@@ -353,11 +375,19 @@ async fn backfill_rollups(store: &CassandraStore) -> Result<(), StoreError> {
             format!(
                 "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
             ),
-            (super::rollups::BACKFILL_COMPONENT, 1, Utc::now()),
+            (
+                super::rollups::BACKFILL_COMPONENT,
+                super::rollups::BACKFILL_VERSION,
+                Utc::now(),
+            ),
         )
         .await
         .map_err(|e| store.failed(e))?;
-    info!(keyspace = %ks, "Cassandra rollups backfilled.");
+    info!(
+        keyspace = %ks,
+        version = super::rollups::BACKFILL_VERSION,
+        "Cassandra rollups backfilled."
+    );
     Ok(())
 }
 
