@@ -93,6 +93,15 @@ impl ReportQuery {
     }
 }
 
+/// Whether a grouping splits rows by a marketing label (source, medium,
+/// campaign, ad); one that does not (day and goal only, or nothing) is
+/// answered from per-day totals, whatever label sets a day saw.
+pub fn groups_by_labels(group_by: &[GroupKey]) -> bool {
+    group_by
+        .iter()
+        .any(|k| !matches!(k, GroupKey::Day | GroupKey::Goal))
+}
+
 /// The values of the keys a report groups by; a key it does not group by
 /// is `None`. Stores return rows already grouped this way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -371,6 +380,22 @@ mod tests {
             goal: None,
             group_by: GroupKey::parse_list(group_by).unwrap(),
             model: None,
+        }
+    }
+
+    #[test]
+    fn only_source_medium_campaign_and_ad_are_labels() {
+        for (group_by, labels) in [
+            ("", false),
+            ("day", false),
+            ("goal,day", false),
+            ("day,source", true),
+            ("goal,medium", true),
+            ("campaign", true),
+            ("ad", true),
+        ] {
+            let keys = GroupKey::parse_list(group_by).unwrap();
+            assert_eq!(groups_by_labels(&keys), labels, "{group_by}");
         }
     }
 

@@ -29,6 +29,7 @@ use crate::domain::{
 
 mod rollups;
 pub use rollups::{
+    a_day_that_loses_its_last_conversion_leaves_the_reports,
     a_long_single_visitor_history_equals_a_recomputation, assert_same,
     reports_equal_a_recomputation_on_random_histories,
 };
@@ -79,6 +80,7 @@ macro_rules! store_conformance_tests {
     (rollups $factory:path) => {
         $crate::store::conformance::store_conformance_tests!(@cases $factory;
             reports_equal_a_recomputation_on_random_histories,
+            a_day_that_loses_its_last_conversion_leaves_the_reports,
         );
     };
     // One visitor with a long history, written in shuffled batches.

@@ -454,12 +454,16 @@ async fn a_crash_mid_removal_is_finished_by_the_next_settle() {
     );
 }
 
-/// A keyspace written before it had rollups (here: its rollup rows and
-/// backfill mark taken away) gets them built by `migrate`: the report
-/// reads empty before and whole after.
+/// A keyspace gets the rollups and totals of the days written before it
+/// had them from `migrate`: one at schema 7 with its rollups built (here:
+/// the totals tables dropped, the version and backfill mark set back),
+/// and one from before rollups (every rollup and total row and the
+/// backfill mark taken away). Reports by labels and by day and goal read
+/// empty where their rows are gone and whole after `migrate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_backfills_the_rollups_of_days_written_before_them() {
     use crate::domain::report::ReportQuery;
+    use crate::domain::GroupKey;
     let Some((store, guard)) = cassandra_store().await else {
         return;
     };
@@ -494,24 +498,54 @@ async fn migrate_backfills_the_rollups_of_days_written_before_them() {
         .await
         .unwrap();
     let day = c.at.date_naive();
-    let query = ReportQuery {
-        from: day,
-        to: day,
-        goal: None,
-        group_by: vec![crate::domain::GroupKey::Source],
-        model: None,
+    let reports = || async {
+        let mut out = Vec::new();
+        for group_by in [
+            vec![GroupKey::Source],
+            vec![],
+            vec![GroupKey::Day, GroupKey::Goal],
+        ] {
+            let query = ReportQuery {
+                from: day,
+                to: day,
+                goal: None,
+                group_by,
+                model: None,
+            };
+            out.push(
+                crate::store::report(store.as_ref(), site, &query)
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
     };
-    let report = || async {
-        crate::store::report(store.as_ref(), site, &query)
-            .await
-            .unwrap()
-    };
-    let before = report().await;
-    assert_eq!((before.total.conversions, before.total.clicks), (1.0, 1));
+    let counts = |r: &crate::domain::Report| (r.total.conversions, r.total.clicks);
+    let before = reports().await;
+    assert!(before.iter().all(|r| counts(r) == (1.0, 1)), "{before:?}");
     let ks = cass.keyspace().to_owned();
+
+    // Schema 7, its backfill done: no totals tables yet.
+    for cql in [
+        format!("DROP TABLE {ks}.rollup_totals"),
+        format!("DROP TABLE {ks}.click_totals"),
+        format!("UPDATE {ks}.schema_version SET version = 7 WHERE component = 'tally'"),
+        format!(
+            "UPDATE {ks}.schema_version SET version = 1 WHERE component = '{}'",
+            super::rollups::BACKFILL_COMPONENT
+        ),
+    ] {
+        cass.ddl(cql).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(reports().await, before, "upgraded from schema 7");
+
+    // Before rollups: none of them, nor the backfill mark.
     for cql in [
         format!("TRUNCATE {ks}.rollups_by_day"),
         format!("TRUNCATE {ks}.click_rollups_by_day"),
+        format!("TRUNCATE {ks}.rollup_totals"),
+        format!("TRUNCATE {ks}.click_totals"),
         format!(
             "DELETE FROM {ks}.schema_version WHERE component = '{}'",
             super::rollups::BACKFILL_COMPONENT
@@ -519,10 +553,10 @@ async fn migrate_backfills_the_rollups_of_days_written_before_them() {
     ] {
         cass.ddl(cql).await.unwrap();
     }
-    let emptied = report().await;
-    assert_eq!((emptied.total.conversions, emptied.total.clicks), (0.0, 0));
+    let emptied = reports().await;
+    assert!(emptied.iter().all(|r| counts(r) == (0.0, 0)), "{emptied:?}");
     store.migrate().await.unwrap();
-    assert_eq!(report().await, before);
+    assert_eq!(reports().await, before, "upgraded from before rollups");
 }
 
 /// A once-per-visitor conversion registered before `once_counted` existed

@@ -33,6 +33,8 @@
 //!   and their mapping to domain types.
 //! - `errors.rs`: driver errors mapped to [`StoreError`].
 //! - `reports.rs`: the partitioned reads behind reports.
+//! - `rollups.rs`: the per-day rollups and totals reports read, and their
+//!   rewrite when a day changed.
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.

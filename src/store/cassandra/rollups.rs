@@ -13,24 +13,36 @@
 //! contributions ([`crate::domain::rollup::contributions`], the rule the
 //! SQLite store applies too), rewrites the day's `rollups_by_day`
 //! partitions (one per model) and its `click_rollups_by_day` partition,
-//! then records the mark it started from as done. Repeating a refresh
-//! changes nothing; a batch pays one write per day it touched, and a
-//! day's rewrite is paid once per report that finds it changed, not once
-//! per batch.
+//! and the day's rows of the totals, then records the mark it started
+//! from as done. Repeating a refresh changes nothing; a batch pays one
+//! write per day it touched, and a day's rewrite is paid once per report
+//! that finds it changed, not once per batch.
+//!
+//! The totals are the same sums without their labels: `rollup_totals`
+//! (partition (site, model), a row per day, goal and currency) and
+//! `click_totals` (partition (site), a row per day with clicks). A report
+//! grouped by day and/or goal only (and the dashboard's totals) reads
+//! them, one slice per model plus one for clicks, so its cost follows the
+//! days, goals and currencies of its range, not the label sets those days
+//! saw; any other grouping reads the rollups.
 //!
 //! Racing refreshes of one day: each writes its rows with the write
-//! timestamp of the moment it started reading, under a partition
-//! tombstone one microsecond earlier, as one single-partition batch
-//! (atomic and isolated). The refresh that started reading last wins
-//! whole, and it saw every conversion written before it started; a mark
-//! written after a refresh read the marks is newer than what it records
-//! as done, so the next report rewrites the day again. Like the conversion
+//! timestamp of the moment it started reading, under a tombstone one
+//! microsecond earlier (the whole partition for the rollups, the day's
+//! rows for the totals), one single-partition batch per partition
+//! (atomic and isolated). In every partition the refresh that started
+//! reading last wins whole, and it saw every conversion written before it
+//! started; a mark written after a refresh read the marks is newer than
+//! what it records as done, so the next report rewrites the day again. A
+//! refresh that fails half-way records nothing as done, so the next report
+//! rewrites the day whole. Like the conversion
 //! units (`cassandra/batch.rs`), this relies on the clocks of the workers
 //! agreeing to better than the time between a write and its mark.
 //!
 //! A refresh costs a read of the day's credit rows, so its cost grows with
-//! the conversions of that day (not with the history); reports read one
-//! partition per day and model, whatever the day held.
+//! the conversions of that day (not with the history). A report by label
+//! reads one partition per day and model, and sums every label set in it;
+//! a report by day and goal reads the totals' slices.
 //!
 //! This module must never use counters, `ALLOW FILTERING` or a
 //! lightweight transaction.
@@ -40,13 +52,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use uuid::Uuid;
 
 use super::reports::CREDIT_BUCKETS;
 use super::CassandraStore;
 use crate::domain::attribution::{ALL_MODELS, DIRECT};
-use crate::domain::report::{label, ClickTotal, Labels, RollupRow};
+use crate::domain::report::{groups_by_labels, label, ClickTotal, Labels, RollupRow};
 use crate::domain::rollup::{contributions, RollupKey};
 use crate::domain::{Credit, GroupKey, Model, ReportQuery};
 use crate::store::StoreError;
@@ -131,7 +144,49 @@ async fn paths(
     Ok(out)
 }
 
-/// Rewrites the rollups of `site` on `day` from its credit and click rows.
+/// One partition's rewrite: a tombstone one microsecond below the write
+/// timestamp, then the rows at it, sent as one unlogged single-partition
+/// batch (atomic and isolated).
+struct Rewrite {
+    batch: Batch,
+    values: Vec<Vec<Option<CqlValue>>>,
+    ts: i64,
+}
+
+impl Rewrite {
+    /// `delete` binds the tombstone's timestamp, then `key`.
+    fn new(delete: &PreparedStatement, ts: i64, key: Vec<Option<CqlValue>>) -> Rewrite {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        batch.append_statement(delete.clone());
+        let mut tombstone = vec![Some(CqlValue::BigInt(ts - 1))];
+        tombstone.extend(key);
+        Rewrite {
+            batch,
+            values: vec![tombstone],
+            ts,
+        }
+    }
+
+    /// `insert` binds `row`, then the write timestamp.
+    fn row(&mut self, insert: &PreparedStatement, mut row: Vec<Option<CqlValue>>) {
+        row.push(Some(CqlValue::BigInt(self.ts)));
+        self.batch.append_statement(insert.clone());
+        self.values.push(row);
+    }
+
+    async fn send(self, store: &CassandraStore) -> Result<(), StoreError> {
+        store
+            .session
+            .batch(&self.batch, self.values)
+            .await
+            .map_err(|e| store.failed(e))?;
+        Ok(())
+    }
+}
+
+/// Rewrites the rollups and totals of `site` on `day` from its credit and
+/// click rows.
 pub(super) async fn refresh(
     store: &CassandraStore,
     site: &str,
@@ -155,76 +210,99 @@ pub(super) async fn refresh(
             slot.1 += part.value;
         }
     }
-    let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
-    let date = Some(CqlValue::Date(day.into()));
-    let writes = ALL_MODELS.iter().map(|model| {
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
-        batch.append_statement(st.delete_rollups.clone());
-        values.push(vec![
-            Some(CqlValue::BigInt(ts - 1)),
-            text(site),
-            date.clone(),
-            text(model.as_str()),
-        ]);
-        for ((goal, key, currency), (conversions, value)) in &sums {
-            if key.model != *model {
-                continue;
-            }
-            batch.append_statement(st.insert_rollup.clone());
-            values.push(vec![
-                text(site),
-                date.clone(),
-                text(model.as_str()),
-                Some(CqlValue::Uuid(*goal)),
-                text(&key.source),
-                key_text(&key.medium),
-                key_text(&key.campaign),
-                key_text(&key.ad),
-                text(""),
-                text(currency),
-                Some(CqlValue::BigInt(*conversions)),
-                Some(CqlValue::BigInt(*value)),
-                Some(CqlValue::BigInt(ts)),
-            ]);
-        }
-        async move {
-            store
-                .session
-                .batch(&batch, values)
-                .await
-                .map_err(|e| store.failed(e))
-        }
-    });
-    futures_util::future::try_join_all(writes).await?;
-    let mut batch = Batch::new(BatchType::Unlogged);
-    batch.set_is_idempotent(true);
-    let mut values: Vec<Vec<Option<CqlValue>>> = vec![vec![
-        Some(CqlValue::BigInt(ts - 1)),
-        text(site),
-        date.clone(),
-    ]];
-    batch.append_statement(st.delete_click_rollups.clone());
-    for ((source, medium, campaign, ad), n) in clicks {
-        batch.append_statement(st.insert_click_rollup.clone());
-        values.push(vec![
-            text(site),
-            date.clone(),
-            text(&source),
-            text(&medium),
-            text(&campaign),
-            text(&ad),
-            text(""),
-            Some(CqlValue::BigInt(n)),
-            Some(CqlValue::BigInt(ts)),
-        ]);
+    // The same sums without their labels: what a report grouped by day
+    // and goal only reads.
+    let mut totals: BTreeMap<(Model, Uuid, &str), (i64, i64)> = BTreeMap::new();
+    for ((goal, key, currency), (conversions, value)) in &sums {
+        let slot = totals
+            .entry((key.model, *goal, currency.as_str()))
+            .or_default();
+        slot.0 += conversions;
+        slot.1 += value;
     }
-    store
-        .session
-        .batch(&batch, values)
-        .await
-        .map_err(|e| store.failed(e))?;
+    let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
+    let date = || Some(CqlValue::Date(day.into()));
+    let mut rewrites = Vec::new();
+    for model in ALL_MODELS {
+        let mut rollups = Rewrite::new(
+            &st.delete_rollups,
+            ts,
+            vec![text(site), date(), text(model.as_str())],
+        );
+        for ((goal, key, currency), (conversions, value)) in &sums {
+            if key.model == model {
+                rollups.row(
+                    &st.insert_rollup,
+                    vec![
+                        text(site),
+                        date(),
+                        text(model.as_str()),
+                        Some(CqlValue::Uuid(*goal)),
+                        text(&key.source),
+                        key_text(&key.medium),
+                        key_text(&key.campaign),
+                        key_text(&key.ad),
+                        text(""),
+                        text(currency),
+                        Some(CqlValue::BigInt(*conversions)),
+                        Some(CqlValue::BigInt(*value)),
+                    ],
+                );
+            }
+        }
+        rewrites.push(rollups);
+        let mut day_totals = Rewrite::new(
+            &st.delete_rollup_totals,
+            ts,
+            vec![text(site), text(model.as_str()), date()],
+        );
+        for ((m, goal, currency), (conversions, value)) in &totals {
+            if *m == model {
+                day_totals.row(
+                    &st.insert_rollup_total,
+                    vec![
+                        text(site),
+                        text(model.as_str()),
+                        date(),
+                        Some(CqlValue::Uuid(*goal)),
+                        text(currency),
+                        Some(CqlValue::BigInt(*conversions)),
+                        Some(CqlValue::BigInt(*value)),
+                    ],
+                );
+            }
+        }
+        rewrites.push(day_totals);
+    }
+    let mut click_rollups = Rewrite::new(&st.delete_click_rollups, ts, vec![text(site), date()]);
+    let mut day_clicks = 0;
+    for ((source, medium, campaign, ad), n) in clicks {
+        day_clicks += n;
+        click_rollups.row(
+            &st.insert_click_rollup,
+            vec![
+                text(site),
+                date(),
+                text(&source),
+                text(&medium),
+                text(&campaign),
+                text(&ad),
+                text(""),
+                Some(CqlValue::BigInt(n)),
+            ],
+        );
+    }
+    rewrites.push(click_rollups);
+    // No row for a day without clicks, as it has no click rollups.
+    let mut click_total = Rewrite::new(&st.delete_click_total, ts, vec![text(site), date()]);
+    if day_clicks > 0 {
+        click_total.row(
+            &st.insert_click_total,
+            vec![text(site), date(), Some(CqlValue::BigInt(day_clicks))],
+        );
+    }
+    rewrites.push(click_total);
+    futures_util::future::try_join_all(rewrites.into_iter().map(|r| r.send(store))).await?;
     Ok(())
 }
 
@@ -316,7 +394,9 @@ type RollupDbRow = (
     Option<i64>,
 );
 
-/// Report rows: one partition per day and model asked for.
+/// Report rows: from the totals when `query` groups by day and goal only
+/// (one slice per model asked for), else from the rollups (one partition
+/// per day and model asked for).
 pub(super) async fn report_rows(
     store: &CassandraStore,
     site: &str,
@@ -324,6 +404,20 @@ pub(super) async fn report_rows(
     goals: &[(Uuid, Model)],
 ) -> Result<Vec<RollupRow>, StoreError> {
     ensure_fresh(store, site, query.from, query.to).await?;
+    if groups_by_labels(&query.group_by) {
+        rollup_rows(store, site, query, goals).await
+    } else {
+        total_rows(store, site, query, goals).await
+    }
+}
+
+/// Report rows summed from `rollups_by_day`.
+async fn rollup_rows(
+    store: &CassandraStore,
+    site: &str,
+    query: &ReportQuery,
+    goals: &[(Uuid, Model)],
+) -> Result<Vec<RollupRow>, StoreError> {
     let st = store.st().await?;
     let models: BTreeSet<Model> = goals.iter().map(|(_, m)| *m).collect();
     let wanted: BTreeSet<(Uuid, Model)> = goals.iter().copied().collect();
@@ -373,7 +467,63 @@ pub(super) async fn report_rows(
     Ok(parts.into_iter().flatten().collect())
 }
 
-/// Click totals: one partition per day.
+/// Report rows summed from `rollup_totals`, for a grouping by day and goal
+/// only: the rows [`rollup_rows`] would sum, without their labels.
+async fn total_rows(
+    store: &CassandraStore,
+    site: &str,
+    query: &ReportQuery,
+    goals: &[(Uuid, Model)],
+) -> Result<Vec<RollupRow>, StoreError> {
+    let st = store.st().await?;
+    let models: BTreeSet<Model> = goals.iter().map(|(_, m)| *m).collect();
+    let wanted: BTreeSet<(Uuid, Model)> = goals.iter().copied().collect();
+    let by_day = query.group_by.contains(&GroupKey::Day);
+    let by_goal = query.group_by.contains(&GroupKey::Goal);
+    type Row = (NaiveDate, Uuid, Option<i64>, Option<i64>);
+    let parts: Vec<Vec<RollupRow>> = stream::iter(models)
+        .map(|model| {
+            let wanted = &wanted;
+            async move {
+                let rows: Vec<Row> = store
+                    .all_rows(
+                        &st.select_rollup_totals,
+                        (site, model.as_str(), query.from, query.to),
+                    )
+                    .await?;
+                let mut sums: BTreeMap<Labels, (f64, f64)> = BTreeMap::new();
+                for (day, goal, conversions, value) in rows {
+                    if !wanted.contains(&(goal, model)) {
+                        continue;
+                    }
+                    let labels = Labels {
+                        day: by_day.then_some(day),
+                        goal: by_goal.then_some(goal),
+                        ..Labels::default()
+                    };
+                    let slot = sums.entry(labels).or_default();
+                    slot.0 += conversions.unwrap_or(0) as f64;
+                    slot.1 += value.unwrap_or(0) as f64;
+                }
+                Ok::<_, StoreError>(
+                    sums.into_iter()
+                        .map(|(labels, (conversions, value))| RollupRow {
+                            labels,
+                            conversions,
+                            value,
+                        })
+                        .collect(),
+                )
+            }
+        })
+        .buffer_unordered(DAY_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// Click totals: from `click_totals` (one slice) when grouped by day and
+/// goal only, else from the click rollups (one partition per day).
 pub(super) async fn click_totals(
     store: &CassandraStore,
     site: &str,
@@ -383,6 +533,24 @@ pub(super) async fn click_totals(
 ) -> Result<Vec<ClickTotal>, StoreError> {
     ensure_fresh(store, site, from, to).await?;
     let st = store.st().await?;
+    if !groups_by_labels(group_by) {
+        let by_day = group_by.contains(&GroupKey::Day);
+        let rows: Vec<(NaiveDate, Option<i64>)> = store
+            .all_rows(&st.select_click_totals, (site, from, to))
+            .await?;
+        let mut sums: BTreeMap<Labels, u64> = BTreeMap::new();
+        for (day, clicks) in rows {
+            let labels = Labels {
+                day: by_day.then_some(day),
+                ..Labels::default()
+            };
+            *sums.entry(labels).or_default() += u64::try_from(clicks.unwrap_or(0)).unwrap_or(0);
+        }
+        return Ok(sums
+            .into_iter()
+            .map(|(labels, clicks)| ClickTotal { labels, clicks })
+            .collect());
+    }
     let has = |k| group_by.contains(&k);
     type Row = (
         Option<String>,
@@ -421,14 +589,19 @@ pub(super) async fn click_totals(
     Ok(parts.into_iter().flatten().collect())
 }
 
-/// The `schema_version` component recording that the rollups of every day
-/// written before they existed have been built.
+/// The `schema_version` component recording which [`BACKFILL_VERSION`]
+/// has built the rollups of every day written before it.
 pub(super) const BACKFILL_COMPONENT: &str = "tally_rollups_backfill";
 
-/// Builds the rollups of every (site, day) that has credit or click rows:
-/// a full scan of both tables' partition keys (`SELECT DISTINCT`), run once
-/// by `tally migrate` when the keyspace gains rollups. `progress` is told
-/// how many days there are, then how many are done.
+/// What a backfill builds: 1, the rollups; 2, the totals beside them. A
+/// keyspace whose recorded backfill is older has every day rewritten by
+/// `tally migrate`, since [`refresh`] writes both.
+pub(super) const BACKFILL_VERSION: i32 = 2;
+
+/// Builds the rollups and totals of every (site, day) that has credit or
+/// click rows: a full scan of both tables' partition keys (`SELECT
+/// DISTINCT`), run by `tally migrate` once per [`BACKFILL_VERSION`].
+/// `progress` is told how many days there are, then how many are done.
 pub(super) async fn backfill(
     store: &CassandraStore,
     progress: &mut (dyn FnMut(u64, u64) + Send),

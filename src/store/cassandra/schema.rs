@@ -195,6 +195,22 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            site text, vid text, goal uuid, at timestamp, hit uuid, \
            PRIMARY KEY ((site, vid, goal), at, hit)) \
          WITH default_time_to_live = {ttl}",
+            // By (site, model), then day: what a report grouped by day
+            // and/or goal reads, one slice per model for its whole range,
+            // one row per day, goal and currency whatever label sets the
+            // day saw. Rewritten with the day's rollups (a range tombstone
+            // on the day under the new rows); grows by days x goals x
+            // currencies, so it stays small for decades of history.
+            "CREATE TABLE IF NOT EXISTS {ks}.rollup_totals (\
+           site text, model text, day date, goal uuid, currency text, \
+           conversions bigint, value bigint, \
+           PRIMARY KEY ((site, model), day, goal, currency))",
+            // By (site), then day: a day's clicks, read as one slice for a
+            // report's range; rewritten with the day's click rollups, no
+            // row for a day without clicks.
+            "CREATE TABLE IF NOT EXISTS {ks}.click_totals (\
+           site text, day date, clicks bigint, \
+           PRIMARY KEY ((site), day))",
         ],
     ),
 ];
@@ -331,24 +347,29 @@ pub(super) async fn migrate(store: &CassandraStore) -> Result<(), StoreError> {
     run_backfills(store).await
 }
 
-/// A data migration run once per keyspace (recorded in `schema_version`
-/// under `component`), with a progress bar on a terminal.
+/// A data migration run once per keyspace and version (recorded in
+/// `schema_version` under its component), with a progress bar on a
+/// terminal.
 type Backfill = for<'a> fn(
     &'a CassandraStore,
     &'a mut (dyn FnMut(u64, u64) + Send),
 ) -> futures_util::future::BoxFuture<'a, Result<(), StoreError>>;
 
-/// The data migrations `migrate` runs after the schema's: the rollups of
-/// the days written before the keyspace had them, and the `once_counted`
-/// rows of the conversions registered before it existed.
-const BACKFILLS: &[(&str, &str, Backfill)] = &[
+/// The data migrations `migrate` runs after the schema's, each when the
+/// version recorded for its component is below its own: the rollups and
+/// totals of the days written before the keyspace had them (version 2:
+/// totals), and the `once_counted` rows of the conversions registered
+/// before it existed.
+const BACKFILLS: &[(&str, i32, &str, Backfill)] = &[
     (
         super::rollups::BACKFILL_COMPONENT,
+        super::rollups::BACKFILL_VERSION,
         "rollups",
         |store, progress| Box::pin(super::rollups::backfill(store, progress)),
     ),
     (
         super::batch::ONCE_BACKFILL_COMPONENT,
+        1,
         "once-per-visitor conversions",
         |store, progress| Box::pin(super::batch::backfill_once_counted(store, progress)),
     ),
@@ -356,7 +377,7 @@ const BACKFILLS: &[(&str, &str, Backfill)] = &[
 
 async fn run_backfills(store: &CassandraStore) -> Result<(), StoreError> {
     let ks = &store.keyspace;
-    for (component, what, run) in BACKFILLS {
+    for (component, version, what, run) in BACKFILLS {
         let done: Option<(i32,)> = store
             .session
             .query_unpaged(
@@ -369,7 +390,7 @@ async fn run_backfills(store: &CassandraStore) -> Result<(), StoreError> {
             .map_err(super::errors::shape)?
             .maybe_first_row::<(i32,)>()
             .map_err(super::errors::shape)?;
-        if done.is_some() {
+        if done.is_some_and(|(done,)| done >= *version) {
             continue;
         }
         let bar = indicatif::ProgressBar::new(0);
@@ -391,11 +412,11 @@ async fn run_backfills(store: &CassandraStore) -> Result<(), StoreError> {
                 format!(
                     "INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)"
                 ),
-                (*component, 1, Utc::now()),
+                (*component, *version, Utc::now()),
             )
             .await
             .map_err(|e| store.failed(e))?;
-        info!(keyspace = %ks, backfill = what, "Cassandra data backfilled.");
+        info!(keyspace = %ks, backfill = what, version, "Cassandra data backfilled.");
     }
     Ok(())
 }

@@ -186,7 +186,7 @@ fn tables() -> BTreeMap<String, Table> {
 #[test]
 fn schema_is_plain_cql_that_cassandra_4_accepts() {
     let tables = tables();
-    assert_eq!(tables.len(), 19);
+    assert_eq!(tables.len(), 21);
     for (name, t) in &tables {
         for c in &t.columns {
             assert!(
@@ -246,6 +246,13 @@ fn schema_is_plain_cql_that_cassandra_4_accepts() {
     let candidates = &tables["visitor_candidates"];
     assert_eq!(candidates.partition, ["site", "vid"]);
     assert_eq!(candidates.clustering, ["goal", "at", "hit"]);
+    // A report by day and goal reads one slice per model and one for
+    // clicks, whatever its range.
+    let totals = &tables["rollup_totals"];
+    assert_eq!(totals.partition, ["site", "model"]);
+    assert_eq!(totals.clustering, ["day", "goal", "currency"]);
+    assert_eq!(tables["click_totals"].partition, ["site"]);
+    assert_eq!(tables["click_totals"].clustering, ["day"]);
     // Earliest-wins needs no Paxos: only the goal delete and the daily
     // salt are conditional.
     let conditional: Vec<&str> = STATEMENTS
@@ -337,10 +344,14 @@ fn every_statement_targets_declared_columns_and_whole_partitions() {
             // column (`>=`), inside one fully bound prefix.
             // A rollup partition is rewritten whole: its delete is a
             // partition tombstone (under the rows of the same rewrite).
+            // A day's totals: a range tombstone on the day, the first
+            // clustering column.
             let whole = if name.ends_with("_from") {
                 &t.clustering[..t.clustering.len() - 1]
             } else if name.starts_with("delete_") && name.ends_with("rollups") {
                 &t.clustering[..0]
+            } else if *name == "delete_rollup_totals" {
+                &t.clustering[..1]
             } else {
                 &t.clustering[..]
             };
