@@ -552,9 +552,10 @@ impl CassandraStore {
             if counter.is_none() {
                 if let Some(order) = &s.conversion.order_id {
                     let key = (*goal, order.clone());
-                    if !orders.contains_key(&key) {
-                        let rows = self.order_rows(site, &key).await?;
-                        orders.insert(key, rows);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        orders.entry(key.clone())
+                    {
+                        slot.insert(self.order_rows(site, &key).await?);
                     }
                 }
                 if is_counter(&s, orders) {
