@@ -48,7 +48,9 @@
 //! # Steps, per visitor of the batch (up to `max_in_flight` at once)
 //!
 //! 1. its touchpoints are written;
-//! 2. the registered conversions they precede are read (re-credit);
+//! 2. the registered conversions they precede are read (re-credit), and
+//!    the registrations of its candidates (one already registered
+//!    complete is a redelivery);
 //! 3. its candidates are written (both tables);
 //! 4. settle rounds: read a snapshot (the reads above), read the
 //!    registration of every candidate in it, remove what is no longer
@@ -236,9 +238,6 @@ type VisitorDone = (Vec<(usize, Recorded)>, Settled);
 struct Settled {
     /// Verdict per (hit, goal) of every candidate the settle read.
     verdicts: BTreeMap<(Uuid, Uuid), Option<DuplicateReason>>,
-    /// (hit, goal) of this call's candidates registered complete when the
-    /// first round read them: redeliveries.
-    counted_before: BTreeSet<(Uuid, Uuid)>,
     displaced: u64,
     recredited: u64,
     /// UTC days whose conversions the settle wrote, removed, or decided
@@ -851,13 +850,7 @@ impl CassandraStore {
     }
 
     /// One round's actions on `snap`: removals first, then writes.
-    async fn act(
-        &self,
-        plan: &Plan,
-        snap: &Snapshot,
-        first: bool,
-        out: &mut Settled,
-    ) -> Result<(), StoreError> {
+    async fn act(&self, plan: &Plan, snap: &Snapshot, out: &mut Settled) -> Result<(), StoreError> {
         let decided = decisions(snap);
         // Read after this call's candidate writes: see the module doc.
         let members: Vec<(&GroupKey, &Stored)> = snap
@@ -887,9 +880,6 @@ impl CassandraStore {
                 let id = (*hit, key.0);
                 out.verdicts.insert(id, *verdict);
                 let reg = regs.get(&id);
-                if first && own(*hit, key) && reg.is_some_and(|r| r.complete) {
-                    out.counted_before.insert(id);
-                }
                 match (verdict, reg) {
                     (Some(_), Some(r)) => removals.push(r),
                     (Some(_), None) => {}
@@ -948,7 +938,7 @@ impl CassandraStore {
                     "conversions of site {site} still changing after {round} settle rounds"
                 )));
             }
-            self.act(&plan, &snap, round == 0, &mut out).await?;
+            self.act(&plan, &snap, &mut out).await?;
             acted = Some(snap);
         }
         Ok(out)
@@ -975,6 +965,17 @@ impl CassandraStore {
                 .or_default()
                 .insert(cand_key(&c));
         }
+        // A candidate registered complete before this call stored it is a
+        // redelivery. Read before the write: once stored, a racing settle
+        // may register it (its order partition names it).
+        let own: Vec<Stored> = v.candidates.iter().map(|(_, c)| stored_of(c)).collect();
+        let before = try_join_all(own.iter().map(|s| self.registration(s))).await?;
+        let counted_before: BTreeSet<(Uuid, Uuid)> = before
+            .into_iter()
+            .flatten()
+            .filter(|r| r.complete)
+            .map(|r| (r.conversion.hit_id, r.conversion.goal_id))
+            .collect();
         // 3.
         try_join_all(v.candidates.iter().map(|(_, c)| self.store_candidate(c))).await?;
         if plan.points.is_empty() && v.candidates.is_empty() {
@@ -1011,7 +1012,7 @@ impl CassandraStore {
                     *i,
                     match verdict {
                         Some(reason) => Recorded::Duplicate(*reason),
-                        None if settled.counted_before.contains(&key) => {
+                        None if counted_before.contains(&key) => {
                             Recorded::Duplicate(DuplicateReason::SameHit)
                         }
                         None => Recorded::Inserted,
