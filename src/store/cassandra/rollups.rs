@@ -450,21 +450,24 @@ async fn rollup_rows(
                     slot.0 += conversions.unwrap_or(0) as f64;
                     slot.1 += value.unwrap_or(0) as f64;
                 }
-                Ok::<_, StoreError>(
-                    sums.into_iter()
-                        .map(|(labels, (conversions, value))| RollupRow {
-                            labels,
-                            conversions,
-                            value,
-                        })
-                        .collect(),
-                )
+                Ok::<_, StoreError>(rows_of(sums))
             }
         })
         .buffer_unordered(DAY_CONCURRENCY)
         .try_collect()
         .await?;
     Ok(parts.into_iter().flatten().collect())
+}
+
+/// Summed (conversions, value) per label set, as report rows.
+fn rows_of(sums: BTreeMap<Labels, (f64, f64)>) -> Vec<RollupRow> {
+    sums.into_iter()
+        .map(|(labels, (conversions, value))| RollupRow {
+            labels,
+            conversions,
+            value,
+        })
+        .collect()
 }
 
 /// Report rows summed from `rollup_totals`, for a grouping by day and goal
@@ -505,15 +508,7 @@ async fn total_rows(
                     slot.0 += conversions.unwrap_or(0) as f64;
                     slot.1 += value.unwrap_or(0) as f64;
                 }
-                Ok::<_, StoreError>(
-                    sums.into_iter()
-                        .map(|(labels, (conversions, value))| RollupRow {
-                            labels,
-                            conversions,
-                            value,
-                        })
-                        .collect(),
-                )
+                Ok::<_, StoreError>(rows_of(sums))
             }
         })
         .buffer_unordered(DAY_CONCURRENCY)
