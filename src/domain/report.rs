@@ -19,6 +19,7 @@ pub const MAX_REPORT_DAYS: i64 = 366;
 pub enum GroupKey {
     Day,
     Goal,
+    Channel,
     Source,
     Medium,
     Campaign,
@@ -32,13 +33,14 @@ impl GroupKey {
             let key = match part {
                 "day" => GroupKey::Day,
                 "goal" => GroupKey::Goal,
+                "channel" => GroupKey::Channel,
                 "source" => GroupKey::Source,
                 "medium" => GroupKey::Medium,
                 "campaign" => GroupKey::Campaign,
                 "ad" => GroupKey::Ad,
                 other => {
                     return Err(format!(
-                    "unknown group_by key `{other}` (use day, goal, source, medium, campaign, ad)"
+                    "unknown group_by key `{other}` (use day, goal, channel, source, medium, campaign, ad)"
                 ))
                 }
             };
@@ -59,6 +61,7 @@ pub struct CreditRow {
     pub medium: Option<String>,
     pub campaign: Option<String>,
     pub ad: Option<String>,
+    pub channel: String,
     pub credit: f64,
     /// The whole conversion's value; the row is worth `credit * value`.
     pub value: f64,
@@ -74,6 +77,7 @@ pub struct ClickRow {
     pub medium: Option<String>,
     pub campaign: Option<String>,
     pub ad: Option<String>,
+    pub channel: String,
     pub clicks: u64,
 }
 
@@ -108,6 +112,7 @@ pub fn groups_by_labels(group_by: &[GroupKey]) -> bool {
 pub struct Labels {
     pub day: Option<NaiveDate>,
     pub goal: Option<Uuid>,
+    pub channel: Option<String>,
     pub source: Option<String>,
     pub medium: Option<Option<String>>,
     pub campaign: Option<Option<String>>,
@@ -179,6 +184,7 @@ pub fn assemble(
             .map(|(l, (c, v, k))| ReportRow {
                 day: l.day.map(|d| d.to_string()),
                 goal: l.goal.map(|g| g.to_string()),
+                channel: l.channel,
                 source: l.source,
                 medium: l.medium,
                 campaign: l.campaign,
@@ -225,6 +231,7 @@ pub fn rollup_rows_from_credits(
                 medium: r.medium.clone(),
                 campaign: r.campaign.clone(),
                 ad: r.ad.clone(),
+                channel: r.channel.clone(),
             };
             RollupRow {
                 labels: label(query, r.day, r.goal, &key),
@@ -289,6 +296,7 @@ pub fn label(
     Labels {
         day: query.has(GroupKey::Day).then_some(day),
         goal: query.has(GroupKey::Goal).then_some(goal),
+        channel: query.has(GroupKey::Channel).then(|| key.channel.clone()),
         source: query.has(GroupKey::Source).then(|| key.source.clone()),
         medium: query.has(GroupKey::Medium).then(|| key.medium.clone()),
         campaign: query.has(GroupKey::Campaign).then(|| key.campaign.clone()),
@@ -301,6 +309,7 @@ pub fn click_labels(query: &ReportQuery, c: &ClickRow) -> Labels {
     Labels {
         day: query.has(GroupKey::Day).then_some(c.day),
         goal: None,
+        channel: query.has(GroupKey::Channel).then(|| c.channel.clone()),
         source: query.has(GroupKey::Source).then(|| c.source.clone()),
         medium: query.has(GroupKey::Medium).then(|| c.medium.clone()),
         campaign: query.has(GroupKey::Campaign).then(|| c.campaign.clone()),
@@ -314,6 +323,8 @@ pub struct ReportRow {
     pub day: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,6 +379,7 @@ mod tests {
             medium: None,
             campaign: campaign.map(Into::into),
             ad: None,
+            channel: "Paid Search".into(),
             credit,
             value,
         }
@@ -467,6 +479,7 @@ mod tests {
             medium: None,
             campaign: None,
             ad: None,
+            channel: "Paid Search".into(),
             clicks,
         }
     }

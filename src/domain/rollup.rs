@@ -30,6 +30,7 @@ pub struct RollupKey {
     pub medium: Option<String>,
     pub campaign: Option<String>,
     pub ad: Option<String>,
+    pub channel: String,
 }
 
 /// One conversion's share under one model and one set of labels.
@@ -159,6 +160,7 @@ pub fn contributions(at: DateTime<Utc>, value: f64, path: &[Credit]) -> Vec<Cont
                 medium: c.medium.clone(),
                 campaign: c.campaign.clone(),
                 ad: c.ad.clone(),
+                channel: c.channel.clone(),
             };
             let slot = merged.entry(key).or_default();
             slot.0 += u;
@@ -193,6 +195,7 @@ mod tests {
             medium: Some("cpc".into()),
             campaign: None,
             ad: None,
+            channel: "Paid Search".into(),
             at: Some(at() - Duration::days(days_before)),
             credit: 0.0,
         }
@@ -244,6 +247,7 @@ mod tests {
             medium: None,
             campaign: None,
             ad: None,
+            channel: crate::domain::attribution::DIRECT_CHANNEL.into(),
             at: None,
             credit: 1.0,
         };

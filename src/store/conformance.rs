@@ -139,6 +139,7 @@ fn touchpoint(site: &str, vid: &str, at: DateTime<Utc>, source: &str) -> Touchpo
         medium: Some("cpc".into()),
         campaign: Some(format!("{source}-bf")),
         ad: None,
+        channel: "Paid Search".into(),
         click_id: Some(("gclid".into(), format!("c-{source}"))),
     }
 }
@@ -161,6 +162,7 @@ fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -> Conversio
             medium: None,
             campaign: None,
             ad: None,
+            channel: "Direct".into(),
             at: None,
             credit: 1.0,
         }],

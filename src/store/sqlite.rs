@@ -81,6 +81,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
@@ -92,6 +93,7 @@ use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 mod batch;
 mod rollups;
 mod sessions;
+use crate::domain::attribution::channel_of_labels;
 use crate::domain::report::{ClickTotal, RollupRow};
 use crate::domain::{
     ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
@@ -303,6 +305,25 @@ DROP INDEX conversion_credits_day;
     r#"
 CREATE INDEX conversions_visitor_window ON conversions (site, vid, window_days, at_ns);
 "#,
+    // 9: every touchpoint and path step keeps the channel it was given
+    // when it was made, and a site its reporting currency and ignored
+    // referrers. What was stored before gets the channel the embedded
+    // lists give its labels (`tally_channel`, registered on every
+    // connection); rollups written with no channel ('') are moved to it.
+    r#"
+ALTER TABLE touchpoints ADD COLUMN channel TEXT;
+ALTER TABLE conversion_credits ADD COLUMN channel TEXT;
+ALTER TABLE sites ADD COLUMN currency TEXT;
+ALTER TABLE sites ADD COLUMN ignore_referrers TEXT;
+UPDATE touchpoints SET channel = tally_channel(source, medium, campaign);
+UPDATE conversion_credits SET channel = tally_channel(source, medium, campaign);
+UPDATE credit_rollups
+    SET channel = tally_channel(source, nullif(medium, ''), nullif(campaign, ''))
+    WHERE channel = '';
+UPDATE click_rollups
+    SET channel = tally_channel(source, nullif(medium, ''), nullif(campaign, ''))
+    WHERE channel = '';
+"#,
 ];
 
 /// The migration after which the credit rollups are backfilled.
@@ -373,6 +394,21 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // commit still fsyncs the WAL, and a checkpoint only moves committed
     // pages (the WAL is reused, so its file stays about this size).
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+    conn.create_scalar_function(
+        "tally_channel",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let source: String = ctx.get(0)?;
+            let medium: Option<String> = ctx.get(1)?;
+            let campaign: Option<String> = ctx.get(2)?;
+            Ok(channel_of_labels(
+                &source,
+                medium.as_deref(),
+                campaign.as_deref(),
+            ))
+        },
+    )?;
     Ok(conn)
 }
 
@@ -392,14 +428,16 @@ fn apply_migrations(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     // All pending migrations in one transaction: a crash leaves the old
-    // version or the new one.
+    // version or the new one. The credit rollups are backfilled after the
+    // last, whose columns the backfill reads and writes.
+    let backfill = version < ROLLUPS_VERSION;
     while version < schema_version() {
         tx.execute_batch(MIGRATIONS[version as usize])?;
         version += 1;
-        if version == ROLLUPS_VERSION {
-            backfill_with_progress(&tx)?;
-        }
         tx.pragma_update(None, "user_version", version)?;
+    }
+    if backfill {
+        backfill_with_progress(&tx)?;
     }
     tx.commit()?;
     Ok(())
@@ -478,7 +516,8 @@ fn site_from_row(row: &Row<'_>) -> rusqlite::Result<(String, String, String, i64
 fn touchpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Touchpoint> {
     let param: Option<String> = row.get(8)?;
     let value: Option<String> = row.get(9)?;
-    Ok(Touchpoint {
+    let channel: Option<String> = row.get(10)?;
+    let mut tp = Touchpoint {
         hit_id: uuid_col(row, 0)?,
         site: row.get(1)?,
         vid: row.get(2)?,
@@ -487,8 +526,13 @@ fn touchpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Touchpoint> {
         medium: row.get(5)?,
         campaign: row.get(6)?,
         ad: row.get(7)?,
+        channel: String::new(),
         click_id: param.zip(value),
-    })
+    };
+    tp.channel = channel.unwrap_or_else(|| {
+        channel_of_labels(&tp.source, tp.medium.as_deref(), tp.campaign.as_deref())
+    });
+    Ok(tp)
 }
 
 fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
@@ -496,13 +540,19 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
     let day = day.parse::<NaiveDate>().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    let (source, medium, campaign): (String, Option<String>, Option<String>) =
+        (row.get(2)?, row.get(3)?, row.get(4)?);
+    let channel: Option<String> = row.get(8)?;
+    let channel = channel
+        .unwrap_or_else(|| channel_of_labels(&source, medium.as_deref(), campaign.as_deref()));
     Ok(CreditRow {
         day,
         goal: uuid_col(row, 1)?,
-        source: row.get(2)?,
-        medium: row.get(3)?,
-        campaign: row.get(4)?,
+        source,
+        medium,
+        campaign,
         ad: row.get(5)?,
+        channel,
         credit: row.get(6)?,
         value: row.get(7)?,
     })
@@ -515,8 +565,9 @@ fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError>
     let day = day_text(c.at.date_naive());
     let mut insert_credit = tx.prepare_cached(
         "INSERT INTO conversion_credits
-           (hit_id, goal_id, ord, site, day, touchpoint, source, medium, campaign, ad, at_ns, credit, value)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+           (hit_id, goal_id, ord, site, day, touchpoint, source, medium, campaign, ad, at_ns, credit,
+            value, channel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     for (ord, cr) in c.credits.iter().enumerate() {
         let cr_at = cr.at.map(nanos).transpose()?;
@@ -533,7 +584,8 @@ fn write_credits(tx: &Transaction<'_>, c: &Conversion) -> Result<(), StoreError>
             cr.ad,
             cr_at,
             cr.credit,
-            c.value
+            c.value,
+            cr.channel
         ])?;
     }
     rollups::apply(tx, c, 1)
@@ -799,7 +851,7 @@ impl Store for SqliteStore {
         let since_ns = since.timestamp_nanos_opt().unwrap_or(i64::MIN);
         self.read("touchpoints", move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+                "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
                  FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
             )?;
             let rows = stmt
@@ -866,7 +918,8 @@ impl Store for SqliteStore {
             // Through the conversions' (site, at_ns) index; a path's steps
             // that earn nothing under the recorded model are not credits.
             let mut stmt = conn.prepare_cached(
-                "SELECT cc.day, cc.goal_id, cc.source, cc.medium, cc.campaign, cc.ad, cc.credit, cc.value
+                "SELECT cc.day, cc.goal_id, cc.source, cc.medium, cc.campaign, cc.ad, cc.credit, cc.value,
+                        cc.channel
                  FROM conversions c
                  JOIN conversion_credits cc ON cc.hit_id = c.hit_id AND cc.goal_id = c.goal_id
                  WHERE c.site = ?1 AND c.at_ns >= ?2 AND c.at_ns < ?3
@@ -893,22 +946,29 @@ impl Store for SqliteStore {
             // 86400e9 ns a day: integer division turns a time into its UTC day.
             let mut stmt = conn.prepare_cached(
                 "SELECT at_ns / 86400000000000 - (at_ns < 0 AND at_ns % 86400000000000 != 0) AS d,
-                        source, medium, campaign, ad, COUNT(*)
+                        source, medium, campaign, ad, COUNT(*), channel
                  FROM touchpoints
                  WHERE site = ?1 AND at_ns >= ?2 AND at_ns < ?3
-                 GROUP BY d, source, medium, campaign, ad",
+                 GROUP BY d, source, medium, campaign, ad, channel",
             )?;
             let rows = stmt
                 .query_map(params![site, start, end], |r| {
                     let days: i64 = r.get(0)?;
                     let count: i64 = r.get(5)?;
+                    let (source, medium, campaign): (String, Option<String>, Option<String>) =
+                        (r.get(1)?, r.get(2)?, r.get(3)?);
+                    let channel: Option<String> = r.get(6)?;
+                    let channel = channel.unwrap_or_else(|| {
+                        channel_of_labels(&source, medium.as_deref(), campaign.as_deref())
+                    });
                     Ok(ClickRow {
                         day: chrono::DateTime::UNIX_EPOCH.date_naive()
                             + chrono::Duration::days(days),
-                        source: r.get(1)?,
-                        medium: r.get(2)?,
-                        campaign: r.get(3)?,
+                        source,
+                        medium,
+                        campaign,
                         ad: r.get(4)?,
+                        channel,
                         clicks: u64::try_from(count).unwrap_or(0),
                     })
                 })?
@@ -1075,6 +1135,7 @@ mod tests {
             medium: None,
             campaign: None,
             ad: None,
+            channel: "Organic Search".into(),
             click_id: None,
         };
         {
@@ -1108,6 +1169,8 @@ mod tests {
             medium: Some("cpc".into()),
             campaign: None,
             ad: None,
+            // What the upgrade gives rows stored without a channel.
+            channel: channel_of_labels(source, Some("cpc"), None),
             click_id: None,
         };
         let tps = vec![tp("google", 3), tp("facebook", 2), tp("bing", 1)];
@@ -1149,7 +1212,9 @@ mod tests {
             .unwrap();
             for t in &tps {
                 tx.execute(
-                    batch::INSERT_TOUCHPOINT,
+                    "INSERT INTO touchpoints
+                       (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         t.hit_id.to_string(),
                         t.site,
@@ -1189,7 +1254,7 @@ mod tests {
                 from: at.date_naive() - chrono::Duration::days(5),
                 to: at.date_naive(),
                 goal: None,
-                group_by: vec![GroupKey::Source],
+                group_by: vec![GroupKey::Channel, GroupKey::Source],
                 model: Some(model),
             };
             let got = crate::store::report(&store, "s_up", &q).await.unwrap();
@@ -1202,6 +1267,7 @@ mod tests {
                     medium: cr.medium,
                     campaign: cr.campaign,
                     ad: cr.ad,
+                    channel: cr.channel,
                     credit: cr.credit,
                     value: 30.0,
                 });
@@ -1211,6 +1277,7 @@ mod tests {
                 medium: t.medium.clone(),
                 campaign: None,
                 ad: None,
+                channel: t.channel.clone(),
                 clicks: 1,
             });
             let want = aggregate_with_clicks(&q, credits, clicks);
@@ -1305,6 +1372,7 @@ mod tests {
                 medium: None,
                 campaign: None,
                 ad: None,
+                channel: "Direct".into(),
                 at: None,
                 credit: 1.0,
             }],

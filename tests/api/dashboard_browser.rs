@@ -206,6 +206,7 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
                     medium: t.medium.clone(),
                     campaign: t.campaign.clone(),
                     ad: None,
+                    channel: t.channel.clone(),
                     at: Some(t.at),
                     credit: 1.0,
                 }],
@@ -240,6 +241,11 @@ fn touchpoint(
         medium: Some(medium.into()),
         campaign: Some(campaign.into()),
         ad: None,
+        channel: tally::domain::attribution::channel_of_labels(
+            source,
+            Some(medium),
+            Some(campaign),
+        ),
         click_id: None,
     }
 }

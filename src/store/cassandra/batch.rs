@@ -149,7 +149,7 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use tracing::debug;
 use uuid::Uuid;
 
-use super::rows::{touchpoint_from_row, OrderRow, Stored, TouchpointRow};
+use super::rows::{fill_channels, touchpoint_from_row, OrderRow, Stored, TouchpointRow};
 use super::{corrupt, credit_bucket, join_time, shape, split_time, CassandraStore};
 use crate::domain::attribution::MAX_CREDITED;
 use crate::domain::dedup::{decide, order_holder, Contender};
@@ -328,7 +328,7 @@ fn registered_from_row(
     let conversion: Conversion =
         serde_json::from_str(&body).map_err(|e| corrupt("conversion", e))?;
     Ok(Some(Registered {
-        conversion,
+        conversion: fill_channels(conversion),
         // Rows registered before schema 5 have no flag: their
         // conversions were complete when registered.
         complete: complete.unwrap_or(true),
@@ -690,6 +690,7 @@ impl CassandraStore {
                 credit.at.map(millis),
                 Some(millis(c.at)),
                 text(&c.currency),
+                Some(CqlValue::Text(credit.channel.clone())),
             ]);
             values.push(row);
         }

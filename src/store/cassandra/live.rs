@@ -103,6 +103,7 @@ fn conversion(site: &str, hit: Uuid, goal: Uuid, order: Option<&str>, vid: &str)
             medium: None,
             campaign: None,
             ad: None,
+            channel: "Direct".into(),
             at: None,
             credit: 1.0,
         }],
@@ -173,6 +174,7 @@ async fn sites_keys_goals_and_touchpoints_round_trip_exactly() {
         medium: Some("cpc".into()),
         campaign: None,
         ad: None,
+        channel: "Paid Search".into(),
         click_id: Some(("gclid".into(), "abc".into())),
     };
     let (recent, old) = (tp(1), tp(40));
@@ -484,6 +486,7 @@ async fn migrate_backfills_the_rollups_of_days_written_before_them() {
         medium: Some("cpc".into()),
         campaign: None,
         ad: None,
+        channel: "Paid Search".into(),
         click_id: None,
     };
     let c = conversion(site, Uuid::now_v7(), goal.id, None, "v1");

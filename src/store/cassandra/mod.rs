@@ -81,7 +81,8 @@ pub use consistency::{check_read_your_writes, parse_consistency, serial_for};
 use errors::{corrupt, shape, IntoStoreError};
 pub use reports::{credit_bucket, report_partitions, CREDIT_BUCKETS};
 use rows::{
-    goal_from_row, join_time, split_time, touchpoint_from_row, GoalRow, Lwt, TouchpointRow,
+    fill_channels, goal_from_row, join_time, split_time, touchpoint_from_row, GoalRow, Lwt,
+    TouchpointRow,
 };
 pub use schema::{
     create_keyspace_cql, keyspace_name, render, salt_ttl_seconds, MIGRATIONS, SCHEMA_VERSION,
@@ -429,6 +430,7 @@ impl Store for CassandraStore {
                     &tp.ad,
                     param,
                     value,
+                    &tp.channel,
                 ),
             )
             .await
@@ -446,6 +448,7 @@ impl Store for CassandraStore {
                     &tp.medium,
                     &tp.campaign,
                     &tp.ad,
+                    &tp.channel,
                 ),
             )
             .await
@@ -579,6 +582,7 @@ impl Store for CassandraStore {
             .filter(|(_, _, complete)| *complete == Some(true))
             .map(|(_, body, _)| {
                 serde_json::from_str(body.as_deref().unwrap_or_default())
+                    .map(fill_channels)
                     .map_err(|e| corrupt("conversion", e))
             })
             .collect()

@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use uuid::Uuid;
 
-use super::rows::CreditDbRow;
+use super::rows::{stored_channel, CreditDbRow};
 use super::CassandraStore;
 use crate::domain::{ClickRow, CreditRow};
 use crate::store::StoreError;
@@ -62,15 +62,19 @@ pub(super) async fn credit_rows(
                 rows.into_iter()
                     .filter(|row| row.5.is_some_and(|credit| credit > 0.0))
                     .map(
-                        move |(goal, source, medium, campaign, ad, credit, value)| CreditRow {
-                            day,
-                            goal,
-                            source: source.unwrap_or_default(),
-                            medium,
-                            campaign,
-                            ad,
-                            credit: credit.unwrap_or(0.0),
-                            value: value.unwrap_or(0.0),
+                        move |(goal, source, medium, campaign, ad, credit, value, channel)| {
+                            let source = source.unwrap_or_default();
+                            CreditRow {
+                                day,
+                                goal,
+                                channel: stored_channel(channel, &source, &medium, &campaign),
+                                source,
+                                medium,
+                                campaign,
+                                ad,
+                                credit: credit.unwrap_or(0.0),
+                                value: value.unwrap_or(0.0),
+                            }
                         },
                     )
                     .collect::<Vec<_>>(),
@@ -94,6 +98,7 @@ pub(super) async fn click_rows(
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<String>,
     );
     let parts = stream::iter(report_partitions(from, to))
         .map(|(day, bucket)| async move {
@@ -102,13 +107,17 @@ pub(super) async fn click_rows(
                 .await?;
             Ok::<_, StoreError>(
                 rows.into_iter()
-                    .map(move |(source, medium, campaign, ad)| ClickRow {
-                        day,
-                        source: source.unwrap_or_default(),
-                        medium,
-                        campaign,
-                        ad,
-                        clicks: 1,
+                    .map(move |(source, medium, campaign, ad, channel)| {
+                        let source = source.unwrap_or_default();
+                        ClickRow {
+                            day,
+                            channel: stored_channel(channel, &source, &medium, &campaign),
+                            source,
+                            medium,
+                            campaign,
+                            ad,
+                            clicks: 1,
+                        }
                     })
                     .collect::<Vec<_>>(),
             )

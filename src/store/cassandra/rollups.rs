@@ -57,6 +57,7 @@ use scylla::value::CqlValue;
 use uuid::Uuid;
 
 use super::reports::CREDIT_BUCKETS;
+use super::rows::stored_channel;
 use super::CassandraStore;
 use crate::domain::attribution::{ALL_MODELS, DIRECT};
 use crate::domain::report::{groups_by_labels, label, ClickTotal, Labels, RollupRow};
@@ -81,6 +82,7 @@ type PathRow = (
     Option<Uuid>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
     Option<String>,
 );
 
@@ -115,9 +117,24 @@ async fn paths(
         .await?;
     let mut out: BTreeMap<(Uuid, Uuid), StoredPath> = BTreeMap::new();
     for row in parts.into_iter().flatten() {
-        let (goal, hit, idx, source, medium, campaign, ad, credit, value, tp, tp_at, conv_at, cur) =
-            row;
+        let (
+            goal,
+            hit,
+            idx,
+            source,
+            medium,
+            campaign,
+            ad,
+            credit,
+            value,
+            tp,
+            tp_at,
+            conv_at,
+            cur,
+            channel,
+        ) = row;
         let source = source.unwrap_or_default();
+        let channel = stored_channel(channel, &source, &medium, &campaign);
         // Rows written before paths were kept carry no touchpoint id: any
         // step but `(direct)` is a touchpoint.
         let touchpoint =
@@ -136,6 +153,7 @@ async fn paths(
                 medium,
                 campaign,
                 ad,
+                channel,
                 at: tp_at,
                 credit: credit.unwrap_or(0.0),
             },
@@ -242,7 +260,7 @@ pub(super) async fn refresh(
                         key_text(&key.medium),
                         key_text(&key.campaign),
                         key_text(&key.ad),
-                        text(""),
+                        text(&key.channel),
                         text(currency),
                         Some(CqlValue::BigInt(*conversions)),
                         Some(CqlValue::BigInt(*value)),
@@ -276,7 +294,7 @@ pub(super) async fn refresh(
     }
     let mut click_rollups = Rewrite::new(&st.delete_click_rollups, ts, vec![text(site), date()]);
     let mut day_clicks = 0;
-    for ((source, medium, campaign, ad), n) in clicks {
+    for ((source, medium, campaign, ad, channel), n) in clicks {
         day_clicks += n;
         click_rollups.row(
             &st.insert_click_rollup,
@@ -287,7 +305,7 @@ pub(super) async fn refresh(
                 text(&medium),
                 text(&campaign),
                 text(&ad),
-                text(""),
+                text(&channel),
                 Some(CqlValue::BigInt(n)),
             ],
         );
@@ -311,9 +329,10 @@ async fn click_rows(
     store: &CassandraStore,
     site: &str,
     day: NaiveDate,
-) -> Result<BTreeMap<(String, String, String, String), i64>, StoreError> {
+) -> Result<BTreeMap<(String, String, String, String, String), i64>, StoreError> {
     let st = store.st().await?;
     type Row = (
+        Option<String>,
         Option<String>,
         Option<String>,
         Option<String>,
@@ -325,12 +344,15 @@ async fn click_rows(
         .try_collect()
         .await?;
     let mut out = BTreeMap::new();
-    for (source, medium, campaign, ad) in parts.into_iter().flatten() {
+    for (source, medium, campaign, ad, channel) in parts.into_iter().flatten() {
+        let source = source.unwrap_or_default();
+        let channel = stored_channel(channel, &source, &medium, &campaign);
         *out.entry((
-            source.unwrap_or_default(),
+            source,
             medium.unwrap_or_default(),
             campaign.unwrap_or_default(),
             ad.unwrap_or_default(),
+            channel,
         ))
         .or_default() += 1;
     }
@@ -390,6 +412,7 @@ type RollupDbRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
     Option<i64>,
     Option<i64>,
 );
@@ -435,7 +458,7 @@ async fn rollup_rows(
                     .all_rows(&st.select_rollups, (site, day, model.as_str()))
                     .await?;
                 let mut sums: BTreeMap<Labels, (f64, f64)> = BTreeMap::new();
-                for (goal, source, medium, campaign, ad, conversions, value) in rows {
+                for (goal, source, medium, campaign, ad, channel, conversions, value) in rows {
                     if !wanted.contains(&(goal, model)) {
                         continue;
                     }
@@ -445,6 +468,7 @@ async fn rollup_rows(
                         medium: label_of(medium),
                         campaign: label_of(campaign),
                         ad: label_of(ad),
+                        channel: channel.unwrap_or_default(),
                     };
                     let slot = sums.entry(label(query, day, goal, &key)).or_default();
                     slot.0 += conversions.unwrap_or(0) as f64;
@@ -552,6 +576,7 @@ pub(super) async fn click_totals(
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<String>,
         Option<i64>,
     );
     let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
@@ -561,10 +586,11 @@ pub(super) async fn click_totals(
                 .all_rows(&st.select_click_rollups, (site, day))
                 .await?;
             let mut sums: BTreeMap<Labels, u64> = BTreeMap::new();
-            for (source, medium, campaign, ad, clicks) in rows {
+            for (source, medium, campaign, ad, channel, clicks) in rows {
                 let labels = Labels {
                     day: has(GroupKey::Day).then_some(day),
                     goal: None,
+                    channel: has(GroupKey::Channel).then(|| channel.unwrap_or_default()),
                     source: has(GroupKey::Source).then(|| source.unwrap_or_default()),
                     medium: has(GroupKey::Medium).then(|| label_of(medium)),
                     campaign: has(GroupKey::Campaign).then(|| label_of(campaign)),
@@ -588,10 +614,11 @@ pub(super) async fn click_totals(
 /// has built the rollups of every day written before it.
 pub(super) const BACKFILL_COMPONENT: &str = "tally_rollups_backfill";
 
-/// What a backfill builds: 1, the rollups; 2, the totals beside them. A
+/// What a backfill builds: 1, the rollups; 2, the totals beside them; 3,
+/// rollups by channel (rows written before schema 9 had none). A
 /// keyspace whose recorded backfill is older has every day rewritten by
 /// `tally migrate`, since [`refresh`] writes both.
-pub(super) const BACKFILL_VERSION: i32 = 2;
+pub(super) const BACKFILL_VERSION: i32 = 3;
 
 /// Builds the rollups and totals of every (site, day) that has credit or
 /// click rows: a full scan of both tables' partition keys (`SELECT

@@ -10,6 +10,7 @@ use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
 use super::errors::{corrupt, shape};
+use crate::domain::attribution::channel_of_labels;
 use crate::domain::dedup::Contender;
 use crate::domain::{Conversion, CountMode, Goal, GoalMatch, Model, Touchpoint};
 use crate::store::StoreError;
@@ -37,6 +38,7 @@ pub(super) type TouchpointRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 pub(super) type CreditDbRow = (
@@ -47,6 +49,7 @@ pub(super) type CreditDbRow = (
     Option<String>,
     Option<f64>,
     Option<f64>,
+    Option<String>,
 );
 
 /// A candidate as `visitor_candidates` holds it. `conversion.credits` is
@@ -77,18 +80,45 @@ pub(super) struct OrderRow {
 
 /// A touchpoint from its row in `(site, vid)`'s partition.
 pub(super) fn touchpoint_from_row(site: &str, vid: &str, row: TouchpointRow) -> Touchpoint {
-    let (hit, at, at_ns, source, medium, campaign, ad, param, value) = row;
+    let (hit, at, at_ns, source, medium, campaign, ad, param, value, channel) = row;
+    let source = source.unwrap_or_default();
+    let channel = stored_channel(channel, &source, &medium, &campaign);
     Touchpoint {
         hit_id: hit,
         site: site.to_owned(),
         vid: vid.to_owned(),
         at: join_time(at, at_ns),
-        source: source.unwrap_or_default(),
+        source,
         medium,
         campaign,
         ad,
+        channel,
         click_id: param.zip(value),
     }
+}
+
+/// Fills the channels of a conversion body written before schema 9
+/// (whose credits carry none) from their labels.
+pub(super) fn fill_channels(mut c: Conversion) -> Conversion {
+    for cr in &mut c.credits {
+        if cr.channel.is_empty() {
+            cr.channel = stored_channel(None, &cr.source, &cr.medium, &cr.campaign);
+        }
+    }
+    c
+}
+
+/// A stored channel, or for a row written before channels were recorded
+/// (null), the channel its labels have today.
+pub(super) fn stored_channel(
+    channel: Option<String>,
+    source: &str,
+    medium: &Option<String>,
+    campaign: &Option<String>,
+) -> String {
+    channel
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| channel_of_labels(source, medium.as_deref(), campaign.as_deref()))
 }
 
 /// CQL `timestamp` keeps milliseconds; the rest is kept beside it so a

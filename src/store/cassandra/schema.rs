@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -211,6 +211,22 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS {ks}.click_totals (\
            site text, day date, clicks bigint, \
            PRIMARY KEY ((site), day))",
+        ],
+    ),
+    (
+        9,
+        &[
+            // The channel a touchpoint was given when it was made, kept
+            // with it, its path steps and its click row; rows written
+            // before have none and read as what their labels give today
+            // (the rollups backfill rewrites every day's rollups by it).
+            "ALTER TABLE {ks}.touchpoints ADD channel text",
+            "ALTER TABLE {ks}.credits_by_day ADD channel text",
+            "ALTER TABLE {ks}.clicks_by_day ADD channel text",
+            // A site's reporting currency and the hosts whose referrals
+            // are never touchpoints.
+            "ALTER TABLE {ks}.sites ADD currency text",
+            "ALTER TABLE {ks}.sites ADD ignore_referrers list<text>",
         ],
     ),
 ];

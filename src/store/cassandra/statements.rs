@@ -94,26 +94,26 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("select_goals", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ?"),
     ("select_goal", "SELECT id, name, matcher, default_value, model, window_days, count_mode, created_at, created_at_ns, verified_only FROM {ks}.goals WHERE site = ? AND id = ?"),
     ("delete_goal", "DELETE FROM {ks}.goals WHERE site = ? AND id = ? IF EXISTS"),
-    ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
+    ("insert_touchpoint", "INSERT INTO {ks}.touchpoints (site, vid, at, hit, at_ns, source, medium, campaign, ad, click_param, click_value, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_touchpoints", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value, channel FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ?"),
     // Plain whole-row writes, no LWT: the row is keyed by hit and goal, so
     // a redelivery writes the same row again.
     ("insert_conversion", "INSERT INTO {ks}.conversions_by_hit (site, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?)"),
     ("delete_conversion", "DELETE FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
-    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_paths", "SELECT goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_paths", "SELECT goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     // Rollups are rewritten whole: a partition tombstone just below the
     // rows' timestamp drops whatever an earlier rewrite left.
     ("insert_rollup", "INSERT INTO {ks}.rollups_by_day (site, day, model, goal, source, medium, campaign, ad, channel, currency, conversions, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
     ("delete_rollups", "DELETE FROM {ks}.rollups_by_day USING TIMESTAMP ? WHERE site = ? AND day = ? AND model = ?"),
-    ("select_rollups", "SELECT goal, source, medium, campaign, ad, conversions, value FROM {ks}.rollups_by_day WHERE site = ? AND day = ? AND model = ?"),
+    ("select_rollups", "SELECT goal, source, medium, campaign, ad, channel, conversions, value FROM {ks}.rollups_by_day WHERE site = ? AND day = ? AND model = ?"),
     ("insert_click_rollup", "INSERT INTO {ks}.click_rollups_by_day (site, day, source, medium, campaign, ad, channel, clicks) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
     ("delete_click_rollups", "DELETE FROM {ks}.click_rollups_by_day USING TIMESTAMP ? WHERE site = ? AND day = ?"),
     ("mark_dirty", "INSERT INTO {ks}.rollup_dirty (site, day, marked) VALUES (?, ?, ?)"),
     ("mark_done", "INSERT INTO {ks}.rollup_dirty (site, day, done) VALUES (?, ?, ?)"),
     ("select_dirty", "SELECT day, marked, done FROM {ks}.rollup_dirty WHERE site = ? AND day >= ? AND day <= ?"),
-    ("select_click_rollups", "SELECT source, medium, campaign, ad, clicks FROM {ks}.click_rollups_by_day WHERE site = ? AND day = ?"),
+    ("select_click_rollups", "SELECT source, medium, campaign, ad, channel, clicks FROM {ks}.click_rollups_by_day WHERE site = ? AND day = ?"),
     // A day's totals are rewritten with its rollups: a range tombstone on
     // the day (the clustering prefix) just below the rows' timestamp.
     ("insert_rollup_total", "INSERT INTO {ks}.rollup_totals (site, model, day, goal, currency, conversions, value) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
@@ -122,8 +122,8 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_click_total", "INSERT INTO {ks}.click_totals (site, day, clicks) VALUES (?, ?, ?) USING TIMESTAMP ?"),
     ("delete_click_total", "DELETE FROM {ks}.click_totals USING TIMESTAMP ? WHERE site = ? AND day = ?"),
     ("select_click_totals", "SELECT day, clicks FROM {ks}.click_totals WHERE site = ? AND day >= ? AND day <= ?"),
-    ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
-    ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
+    ("select_credits", "SELECT goal, source, medium, campaign, ad, credit, conv_value, channel FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("select_credits_for_goal", "SELECT goal, source, medium, campaign, ad, credit, conv_value, channel FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ?"),
     ("claim_salt", "INSERT INTO {ks}.visitor_salts (day, salt) VALUES (?, ?) IF NOT EXISTS USING TTL ?"),
     ("delete_salt", "DELETE FROM {ks}.visitor_salts WHERE day = ?"),
     ("insert_conversion_by_visitor", "INSERT INTO {ks}.conversions_by_visitor (site, vid, at, hit, goal, body, complete) VALUES (?, ?, ?, ?, ?, ?, ?)"),
@@ -141,8 +141,8 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("walk_candidates", "SELECT body, once_per_visitor FROM {ks}.visitor_candidates WHERE site = ? AND vid = ? AND goal = ?"),
     ("select_registration", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at = ? AND hit = ? AND goal = ?"),
     ("select_registrations_from", "SELECT body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? AND at >= ? AND at <= ?"),
-    ("select_path_latest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? LIMIT ?"),
-    ("select_path_earliest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? ORDER BY at ASC LIMIT ?"),
+    ("select_path_latest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value, channel FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? LIMIT ?"),
+    ("select_path_earliest", "SELECT hit, at, at_ns, source, medium, campaign, ad, click_param, click_value, channel FROM {ks}.touchpoints WHERE site = ? AND vid = ? AND at >= ? AND at <= ? ORDER BY at ASC LIMIT ?"),
     ("select_once_counted", "SELECT at, hit FROM {ks}.once_counted WHERE site = ? AND vid = ? AND goal = ?"),
     ("insert_once_counted", "INSERT INTO {ks}.once_counted (site, vid, goal, at, hit) VALUES (?, ?, ?, ?, ?)"),
     ("delete_once_counted", "DELETE FROM {ks}.once_counted WHERE site = ? AND vid = ? AND goal = ? AND at = ? AND hit = ?"),
@@ -152,8 +152,8 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     // re-credited split's new length, or all of them (from 0) when a
     // displaced conversion is removed.
     ("delete_credits_from", "DELETE FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx >= ?"),
-    ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_clicks", "SELECT source, medium, campaign, ad FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_clicks", "SELECT source, medium, campaign, ad, channel FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credit_hits", "SELECT hit FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
 ];
 

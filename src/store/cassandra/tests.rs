@@ -112,7 +112,16 @@ fn tables() -> BTreeMap<String, Table> {
                 let mut words = col.split_whitespace();
                 let (cname, ty) = (words.next().unwrap(), words.next().unwrap());
                 assert!(
-                    ["text", "int", "double", "boolean", "uuid", "timestamp"].contains(&ty),
+                    [
+                        "text",
+                        "int",
+                        "double",
+                        "boolean",
+                        "uuid",
+                        "timestamp",
+                        "list<text>"
+                    ]
+                    .contains(&ty),
                     "{cql}"
                 );
                 let table: &mut Table = out

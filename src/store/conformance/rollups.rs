@@ -20,6 +20,9 @@ use crate::domain::report::{aggregate_with_clicks, Report};
 use crate::domain::{ClickRow, Conversion, CreditRow, GroupKey, Model, ReportQuery, Touchpoint};
 
 const SOURCES: [&str; 4] = ["google", "facebook", "bing", "newsletter"];
+/// Channels given independently of the labels: a store keeps the channel
+/// a touchpoint was made with, it never classifies again.
+const CHANNELS: [&str; 3] = ["Paid Search", "Organic Social", "Referral"];
 
 struct History {
     touchpoints: Vec<Touchpoint>,
@@ -68,6 +71,7 @@ fn history_of(
                 ad: rng
                     .random_bool(0.3)
                     .then(|| format!("ad{}", rng.random_range(0..2))),
+                channel: CHANNELS[rng.random_range(0..CHANNELS.len())].into(),
                 click_id: None,
             });
         }
@@ -124,6 +128,7 @@ async fn recomputed(
                     medium: cr.medium,
                     campaign: cr.campaign,
                     ad: cr.ad,
+                    channel: cr.channel,
                     credit: cr.credit,
                     value: c.value,
                 });
@@ -136,6 +141,7 @@ async fn recomputed(
         medium: t.medium.clone(),
         campaign: t.campaign.clone(),
         ad: t.ad.clone(),
+        channel: t.channel.clone(),
         clicks: 1,
     });
     aggregate_with_clicks(query, credits, clicks)
@@ -175,6 +181,8 @@ const GROUPINGS: &[&str] = &[
     "day",
     "goal",
     "day,goal",
+    "channel",
+    "day,channel,source",
     "source,campaign",
     "goal,source,medium,campaign,ad",
     "day,ad",
@@ -351,7 +359,7 @@ pub async fn a_day_that_loses_its_last_conversion_leaves_the_reports(store: Arc<
     };
     let late = candidate(t0(), "v2");
     let early = candidate(t0() - Duration::days(1), "v1");
-    let groupings = &["", "day", "day,goal", "day,source"];
+    let groupings = &["", "day", "day,goal", "day,source", "channel"];
     let mut h = History {
         touchpoints: Vec::new(),
         candidates: vec![late],

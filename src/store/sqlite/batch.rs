@@ -57,14 +57,14 @@ const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
 /// The first of a visitor's touchpoints at or after `?3`.
 const FIRST_TOUCHPOINT: &str =
-    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
      FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3
      ORDER BY at_ns, hit_id LIMIT 1";
 
 /// The latest `?6` of a visitor's touchpoints at or after `?3` and not
 /// after (`?4`, `?5`) by (time, hit id).
 const LATEST_TOUCHPOINTS: &str =
-    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
      FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3 AND (at_ns, hit_id) <= (?4, ?5)
      ORDER BY at_ns DESC, hit_id DESC LIMIT ?6";
 
@@ -521,8 +521,8 @@ fn redelivered(b: &mut Batch<'_, '_>, c: &Conversion) -> Result<Recorded, StoreE
 /// Inserts a touchpoint unless its hit id is stored already (the first
 /// write wins; a redelivery is a no-op).
 pub(super) const INSERT_TOUCHPOINT: &str = "INSERT OR IGNORE INTO touchpoints
-   (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+   (hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// Runs [`INSERT_TOUCHPOINT`] for `tp` and counts it as a click when it
 /// is new; returns 1 when it is new.
@@ -542,7 +542,8 @@ pub(super) fn insert_touchpoint(
         tp.campaign,
         tp.ad,
         param,
-        value
+        value,
+        tp.channel
     ])?;
     if n > 0 {
         super::rollups::add_click(tx, tp)?;

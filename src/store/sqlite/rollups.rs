@@ -15,7 +15,7 @@
 //!
 //! A label that is `None` is kept as `''` (primary key columns cannot be
 //! NULL; marketing labels are never empty strings, `Marketing` drops
-//! empty values). Channel and currency are part of the key already.
+//! empty values). A missing currency is `''` too.
 //!
 //! This module must never commit or roll back: the caller owns the
 //! transaction.
@@ -28,6 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::{day_text, instant, nanos};
+use crate::domain::attribution::channel_of_labels;
 use crate::domain::report::{ClickTotal, Labels, RollupRow};
 use crate::domain::rollup::contributions;
 use crate::domain::{window_path, Conversion, Credit, GroupKey, Model, ReportQuery, Touchpoint};
@@ -42,7 +43,7 @@ fn label_of(text: String) -> Option<String> {
 }
 
 /// A credit rollup row's key: site, goal, model, day, source, medium,
-/// campaign, ad, currency ('' for a missing label).
+/// campaign, ad, channel, currency ('' for a missing label).
 type CreditKey = (
     String,
     String,
@@ -53,10 +54,12 @@ type CreditKey = (
     String,
     String,
     String,
+    String,
 );
 
-/// A click rollup row's key: site, day, source, medium, campaign, ad.
-type ClickKey = (String, String, String, String, String, String);
+/// A click rollup row's key: site, day, source, medium, campaign, ad,
+/// channel.
+type ClickKey = (String, String, String, String, String, String, String);
 
 /// Rollup changes gathered over one attributor batch, written once per
 /// row at its end (see [`deferred`]).
@@ -98,7 +101,7 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
     let mut upsert = tx.prepare_cached(
         "INSERT INTO credit_rollups
            (site, goal_id, model, day, source, medium, campaign, ad, channel, currency, conversions, value)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', ?9, ?10, ?11)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (site, goal_id, model, day, source, medium, campaign, ad, channel, currency)
          DO UPDATE SET conversions = conversions + excluded.conversions,
                        value = value + excluded.value",
@@ -106,7 +109,7 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
     let mut prune = tx.prepare_cached(
         "DELETE FROM credit_rollups
          WHERE site = ?1 AND goal_id = ?2 AND model = ?3 AND day = ?4 AND source = ?5
-           AND medium = ?6 AND campaign = ?7 AND ad = ?8 AND channel = '' AND currency = ?9
+           AND medium = ?6 AND campaign = ?7 AND ad = ?8 AND channel = ?9 AND currency = ?10
            AND conversions = 0",
     )?;
     for (k, (conversions, value)) in &delta.credits {
@@ -123,21 +126,22 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
             k.6,
             k.7,
             k.8,
+            k.9,
             conversions,
             value
         ])?;
         if *conversions < 0 {
-            prune.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8])?;
+            prune.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8, k.9])?;
         }
     }
     let mut clicks = tx.prepare_cached(
         "INSERT INTO click_rollups (site, day, source, medium, campaign, ad, channel, clicks)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (site, day, source, medium, campaign, ad, channel)
          DO UPDATE SET clicks = clicks + excluded.clicks",
     )?;
     for (k, n) in &delta.clicks {
-        clicks.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, n])?;
+        clicks.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, k.6, n])?;
     }
     Ok(())
 }
@@ -160,6 +164,7 @@ pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(
             k.medium.unwrap_or_default(),
             k.campaign.unwrap_or_default(),
             k.ad.unwrap_or_default(),
+            k.channel,
             currency.clone(),
         );
         let slot = delta.credits.entry(key).or_default();
@@ -180,6 +185,7 @@ pub(super) fn add_click(tx: &Connection, tp: &Touchpoint) -> Result<(), StoreErr
             key_text(&tp.medium).to_owned(),
             key_text(&tp.campaign).to_owned(),
             key_text(&tp.ad).to_owned(),
+            tp.channel.clone(),
         ),
         1,
     );
@@ -215,7 +221,7 @@ pub(super) fn stored_path(
     goal: &str,
 ) -> Result<Vec<Credit>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT touchpoint, source, medium, campaign, ad, at_ns, credit
+        "SELECT touchpoint, source, medium, campaign, ad, at_ns, credit, channel
          FROM conversion_credits WHERE hit_id = ?1 AND goal_id = ?2 ORDER BY ord",
     )?;
     let rows = stmt
@@ -228,12 +234,19 @@ pub(super) fn stored_path(
                     Box::new(e),
                 )
             })?;
+            let (source, medium, campaign): (String, Option<String>, Option<String>) =
+                (r.get(1)?, r.get(2)?, r.get(3)?);
+            let channel: Option<String> = r.get(7)?;
+            let channel = channel.unwrap_or_else(|| {
+                channel_of_labels(&source, medium.as_deref(), campaign.as_deref())
+            });
             Ok(Credit {
                 touchpoint,
-                source: r.get(1)?,
-                medium: r.get(2)?,
-                campaign: r.get(3)?,
+                source,
+                medium,
+                campaign,
                 ad: r.get(4)?,
+                channel,
                 at: r.get::<_, Option<i64>>(5)?.map(instant),
                 credit: r.get(6)?,
             })
@@ -268,6 +281,7 @@ pub(super) fn stored_conversion(
 fn group_columns(group_by: &[GroupKey]) -> Vec<&'static str> {
     [
         (GroupKey::Day, "day"),
+        (GroupKey::Channel, "channel"),
         (GroupKey::Source, "source"),
         (GroupKey::Medium, "medium"),
         (GroupKey::Campaign, "campaign"),
@@ -294,6 +308,7 @@ fn labels_from(r: &rusqlite::Row<'_>, cols: &[&str], first: usize) -> rusqlite::
                     )
                 })?)
             }
+            "channel" => l.channel = Some(text),
             "source" => l.source = Some(text),
             "medium" => l.medium = Some(label_of(text)),
             "campaign" => l.campaign = Some(label_of(text)),
@@ -424,7 +439,7 @@ pub(super) fn backfill(
             let since = nanos(c.window_start()).unwrap_or(i64::MIN);
             let tps: Vec<Touchpoint> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value
+                    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
                      FROM touchpoints WHERE site = ?1 AND vid = ?2 AND at_ns >= ?3",
                 )?;
                 let rows = stmt
