@@ -16,7 +16,106 @@ pub struct Site {
     pub key: String,
     pub name: String,
     pub domains: Vec<String>,
+    /// ISO 4217 reporting default for hits and goals that name none.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Hosts whose referrals are never touchpoints, beside the payment
+    /// providers ignored for every site.
+    #[serde(default)]
+    pub ignore_referrers: Vec<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Most domains or ignored referrers a site lists, and the longest one.
+pub const MAX_HOSTS: usize = 100;
+pub const MAX_HOST_LEN: usize = 253;
+pub const MAX_NAME_LEN: usize = 200;
+
+/// What `PUT /api/v1/site` changes; a field left out keeps its value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteChange {
+    pub name: Option<String>,
+    pub domains: Option<Vec<String>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub currency: Option<Option<String>>,
+    pub ignore_referrers: Option<Vec<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn explicit_null<'de, D>(d: D) -> Result<Option<Option<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Why a site's settings were refused: the field and the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SiteError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn site_error(field: &'static str, reason: impl Into<String>) -> SiteError {
+    SiteError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A host as a site lists it: trimmed, lower-case, no trailing dot, no
+/// scheme or path (`https://shop.example/` is taken as `shop.example`).
+fn host_entry(field: &'static str, raw: &str) -> Result<String, SiteError> {
+    if let Some(c) = super::text::first_control(raw) {
+        return Err(site_error(
+            field,
+            format!("contains control character U+{:04X}", c as u32),
+        ));
+    }
+    let mut h = raw.trim().to_ascii_lowercase();
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = h.strip_prefix(scheme) {
+            h = rest.to_owned();
+        }
+    }
+    let h = h
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    if h.is_empty() || h.len() > MAX_HOST_LEN || h.contains(char::is_whitespace) {
+        return Err(site_error(
+            field,
+            format!("`{raw}` is not a host name (1-{MAX_HOST_LEN} characters, no spaces)"),
+        ));
+    }
+    Ok(h.to_owned())
+}
+
+fn host_list(field: &'static str, raw: &[String]) -> Result<Vec<String>, SiteError> {
+    if raw.len() > MAX_HOSTS {
+        return Err(site_error(field, format!("at most {MAX_HOSTS} hosts")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let h = host_entry(field, r)?;
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// An ISO 4217 code: three ASCII letters, kept upper-case.
+pub fn currency_code(field: &'static str, raw: &str) -> Result<String, SiteError> {
+    if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(raw.to_ascii_uppercase())
+    } else {
+        Err(site_error(field, "must be a three-letter ISO 4217 code"))
+    }
 }
 
 impl Site {
@@ -29,8 +128,43 @@ impl Site {
             ),
             name: name.to_owned(),
             domains,
+            currency: None,
+            ignore_referrers: Vec::new(),
             created_at: now,
         }
+    }
+
+    /// This site with `change` applied, checked as a whole.
+    pub fn changed(&self, change: SiteChange) -> Result<Site, SiteError> {
+        let mut next = self.clone();
+        if let Some(name) = change.name {
+            let name = name.trim();
+            if name.is_empty() || name.len() > MAX_NAME_LEN {
+                return Err(site_error(
+                    "name",
+                    format!("must be 1-{MAX_NAME_LEN} characters"),
+                ));
+            }
+            if let Some(c) = super::text::first_control(name) {
+                return Err(site_error(
+                    "name",
+                    format!("contains control character U+{:04X}", c as u32),
+                ));
+            }
+            next.name = name.to_owned();
+        }
+        if let Some(domains) = change.domains {
+            next.domains = host_list("domains", &domains)?;
+        }
+        if let Some(currency) = change.currency {
+            next.currency = currency
+                .map(|c| currency_code("currency", &c))
+                .transpose()?;
+        }
+        if let Some(hosts) = change.ignore_referrers {
+            next.ignore_referrers = host_list("ignore_referrers", &hosts)?;
+        }
+        Ok(next)
     }
 
     /// A new site from what an operator typed, refusing control

@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_site(&self, site: &Site) -> Result<(), StoreError>;
     async fn site(&self, key: &str) -> Result<Option<Site>, StoreError>;
+    /// Replaces a site's name, domains, currency and ignored referrers;
+    /// `false` when no such site exists (nothing is created).
+    async fn update_site(&self, site: &Site) -> Result<bool, StoreError>;
     async fn add_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// The site a (hashed) API key belongs to, unless it is revoked.
     async fn site_for_key_hash(&self, hash: &str) -> Result<Option<String>, StoreError>;

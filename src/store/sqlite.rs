@@ -509,8 +509,30 @@ fn decode_goal(body: &str) -> Result<Goal, StoreError> {
         .map_err(|e| StoreError::Rejected(format!("stored goal is invalid: {e}")))
 }
 
-fn site_from_row(row: &Row<'_>) -> rusqlite::Result<(String, String, String, i64)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+fn site_from_row(row: &Row<'_>) -> Result<Site, StoreError> {
+    let domains: String = row.get(2)?;
+    let ignored: Option<String> = row.get(5)?;
+    let list = |text: &str, what: &str| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Rejected(format!("stored {what}: {e}")))
+    };
+    Ok(Site {
+        key: row.get(0)?,
+        name: row.get(1)?,
+        domains: list(&domains, "domains")?,
+        currency: row.get(4)?,
+        ignore_referrers: ignored
+            .map(|t| list(&t, "ignored referrers"))
+            .transpose()?
+            .unwrap_or_default(),
+        created_at: instant(row.get(3)?),
+    })
+}
+
+/// A site's domains and ignored referrers as stored (JSON arrays).
+fn site_lists(site: &Site) -> Result<(String, String), StoreError> {
+    let json =
+        |v: &Vec<String>| serde_json::to_string(v).map_err(|e| StoreError::Rejected(e.to_string()));
+    Ok((json(&site.domains)?, json(&site.ignore_referrers)?))
 }
 
 fn touchpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Touchpoint> {
@@ -672,11 +694,18 @@ impl Store for SqliteStore {
     async fn create_site(&self, site: &Site) -> Result<(), StoreError> {
         let site = site.clone();
         self.write("create_site", move |conn| {
-            let domains = serde_json::to_string(&site.domains)
-                .map_err(|e| StoreError::Rejected(e.to_string()))?;
+            let (domains, ignored) = site_lists(&site)?;
             conn.execute(
-                "INSERT INTO sites (key, name, domains, created_ns) VALUES (?1, ?2, ?3, ?4)",
-                params![site.key, site.name, domains, nanos(site.created_at)?],
+                "INSERT INTO sites (key, name, domains, created_ns, currency, ignore_referrers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    site.key,
+                    site.name,
+                    domains,
+                    nanos(site.created_at)?,
+                    site.currency,
+                    ignored
+                ],
             )?;
             Ok(())
         })
@@ -686,24 +715,26 @@ impl Store for SqliteStore {
     async fn site(&self, key: &str) -> Result<Option<Site>, StoreError> {
         let key = key.to_owned();
         self.read("site", move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT key, name, domains, created_ns FROM sites WHERE key = ?1",
-                    params![key],
-                    site_from_row,
-                )
-                .optional()?;
-            row.map(|(key, name, domains, created_ns)| {
-                let domains = serde_json::from_str(&domains)
-                    .map_err(|e| StoreError::Rejected(format!("stored domains: {e}")))?;
-                Ok(Site {
-                    key,
-                    name,
-                    domains,
-                    created_at: instant(created_ns),
-                })
-            })
-            .transpose()
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, name, domains, created_ns, currency, ignore_referrers
+                 FROM sites WHERE key = ?1",
+            )?;
+            let mut rows = stmt.query(params![key])?;
+            rows.next()?.map(site_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn update_site(&self, site: &Site) -> Result<bool, StoreError> {
+        let site = site.clone();
+        self.write("update_site", move |conn| {
+            let (domains, ignored) = site_lists(&site)?;
+            let n = conn.execute(
+                "UPDATE sites SET name = ?2, domains = ?3, currency = ?4, ignore_referrers = ?5
+                 WHERE key = ?1",
+                params![site.key, site.name, domains, site.currency, ignored],
+            )?;
+            Ok(n > 0)
         })
         .await
     }

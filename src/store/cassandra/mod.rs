@@ -278,7 +278,15 @@ impl Store for CassandraStore {
         self.session
             .execute_unpaged(
                 &st.insert_site,
-                (&site.key, &site.name, &site.domains, created, created_ns),
+                (
+                    &site.key,
+                    &site.name,
+                    &site.domains,
+                    created,
+                    created_ns,
+                    &site.currency,
+                    &site.ignore_referrers,
+                ),
             )
             .await
             .map_err(|e| self.failed(e))?;
@@ -293,16 +301,39 @@ impl Store for CassandraStore {
             Option<Vec<String>>,
             Option<DateTime<Utc>>,
             Option<i32>,
+            Option<String>,
+            Option<Vec<String>>,
         )> = self.all_rows(&st.select_site, (key,)).await?;
         Ok(rows
             .into_iter()
             .next()
-            .map(|(key, name, domains, created, ns)| Site {
-                key,
-                name: name.unwrap_or_default(),
-                domains: domains.unwrap_or_default(),
-                created_at: join_time(created.unwrap_or_default(), ns),
-            }))
+            .map(
+                |(key, name, domains, created, ns, currency, ignored)| Site {
+                    key,
+                    name: name.unwrap_or_default(),
+                    domains: domains.unwrap_or_default(),
+                    currency,
+                    ignore_referrers: ignored.unwrap_or_default(),
+                    created_at: join_time(created.unwrap_or_default(), ns),
+                },
+            ))
+    }
+
+    async fn update_site(&self, site: &Site) -> Result<bool, StoreError> {
+        let st = self.st().await?;
+        Ok(self
+            .lwt(
+                &st.update_site,
+                (
+                    &site.name,
+                    &site.domains,
+                    &site.currency,
+                    &site.ignore_referrers,
+                    &site.key,
+                ),
+            )
+            .await?
+            .applied)
     }
 
     async fn add_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

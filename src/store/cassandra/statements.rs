@@ -26,6 +26,7 @@ const WALK_PAGE_SIZE: i32 = 16;
 pub struct Statements {
     pub(super) insert_site: PreparedStatement,
     pub(super) select_site: PreparedStatement,
+    pub(super) update_site: PreparedStatement,
     pub(super) insert_api_key: PreparedStatement,
     pub(super) insert_api_key_by_prefix: PreparedStatement,
     pub(super) select_api_key: PreparedStatement,
@@ -83,8 +84,9 @@ pub struct Statements {
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
 pub const STATEMENTS: &[(&str, &str)] = &[
-    ("insert_site", "INSERT INTO {ks}.sites (site_key, name, domains, created_at, created_at_ns) VALUES (?, ?, ?, ?, ?)"),
-    ("select_site", "SELECT site_key, name, domains, created_at, created_at_ns FROM {ks}.sites WHERE site_key = ?"),
+    ("insert_site", "INSERT INTO {ks}.sites (site_key, name, domains, created_at, created_at_ns, currency, ignore_referrers) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("select_site", "SELECT site_key, name, domains, created_at, created_at_ns, currency, ignore_referrers FROM {ks}.sites WHERE site_key = ?"),
+    ("update_site", "UPDATE {ks}.sites SET name = ?, domains = ?, currency = ?, ignore_referrers = ? WHERE site_key = ? IF EXISTS"),
     ("insert_api_key", "INSERT INTO {ks}.api_keys (hash, site, prefix, revoked) VALUES (?, ?, ?, false)"),
     ("insert_api_key_by_prefix", "INSERT INTO {ks}.api_keys_by_prefix (prefix, hash, site) VALUES (?, ?, ?)"),
     ("select_api_key", "SELECT site, revoked FROM {ks}.api_keys WHERE hash = ?"),
@@ -185,6 +187,7 @@ impl Statements {
         Ok(Statements {
             insert_site: take("insert_site")?,
             select_site: take("select_site")?,
+            update_site: take("update_site")?,
             insert_api_key: take("insert_api_key")?,
             insert_api_key_by_prefix: take("insert_api_key_by_prefix")?,
             select_api_key: take("select_api_key")?,
