@@ -346,8 +346,10 @@ impl Classifier {
                 }
             }
         }
+        let mut social_names = std::collections::HashSet::new();
         for (name, hosts) in yaml_map("Socials.yml", social)? {
             let idx = c.push_name(&name);
+            social_names.insert(idx);
             let hosts = hosts
                 .as_vec()
                 .ok_or_else(|| invalid_list("Socials.yml", &name))?;
@@ -364,7 +366,7 @@ impl Classifier {
             if name.is_empty() {
                 continue;
             }
-            let social = c.social_hosts.values().any(|&v| v as usize == i);
+            let social = social_names.contains(&(i as u32));
             let category = if social {
                 Category::Social
             } else {
@@ -694,7 +696,12 @@ pub fn touchpoint_labels(
             }
             c.referral(&host)
         }
-        "android-app" => c.app_referral(host),
+        "android-app" => {
+            if is_ignored(host, rules) {
+                return None;
+            }
+            c.app_referral(host)
+        }
         _ => return None,
     };
     let channel = c.channel(&source, Some(medium), None);

@@ -275,8 +275,15 @@ fn the_sites_domains_and_ignored_referrers_are_not_touchpoints() {
         ("", Some("https://sso.example/"), Some(("sso.example", Some("referral"), Referral))),
         ("", Some("https://shop.example.evil.example/"), Some(("evil.example", Some("referral"), Referral))),
         ("", Some("https://www.google.com/"), Some(("google", Some("organic"), OrganicSearch))),
+        ("", Some("android-app://com.example.reader/"), Some(("com.example.reader", Some("referral"), Referral))),
     ];
     check(rows, &rules);
+    // An app id can be ignored as well.
+    let apps = ReferralRules {
+        domains: vec![],
+        ignore_referrers: vec!["com.bank.app".into()],
+    };
+    check(&[("", Some("android-app://com.bank.app/"), None)], &apps);
     // Without the site's domains its other hosts are referrals.
     check(
         &[(
