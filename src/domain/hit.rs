@@ -124,6 +124,14 @@ pub struct Marketing {
     pub ttclid: Option<String>,
     pub li_fat_id: Option<String>,
     pub twclid: Option<String>,
+    pub dclid: Option<String>,
+    pub rdt_cid: Option<String>,
+    pub epik: Option<String>,
+    /// Snapchat's click id; the parameter is `ScCid`, case as written.
+    pub sc_cid: Option<String>,
+    pub qclid: Option<String>,
+    pub yclid: Option<String>,
+    pub irclid: Option<String>,
     pub utm_source: Option<String>,
     pub utm_medium: Option<String>,
     pub utm_campaign: Option<String>,
@@ -132,17 +140,28 @@ pub struct Marketing {
     pub ad_id: Option<String>,
 }
 
-/// Click-id parameters and the ad network each one names, in the order we
-/// prefer when a URL carries more than one.
-const CLICK_IDS: [(&str, &str); 8] = [
-    ("gclid", "google"),
-    ("gbraid", "google"),
-    ("wbraid", "google"),
-    ("fbclid", "facebook"),
-    ("msclkid", "bing"),
-    ("ttclid", "tiktok"),
-    ("li_fat_id", "linkedin"),
-    ("twclid", "twitter"),
+/// Click-id parameters, the ad network each one names and the medium a
+/// click carrying it has when no `utm_medium` says otherwise, in the order
+/// we prefer when a URL carries more than one. Parameter names are
+/// case-sensitive, as the networks write them (`ScCid`).
+const CLICK_IDS: [(&str, &str, &str); 15] = [
+    ("gclid", "google", "cpc"),
+    ("gbraid", "google", "cpc"),
+    ("wbraid", "google", "cpc"),
+    ("fbclid", "facebook", "cpc"),
+    ("msclkid", "bing", "cpc"),
+    ("ttclid", "tiktok", "cpc"),
+    ("li_fat_id", "linkedin", "cpc"),
+    ("twclid", "twitter", "cpc"),
+    // Campaign Manager / Display & Video 360: a display ad, not search.
+    ("dclid", "google", "display"),
+    ("rdt_cid", "reddit", "cpc"),
+    ("epik", "pinterest", "cpc"),
+    ("ScCid", "snapchat", "cpc"),
+    ("qclid", "quora", "cpc"),
+    ("yclid", "yandex", "cpc"),
+    // Impact (impact.com) is an affiliate network.
+    ("irclid", "impact", "affiliate"),
 ];
 
 impl Marketing {
@@ -175,6 +194,13 @@ impl Marketing {
                 "ttclid" => &mut m.ttclid,
                 "li_fat_id" => &mut m.li_fat_id,
                 "twclid" => &mut m.twclid,
+                "dclid" => &mut m.dclid,
+                "rdt_cid" => &mut m.rdt_cid,
+                "epik" => &mut m.epik,
+                "ScCid" => &mut m.sc_cid,
+                "qclid" => &mut m.qclid,
+                "yclid" => &mut m.yclid,
+                "irclid" => &mut m.irclid,
                 "utm_source" => &mut m.utm_source,
                 "utm_medium" => &mut m.utm_medium,
                 "utm_campaign" => &mut m.utm_campaign,
@@ -191,7 +217,7 @@ impl Marketing {
     }
 
     /// Every field with its query parameter name, in declaration order.
-    pub fn fields(&self) -> [(&'static str, &Option<String>); 14] {
+    pub fn fields(&self) -> [(&'static str, &Option<String>); 21] {
         [
             ("gclid", &self.gclid),
             ("gbraid", &self.gbraid),
@@ -201,6 +227,13 @@ impl Marketing {
             ("ttclid", &self.ttclid),
             ("li_fat_id", &self.li_fat_id),
             ("twclid", &self.twclid),
+            ("dclid", &self.dclid),
+            ("rdt_cid", &self.rdt_cid),
+            ("epik", &self.epik),
+            ("ScCid", &self.sc_cid),
+            ("qclid", &self.qclid),
+            ("yclid", &self.yclid),
+            ("irclid", &self.irclid),
             ("utm_source", &self.utm_source),
             ("utm_medium", &self.utm_medium),
             ("utm_campaign", &self.utm_campaign),
@@ -220,6 +253,13 @@ impl Marketing {
             "ttclid" => self.ttclid.as_ref(),
             "li_fat_id" => self.li_fat_id.as_ref(),
             "twclid" => self.twclid.as_ref(),
+            "dclid" => self.dclid.as_ref(),
+            "rdt_cid" => self.rdt_cid.as_ref(),
+            "epik" => self.epik.as_ref(),
+            "ScCid" => self.sc_cid.as_ref(),
+            "qclid" => self.qclid.as_ref(),
+            "yclid" => self.yclid.as_ref(),
+            "irclid" => self.irclid.as_ref(),
             _ => None,
         }
     }
@@ -228,7 +268,7 @@ impl Marketing {
     pub fn first_click_id(&self) -> Option<(&'static str, &'static str, &String)> {
         CLICK_IDS
             .iter()
-            .find_map(|(param, network)| self.click_id(param).map(|v| (*param, *network, v)))
+            .find_map(|(param, network, _)| self.click_id(param).map(|v| (*param, *network, v)))
     }
 
     /// A hit is a touchpoint (an ad click that may earn credit) when it
@@ -249,11 +289,16 @@ impl Marketing {
             .or_else(|| self.first_click_id().map(|(_, n, _)| n.to_owned()))
     }
 
-    /// `utm_medium`, else `cpc` when a click id is present.
+    /// `utm_medium`, else the default medium of the first click id
+    /// present (`cpc` for most; `display` for `dclid`, `affiliate` for
+    /// `irclid`).
     pub fn medium(&self) -> Option<String> {
-        self.utm_medium
-            .clone()
-            .or_else(|| self.first_click_id().map(|_| "cpc".to_owned()))
+        self.utm_medium.clone().or_else(|| {
+            CLICK_IDS
+                .iter()
+                .find(|(param, _, _)| self.click_id(param).is_some())
+                .map(|(_, _, medium)| (*medium).to_owned())
+        })
     }
 
     /// `ad_id`, else `utm_content`.
@@ -332,6 +377,14 @@ struct HitWire {
     ttclid: Option<String>,
     li_fat_id: Option<String>,
     twclid: Option<String>,
+    dclid: Option<String>,
+    rdt_cid: Option<String>,
+    epik: Option<String>,
+    #[serde(rename = "ScCid")]
+    sc_cid: Option<String>,
+    qclid: Option<String>,
+    yclid: Option<String>,
+    irclid: Option<String>,
     utm_source: Option<String>,
     utm_medium: Option<String>,
     utm_campaign: Option<String>,
@@ -370,6 +423,13 @@ impl From<HitWire> for Hit {
                 ttclid: w.ttclid,
                 li_fat_id: w.li_fat_id,
                 twclid: w.twclid,
+                dclid: w.dclid,
+                rdt_cid: w.rdt_cid,
+                epik: w.epik,
+                sc_cid: w.sc_cid,
+                qclid: w.qclid,
+                yclid: w.yclid,
+                irclid: w.irclid,
                 utm_source: w.utm_source,
                 utm_medium: w.utm_medium,
                 utm_campaign: w.utm_campaign,
@@ -434,6 +494,20 @@ struct HitWireRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     twclid: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    dclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rdt_cid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epik: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "ScCid")]
+    sc_cid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    yclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    irclid: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     utm_source: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     utm_medium: &'a Option<String>,
@@ -477,6 +551,13 @@ impl Serialize for Hit {
             ttclid: &m.ttclid,
             li_fat_id: &m.li_fat_id,
             twclid: &m.twclid,
+            dclid: &m.dclid,
+            rdt_cid: &m.rdt_cid,
+            epik: &m.epik,
+            sc_cid: &m.sc_cid,
+            qclid: &m.qclid,
+            yclid: &m.yclid,
+            irclid: &m.irclid,
             utm_source: &m.utm_source,
             utm_medium: &m.utm_medium,
             utm_campaign: &m.utm_campaign,
@@ -852,6 +933,47 @@ mod tests {
         let m = Marketing::from_url("https://x.example/?msclkid=1&ad_id=ad-42&utm_content=c");
         assert_eq!(m.source().as_deref(), Some("bing"));
         assert_eq!(m.ad().as_deref(), Some("ad-42"));
+    }
+
+    #[test]
+    fn every_click_id_names_its_network_and_default_medium() {
+        let cases = [
+            ("gclid", "google", "cpc"),
+            ("dclid", "google", "display"),
+            ("rdt_cid", "reddit", "cpc"),
+            ("epik", "pinterest", "cpc"),
+            ("ScCid", "snapchat", "cpc"),
+            ("qclid", "quora", "cpc"),
+            ("yclid", "yandex", "cpc"),
+            ("irclid", "impact", "affiliate"),
+        ];
+        for (param, network, medium) in cases {
+            let url = format!("https://x.example/landing?{param}=id-1");
+            let hit = Hit::stamp(pageview(&url), &stamp()).unwrap();
+            let m = &hit.marketing;
+            assert!(m.is_touchpoint(), "{param}");
+            assert_eq!(
+                m.first_click_id(),
+                Some((param, network, &"id-1".to_owned()))
+            );
+            assert_eq!(m.source().as_deref(), Some(network), "{param}");
+            assert_eq!(m.medium().as_deref(), Some(medium), "{param}");
+            // The hit's JSON carries it under the parameter's own name
+            // and reads back the same.
+            let line = serde_json::to_string(&hit).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(json[param], "id-1", "{line}");
+            assert_eq!(serde_json::from_str::<Hit>(&line).unwrap(), hit);
+        }
+        // Parameter names are case-sensitive, as the networks write them.
+        assert!(!Marketing::from_url("https://x.example/?sccid=1").is_touchpoint());
+        assert!(!Marketing::from_url("https://x.example/?GCLID=1").is_touchpoint());
+        // utm_medium still wins over a click id's default medium.
+        let m = Marketing::from_url("https://x.example/?irclid=1&utm_medium=partner");
+        assert_eq!(m.medium().as_deref(), Some("partner"));
+        // A control character decoded into a new click id is refused too.
+        let err = Hit::stamp(pageview("https://x.example/?ScCid=a%00b"), &stamp()).unwrap_err();
+        assert!(err.to_string().contains("ScCid"), "{err}");
     }
 
     #[test]
