@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes data/referrers/ from Matomo's searchengine-and-social-list
+# Refreshes assets/referrers/ from Matomo's searchengine-and-social-list
 # (CC0-1.0), as Debian packages it. tally embeds these files at build time;
 # to use newer ones without a rebuild, point TALLY_REFERRER_LISTS at a
 # directory holding SearchEngines.yml and Socials.yml.
@@ -18,9 +18,9 @@ else
 fi
 src="$work/root/usr/share/php/matomo/searchengine-and-social-list"
 doc="$work/root/usr/share/doc/matomo-searchengine-and-social-list"
-mkdir -p data/referrers
-cp "$src/SearchEngines.yml" "$src/Socials.yml" data/referrers/
-cp "$doc/copyright" data/referrers/COPYRIGHT
+mkdir -p assets/referrers
+cp "$src/SearchEngines.yml" "$src/Socials.yml" assets/referrers/
+cp "$doc/copyright" assets/referrers/COPYRIGHT
 {
   echo "SearchEngines.yml and Socials.yml: Matomo searchengine-and-social-list,"
   echo "https://github.com/matomo-org/searchengine-and-social-list"
@@ -28,6 +28,6 @@ cp "$doc/copyright" data/referrers/COPYRIGHT
   echo "Fetched by scripts/refresh-referrer-lists.sh from:"
   echo "  $(basename "$URL")"
   echo "sha256:"
-  (cd data/referrers && sha256sum SearchEngines.yml Socials.yml | sed 's/^/  /')
-} >data/referrers/LICENSE
-echo "data/referrers: $(grep -c '^[^ #-]' data/referrers/SearchEngines.yml) search engines, $(grep -c '^[^ #-]' data/referrers/Socials.yml) socials"
+  (cd assets/referrers && sha256sum SearchEngines.yml Socials.yml | sed 's/^/  /')
+} >assets/referrers/LICENSE
+echo "assets/referrers: $(grep -c '^[^ #-]' assets/referrers/SearchEngines.yml) search engines, $(grep -c '^[^ #-]' assets/referrers/Socials.yml) socials"

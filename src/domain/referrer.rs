@@ -3,7 +3,7 @@
 //! belongs to.
 //!
 //! - Search engines and social networks come from Matomo's
-//!   searchengine-and-social-list (CC0-1.0), kept in `data/referrers/` and
+//!   searchengine-and-social-list (CC0-1.0), kept in `assets/referrers/` and
 //!   embedded at build time; [`Classifier::load`] reads newer copies from a
 //!   directory without a rebuild.
 //! - Video and shopping sources exist only when the operator supplies a CSV
@@ -269,8 +269,8 @@ pub struct Classifier {
     source_categories: HashMap<String, Category>,
 }
 
-const EMBEDDED_SEARCH: &str = include_str!("../../data/referrers/SearchEngines.yml");
-const EMBEDDED_SOCIAL: &str = include_str!("../../data/referrers/Socials.yml");
+const EMBEDDED_SEARCH: &str = include_str!("../../assets/referrers/SearchEngines.yml");
+const EMBEDDED_SOCIAL: &str = include_str!("../../assets/referrers/Socials.yml");
 
 /// Google's regexes, compiled once. Case-insensitive, as GA4's conditions
 /// are; the `regex` crate never backtracks.
