@@ -241,7 +241,8 @@ async fn replay_command(
     let archive = startup::build_archive(settings, metrics.clone())
         .await
         .context("cannot open the archive")?;
-    let attributor = Attributor::new(store, metrics);
+    let attributor =
+        Attributor::new(store, metrics).with_classifier(startup::build_classifier(settings)?);
     let bar = if std::io::stderr().is_terminal() {
         let style = indicatif::ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} objects, {msg}",

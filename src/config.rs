@@ -121,6 +121,21 @@ pub struct Settings {
     /// (`SESSION_MAX_AGE_HOURS`, default 7 days): the cookie's max-age and
     /// the stored session's expiry.
     pub session_max_age: Duration,
+    /// Where the attributor's referrer lists come from.
+    pub referrers: ReferrerSettings,
+}
+
+/// The lists that name untagged referrals and channels: the embedded
+/// ones unless a directory or file is given (read once at start-up, so a
+/// refresh needs a restart, not a rebuild).
+#[derive(Debug, Clone, Default)]
+pub struct ReferrerSettings {
+    /// `TALLY_REFERRER_LISTS`: a directory holding `SearchEngines.yml` and
+    /// `Socials.yml` in Matomo's format.
+    pub lists_dir: Option<PathBuf>,
+    /// `TALLY_SOURCE_CATEGORIES`: Google's source-categories CSV, which
+    /// adds GA4's video and shopping sites.
+    pub source_categories: Option<PathBuf>,
 }
 
 /// What the HTTP edge trusts and limits (the "Security and privacy"
@@ -200,6 +215,7 @@ impl Settings {
             consumer_nice: 0,
             edge: EdgeSettings::default(),
             session_max_age: Duration::from_secs(DEFAULT_SESSION_HOURS * 3600),
+            referrers: ReferrerSettings::default(),
         }
     }
 
@@ -215,6 +231,10 @@ impl Settings {
         if let Some(p) = get("PORT") {
             s.port = parse("PORT", &p)?;
         }
+        s.referrers = ReferrerSettings {
+            lists_dir: get("TALLY_REFERRER_LISTS").map(PathBuf::from),
+            source_categories: get("TALLY_SOURCE_CATEGORIES").map(PathBuf::from),
+        };
         if let Some(h) = get("HOST") {
             s.host = h;
         }

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::archive::{local::LocalArchive, s3::S3Archive, Archive, ArchiveError};
 use crate::config::{ArchiveSettings, QueueSettings, Role, Settings, StoreSettings};
+use crate::domain::referrer::{Classifier, ReferrerListError};
 use crate::http::{self, edge::Edge, session::Sessions, sites::SiteDirectory, AppState};
 use crate::live::{local::LocalLive, rabbitmq::RabbitMqLive, recent::RecentHits, Live};
 use crate::metrics::Metrics;
@@ -37,6 +38,26 @@ pub enum StartupError {
     Archive(#[from] ArchiveError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("referrer lists: {0}")]
+    Referrers(#[from] ReferrerListError),
+}
+
+/// The attributor's referrer lists: the embedded ones, or those named by
+/// `TALLY_REFERRER_LISTS` / `TALLY_SOURCE_CATEGORIES`, read once (a bad
+/// file stops start-up with its path and line rather than classifying
+/// with half a list). Loaded lists live as long as the process.
+pub fn build_classifier(settings: &Settings) -> Result<&'static Classifier, StartupError> {
+    let r = &settings.referrers;
+    if r.lists_dir.is_none() && r.source_categories.is_none() {
+        return Ok(Classifier::embedded());
+    }
+    let loaded = Classifier::load(r.lists_dir.as_deref(), r.source_categories.as_deref())?;
+    info!(
+        lists = ?r.lists_dir,
+        source_categories = ?r.source_categories,
+        "Referrer lists loaded."
+    );
+    Ok(Box::leak(Box::new(loaded)))
 }
 
 pub async fn build_queue(
@@ -196,7 +217,8 @@ impl Application {
         if role.consumes() {
             let attributor = Arc::new(
                 Attributor::new(state.store.clone(), state.metrics.clone())
-                    .with_live(state.live.clone()),
+                    .with_live(state.live.clone())
+                    .with_classifier(build_classifier(&settings)?),
             );
             consumers.spawn_on(
                 attributor.run(

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::goal::Goal;
 use super::hit::Hit;
+use super::referrer::{touchpoint_labels, Classifier, ReferralRules};
 
 /// Half-life of the `time_decay` model.
 pub const TIME_DECAY_HALF_LIFE_DAYS: f64 = 7.0;
@@ -97,40 +98,50 @@ pub struct Touchpoint {
 }
 
 impl Touchpoint {
-    /// The touchpoint a hit represents, if it carries a click id or utm tag.
-    pub fn from_hit(hit: &Hit) -> Option<Touchpoint> {
+    /// The touchpoint a hit represents, if any: a click id or utm tag, or
+    /// a referral from outside the site (see
+    /// [`referrer::touchpoint_labels`]). Its channel is decided here, once.
+    pub fn from_hit(
+        hit: &Hit,
+        rules: &ReferralRules,
+        classifier: &Classifier,
+    ) -> Option<Touchpoint> {
         let m = &hit.marketing;
-        if !m.is_touchpoint() {
-            return None;
-        }
-        let mut tp = Touchpoint {
+        let labels = touchpoint_labels(
+            m,
+            hit.referrer.as_deref(),
+            hit.url.as_deref(),
+            rules,
+            classifier,
+        )?;
+        Some(Touchpoint {
             hit_id: hit.id,
             site: hit.site.clone(),
             vid: hit.vid.clone(),
             at: hit.received_at,
-            source: bounded(m.source().unwrap_or_else(|| "(not set)".to_owned())),
-            medium: m.medium().map(bounded),
-            campaign: m.utm_campaign.clone().map(bounded),
-            ad: m.ad().map(bounded),
-            channel: String::new(),
+            source: bounded(labels.source),
+            medium: labels.medium.map(bounded),
+            campaign: labels.campaign.map(bounded),
+            ad: labels.ad.map(bounded),
+            channel: labels.channel.as_str().to_owned(),
             click_id: m
                 .first_click_id()
                 .map(|(param, _, v)| (param.to_owned(), v.clone())),
-        };
-        tp.channel = channel_of_labels(&tp.source, tp.medium.as_deref(), tp.campaign.as_deref());
-        Some(tp)
+        })
     }
 }
 
 /// The channel of labels stored without one (written before channels were
-/// recorded): what the embedded lists say today.
+/// recorded): what the embedded lists give them. `(direct)` is
+/// [`DIRECT_CHANNEL`].
 pub fn channel_of_labels(source: &str, medium: Option<&str>, campaign: Option<&str>) -> String {
-    let _ = (medium, campaign);
-    if source == DIRECT {
-        DIRECT_CHANNEL.to_owned()
-    } else {
-        "Unassigned".to_owned()
+    if source == DIRECT && medium.is_none() {
+        return DIRECT_CHANNEL.to_owned();
     }
+    Classifier::embedded()
+        .channel(source, medium, campaign)
+        .as_str()
+        .to_owned()
 }
 
 /// One touchpoint's share of a conversion. `touchpoint` is `None` for the
@@ -473,11 +484,82 @@ mod tests {
             request_id: None,
             keep_full_ip: false,
         };
-        let t = Touchpoint::from_hit(&Hit::stamp(raw, &stamp).unwrap()).unwrap();
+        let t = Touchpoint::from_hit(
+            &Hit::stamp(raw, &stamp).unwrap(),
+            &ReferralRules::default(),
+            Classifier::embedded(),
+        )
+        .unwrap();
         // 99 bytes, then a 2-byte character that would end at byte 101.
         assert_eq!(t.source, "a".repeat(99));
         assert_eq!(t.medium.as_deref(), Some("a".repeat(99).as_str()));
         assert_eq!(t.campaign.as_deref(), Some("short"));
+    }
+
+    /// A landing's touchpoint, if any, from its page and referrer, for a
+    /// site on `shop.example` that ignores `pay.example`.
+    fn landing(url: &str, referrer: Option<&str>) -> Option<Touchpoint> {
+        let raw = RawHit {
+            site: Some("s_1".into()),
+            kind: Some("pageview".into()),
+            url: Some(url.into()),
+            referrer: referrer.map(Into::into),
+            vid: Some("v1".into()),
+            ..Default::default()
+        };
+        let stamp = Stamp {
+            received_at: t0(),
+            user_agent: None,
+            ip: None,
+            request_id: None,
+            keep_full_ip: false,
+        };
+        let rules = ReferralRules {
+            domains: vec!["shop.example".into()],
+            ignore_referrers: vec!["pay.example".into()],
+        };
+        Touchpoint::from_hit(
+            &Hit::stamp(raw, &stamp).unwrap(),
+            &rules,
+            Classifier::embedded(),
+        )
+    }
+
+    #[test]
+    fn referrals_from_outside_the_site_are_touchpoints_with_a_channel() {
+        let page = "https://shop.example/shoes";
+        let t = landing(page, Some("https://www.google.com/")).unwrap();
+        assert_eq!(
+            (t.source.as_str(), t.medium.as_deref(), t.channel.as_str()),
+            ("google", Some("organic"), "Organic Search")
+        );
+        let t = landing(page, Some("https://blog.other.example/review")).unwrap();
+        assert_eq!(
+            (t.source.as_str(), t.medium.as_deref(), t.channel.as_str()),
+            ("other.example", Some("referral"), "Referral")
+        );
+        let t = landing(
+            &format!("{page}?gclid=abc"),
+            Some("https://www.google.com/"),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.source.as_str(), t.medium.as_deref(), t.channel.as_str()),
+            ("google", Some("cpc"), "Paid Search")
+        );
+        assert_eq!(t.click_id, Some(("gclid".into(), "abc".into())));
+        // Direct, self-referrals (any of the site's hosts), ignored
+        // referrers (the site's and the default payment providers).
+        for referrer in [
+            None,
+            Some("https://shop.example/cart"),
+            Some("https://www.shop.example/"),
+            Some("https://pay.example/return"),
+            Some("https://www.paypal.com/checkoutnow"),
+            Some("https://checkout.stripe.com/c/pay/cs_test"),
+        ] {
+            assert!(landing(page, referrer).is_none(), "{referrer:?}");
+        }
     }
 
     fn shares(c: &Conversion) -> Vec<(String, f64)> {

@@ -18,8 +18,9 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::consumer::{self, BatchHandler, ConsumerHealth, HandleError, Handled};
-use super::goals::GoalCache;
-use crate::domain::{attribute, CountMode, GoalSet, Hit, HitLines, Touchpoint};
+use super::goals::{GoalCache, SiteRules};
+use crate::domain::referrer::Classifier;
+use crate::domain::{attribute, CountMode, Hit, HitLines, Touchpoint};
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue};
@@ -55,6 +56,7 @@ pub struct Attributor {
     goals: GoalCache,
     metrics: Arc<Metrics>,
     live: Option<Arc<dyn Live>>,
+    classifier: &'static Classifier,
 }
 
 /// One batch's writes: touchpoints and candidates, each with the index of
@@ -72,7 +74,15 @@ impl Attributor {
             store,
             metrics,
             live: None,
+            classifier: Classifier::embedded(),
         }
+    }
+
+    /// Classifies referrals with `classifier` (lists loaded at start-up)
+    /// instead of the embedded lists.
+    pub fn with_classifier(mut self, classifier: &'static Classifier) -> Attributor {
+        self.classifier = classifier;
+        self
     }
 
     /// Publishes each written batch's hits and conversions as live events.
@@ -85,21 +95,22 @@ impl Attributor {
     /// goal (replay).
     async fn writes(&self, hits: &[Hit], only_goal: Option<Uuid>) -> Result<Writes, StoreError> {
         let mut w = Writes::default();
-        let mut site: Option<(&str, Arc<GoalSet>)> = None;
+        let mut site: Option<(&str, Arc<SiteRules>)> = None;
         for (i, hit) in hits.iter().enumerate() {
-            if let Some(tp) = Touchpoint::from_hit(hit) {
-                w.touchpoints.push((i, tp));
-            }
             // Batches are mostly one site's hits in a row: look it up once.
-            let goals = match &site {
-                Some((s, goals)) if *s == hit.site => goals.clone(),
+            let rules = match &site {
+                Some((s, rules)) if *s == hit.site => rules.clone(),
                 _ => {
-                    let goals = self.goals.goals(&hit.site).await?;
-                    site = Some((hit.site.as_str(), goals.clone()));
-                    goals
+                    let rules = self.goals.rules(&hit.site).await?;
+                    site = Some((hit.site.as_str(), rules.clone()));
+                    rules
                 }
             };
-            for goal in goals
+            if let Some(tp) = Touchpoint::from_hit(hit, &rules.referrals, self.classifier) {
+                w.touchpoints.push((i, tp));
+            }
+            for goal in rules
+                .goals
                 .matching(hit)
                 .filter(|g| only_goal.is_none_or(|id| g.id == id))
             {

@@ -1,19 +1,28 @@
-//! The attributor's goal cache: each site's goals, compiled once and kept
-//! for [`GOAL_REFRESH`], so a batch neither reads the goals table nor
-//! compiles a regex per hit.
+//! The attributor's goal cache: each site's goals, compiled once, and the
+//! site's referral rules (its domains and ignored referrers), kept for
+//! [`GOAL_REFRESH`], so a batch neither reads the goals table nor compiles
+//! a regex per hit.
 //!
-//! Goals change rarely and through the API, possibly in another process
-//! (`tally web`), so the cache is refreshed by age rather than told: a goal
-//! created, changed or deleted counts on every worker within
-//! [`GOAL_REFRESH`] (plus one batch). It must never hand out a goal older
-//! than that, nor hold a lock across a store call.
+//! Goals and sites change rarely and through the API, possibly in another
+//! process (`tally web`), so the cache is refreshed by age rather than
+//! told: a goal created, changed or deleted, or a site's domains changed,
+//! counts on every worker within [`GOAL_REFRESH`] (plus one batch). It
+//! must never hand out rules older than that, nor hold a lock across a
+//! store call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::domain::referrer::ReferralRules;
 use crate::domain::GoalSet;
 use crate::store::{Store, StoreError};
+
+/// What the attributor needs of one site.
+pub struct SiteRules {
+    pub goals: GoalSet,
+    pub referrals: ReferralRules,
+}
 
 /// How old a site's cached goals may be before the next batch reads them
 /// again ("a goal counts within about a second").
@@ -24,7 +33,7 @@ pub const GOAL_REFRESH: Duration = Duration::from_secs(1);
 const MAX_SITES: usize = 10_000;
 
 struct Entry {
-    goals: Arc<GoalSet>,
+    rules: Arc<SiteRules>,
     fetched: Instant,
 }
 
@@ -47,24 +56,36 @@ impl GoalCache {
         }
     }
 
-    fn cached(&self, site: &str) -> Option<Arc<GoalSet>> {
+    fn cached(&self, site: &str) -> Option<Arc<SiteRules>> {
         let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         sites
             .get(site)
             .filter(|e| e.fetched.elapsed() < self.refresh)
-            .map(|e| e.goals.clone())
+            .map(|e| e.rules.clone())
     }
 
-    /// The site's goals, compiled and indexed for matching, at most
-    /// [`GOAL_REFRESH`] old.
-    pub async fn goals(&self, site: &str) -> Result<Arc<GoalSet>, StoreError> {
-        if let Some(goals) = self.cached(site) {
-            return Ok(goals);
+    /// The site's goals, compiled and indexed for matching, and its
+    /// referral rules, at most [`GOAL_REFRESH`] old. A site not found has
+    /// no domains and ignores no referrers beyond the default ones.
+    pub async fn rules(&self, site: &str) -> Result<Arc<SiteRules>, StoreError> {
+        if let Some(rules) = self.cached(site) {
+            return Ok(rules);
         }
         // Read outside the lock; two batches racing here both read, which
         // is harmless.
         let fetched = Instant::now();
-        let goals = Arc::new(GoalSet::new(self.store.goals(site).await?));
+        let (goals, found) =
+            futures_util::try_join!(self.store.goals(site), self.store.site(site))?;
+        let referrals = found
+            .map(|s| ReferralRules {
+                domains: s.domains,
+                ignore_referrers: s.ignore_referrers,
+            })
+            .unwrap_or_default();
+        let rules = Arc::new(SiteRules {
+            goals: GoalSet::new(goals),
+            referrals,
+        });
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         if sites.len() >= MAX_SITES {
             let refresh = self.refresh;
@@ -73,11 +94,11 @@ impl GoalCache {
         sites.insert(
             site.to_owned(),
             Entry {
-                goals: goals.clone(),
+                rules: rules.clone(),
                 fetched,
             },
         );
-        Ok(goals)
+        Ok(rules)
     }
 }
 
@@ -100,7 +121,7 @@ mod tests {
         store.create_site(&site).await.unwrap();
         let refresh = Duration::from_millis(200);
         let cache = GoalCache::with_refresh(store.clone(), refresh);
-        assert!(cache.goals(&site.key).await.unwrap().is_empty());
+        assert!(cache.rules(&site.key).await.unwrap().goals.is_empty());
         let draft: GoalDraft =
             serde_json::from_value(serde_json::json!({"match": {"event": "signup"}})).unwrap();
         let goal = Goal::from_draft(draft, Uuid::now_v7(), &site.key, Utc::now()).unwrap();
@@ -108,12 +129,12 @@ mod tests {
         let put_at = Instant::now();
         // Still the cached (empty) list right after the change...
         if put_at.elapsed() < refresh / 2 {
-            assert!(cache.goals(&site.key).await.unwrap().is_empty());
+            assert!(cache.rules(&site.key).await.unwrap().goals.is_empty());
         }
         // ...and the new goal once the refresh has passed.
         let deadline = put_at + refresh * 10;
         loop {
-            if cache.goals(&site.key).await.unwrap().len() == 1 {
+            if cache.rules(&site.key).await.unwrap().goals.len() == 1 {
                 break;
             }
             assert!(Instant::now() < deadline, "goal never showed up");
