@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ArchiveSettings, Role, Settings};
+use crate::domain::site::SiteChange;
 use crate::domain::{ApiKey, Site};
 use crate::metrics::Metrics;
 use crate::startup::{self, Application};
@@ -71,6 +72,30 @@ pub enum SitesCommand {
         /// A domain the site's pages live on (repeatable).
         #[arg(long = "domain")]
         domains: Vec<String>,
+        /// A host whose referrals are never touchpoints (repeatable),
+        /// beside the payment providers ignored by default.
+        #[arg(long = "ignore-referrer")]
+        ignore_referrers: Vec<String>,
+        /// The reporting currency (ISO 4217) for hits that name none.
+        #[arg(long)]
+        currency: Option<String>,
+    },
+    /// Changes a site's settings; prints the site. A list given replaces
+    /// the stored one.
+    Update {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        #[arg(long = "ignore-referrer")]
+        ignore_referrers: Vec<String>,
+        /// Empties the ignored referrers (the default ones still apply).
+        #[arg(long, conflicts_with = "ignore_referrers")]
+        clear_ignore_referrers: bool,
+        #[arg(long)]
+        currency: Option<String>,
     },
 }
 
@@ -152,11 +177,24 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             print_json(serde_json::json!({"migrated": store.name()}));
         }
         Command::Sites {
-            command: SitesCommand::Create { name, domains },
+            command:
+                SitesCommand::Create {
+                    name,
+                    domains,
+                    ignore_referrers,
+                    currency,
+                },
         } => {
             // Checked before anything is written, so a refused name
             // leaves no half-made site behind.
-            let site = Site::create(&name, domains, Utc::now()).context("invalid site")?;
+            let site = Site::create(&name, domains, Utc::now())
+                .context("invalid site")?
+                .changed(SiteChange {
+                    currency: currency.map(Some),
+                    ignore_referrers: Some(ignore_referrers),
+                    ..SiteChange::default()
+                })
+                .context("invalid site")?;
             store.migrate().await.context("migration failed")?;
             store
                 .create_site(&site)
@@ -168,6 +206,40 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("cannot store the API key")?;
             print_json(serde_json::json!({"site": site.key, "api_key": key.secret}));
+        }
+        Command::Sites {
+            command:
+                SitesCommand::Update {
+                    site,
+                    name,
+                    domains,
+                    ignore_referrers,
+                    clear_ignore_referrers,
+                    currency,
+                },
+        } => {
+            let old = store
+                .site(&site)
+                .await
+                .context("cannot read the site")?
+                .with_context(|| format!("no site `{site}`"))?;
+            let change = SiteChange {
+                name,
+                domains: (!domains.is_empty()).then_some(domains),
+                currency: currency.map(Some),
+                ignore_referrers: (clear_ignore_referrers || !ignore_referrers.is_empty())
+                    .then_some(ignore_referrers),
+                ..SiteChange::default()
+            };
+            let next = old.changed(change).context("invalid site")?;
+            if !store
+                .update_site(&next)
+                .await
+                .context("cannot update the site")?
+            {
+                anyhow::bail!("no site `{site}`");
+            }
+            print_json(serde_json::to_value(&next).context("cannot print the site")?);
         }
         Command::Keys {
             command: KeysCommand::Create { site },

@@ -41,6 +41,11 @@ pub struct SiteChange {
     #[serde(default, deserialize_with = "explicit_null")]
     pub currency: Option<Option<String>>,
     pub ignore_referrers: Option<Vec<String>>,
+    /// Read-only: accepted (so a GET's body can be sent back) and ignored.
+    #[serde(default)]
+    pub key: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub created_at: Option<serde::de::IgnoredAny>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::domain::goal::MAX_GOALS_PER_SITE;
 use crate::domain::report::MAX_REPORT_DAYS;
+use crate::domain::site::SiteChange;
 use crate::domain::{ApiKey, Conversion, Goal, GoalDraft, GroupKey, Model, Report, ReportQuery};
 
 /// The site an authenticated request acts for.
@@ -145,6 +146,51 @@ pub async fn delete_goal(
     } else {
         Err(ApiError::NotFound(format!("no goal `{id}`")))
     }
+}
+
+/// `GET /api/v1/site`: the signed-in site's settings.
+pub async fn get_site(state: web::Data<AppState>, auth: Bearer) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let site = state
+        .store
+        .site(&auth.site)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no site `{}`", auth.site)))?;
+    Ok(HttpResponse::Ok().json(site))
+}
+
+/// `PUT /api/v1/site`: changes the fields the body names (`name`,
+/// `domains`, `currency`, `ignore_referrers`); a field left out keeps its
+/// value, `"currency": null` clears it. Every process sees the change
+/// within a few seconds (the collector's and the attributor's caches).
+pub async fn put_site(
+    state: web::Data<AppState>,
+    auth: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let auth = auth.site(&state).await?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let change: SiteChange = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::BadRequest(format!("invalid site: {}", e.inner()))
+        } else {
+            ApiError::BadRequest(format!("invalid site: field `{path}`: {}", e.inner()))
+        }
+    })?;
+    let old = state
+        .store
+        .site(&auth.site)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no site `{}`", auth.site)))?;
+    let site = old
+        .changed(change)
+        .map_err(|e| ApiError::BadRequest(format!("invalid site: {e}")))?;
+    if !state.store.update_site(&site).await? {
+        return Err(ApiError::NotFound(format!("no site `{}`", auth.site)));
+    }
+    state.sites.forget(&site.key);
+    Ok(HttpResponse::Ok().json(site))
 }
 
 #[derive(Deserialize)]

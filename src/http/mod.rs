@@ -96,6 +96,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/api/v1")
+            .service(web::resource("/site").get(api::get_site).put(api::put_site))
             .service(
                 web::resource("/goals")
                     .get(api::list_goals)

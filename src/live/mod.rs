@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::domain::{Conversion, Hit, HitKind, Marketing, PropValue};
+use crate::domain::{Conversion, Hit, HitKind, Marketing, PropValue, Touchpoint};
 
 pub mod local;
 pub mod rabbitmq;
@@ -42,9 +42,12 @@ pub enum LiveEvent {
         name: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         path: Option<String>,
-        /// Set when the hit is an ad landing (a touchpoint).
+        /// Set when the hit is a touchpoint (an ad landing or a referral).
         #[serde(skip_serializing_if = "Option::is_none", default)]
         source: Option<String>,
+        /// The touchpoint's channel, with `source`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        channel: Option<String>,
         /// Kept so a draft goal can be tried on recent hits (props filters).
         #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
         props: BTreeMap<String, PropValue>,
@@ -71,7 +74,8 @@ impl LiveEvent {
         }
     }
 
-    pub fn from_hit(hit: &Hit) -> LiveEvent {
+    /// A processed hit, with the touchpoint the attributor made of it.
+    pub fn from_hit(hit: &Hit, touchpoint: Option<&Touchpoint>) -> LiveEvent {
         LiveEvent::Hit {
             site: hit.site.clone(),
             id: hit.id,
@@ -79,11 +83,8 @@ impl LiveEvent {
             hit_type: hit.kind,
             name: hit.name.clone(),
             path: hit.path(),
-            source: hit
-                .marketing
-                .is_touchpoint()
-                .then(|| hit.marketing.source())
-                .flatten(),
+            source: touchpoint.map(|t| t.source.clone()),
+            channel: touchpoint.map(|t| t.channel.clone()),
             props: hit.props.clone(),
             verified: hit.verified,
         }

@@ -49,6 +49,8 @@ pub struct Outcome {
     /// The hits (site, id) whose conversions this call recorded, for
     /// live events only.
     pub converted: Vec<(String, Uuid)>,
+    /// The touchpoints this call made, for live events only.
+    pub made: Vec<Touchpoint>,
 }
 
 pub struct Attributor {
@@ -148,6 +150,9 @@ impl Attributor {
         match self.record(&writes).await {
             Ok(b) => {
                 out.touchpoints = writes.touchpoints.len();
+                if self.live.is_some() {
+                    out.made = writes.touchpoints.iter().map(|(_, t)| t.clone()).collect();
+                }
                 out.recredited = b.recredited;
                 out.displaced = b.displaced;
                 results.extend(writes.candidates.iter().map(|(i, _)| *i).zip(b.recorded));
@@ -226,8 +231,20 @@ impl Attributor {
     /// (the store computes credits from every touchpoint it holds, so they
     /// are read back; at most [`LIVE_CONVERSIONS_PER_BATCH`] reads, so the
     /// live view never costs the store more than a bounded share).
-    fn publish_live(&self, live: &Arc<dyn Live>, hits: &[Hit], converted: &[(String, Uuid)]) {
-        live.publish(hits.iter().map(LiveEvent::from_hit).collect());
+    fn publish_live(
+        &self,
+        live: &Arc<dyn Live>,
+        hits: &[Hit],
+        made: &[Touchpoint],
+        converted: &[(String, Uuid)],
+    ) {
+        let made: std::collections::HashMap<Uuid, &Touchpoint> =
+            made.iter().map(|t| (t.hit_id, t)).collect();
+        live.publish(
+            hits.iter()
+                .map(|h| LiveEvent::from_hit(h, made.get(&h.id).copied()))
+                .collect(),
+        );
         if converted.is_empty() {
             return;
         }
@@ -285,7 +302,7 @@ impl BatchHandler for Attributor {
         // The batch is written: show it live. Never awaited, never
         // counted on (see `crate::live`).
         if let Some(live) = &self.live {
-            self.publish_live(live, &hits, &outcome.converted);
+            self.publish_live(live, &hits, &outcome.made, &outcome.converted);
         }
         let (mut dead, mut reason) = match undecodable {
             Some((lines, why)) => (lines, Some(why)),

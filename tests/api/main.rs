@@ -2,6 +2,7 @@
 //! directory and drives it over HTTP, as a user would.
 
 mod browser;
+mod channels;
 mod collect;
 mod crash;
 mod dashboard;
