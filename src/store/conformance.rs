@@ -202,6 +202,26 @@ pub async fn site_round_trip(store: Arc<dyn Store>) {
     let other = Site::new("missing", vec![], t0());
     assert_eq!(store.site(&other.key).await.unwrap(), None);
     store.check().await.unwrap();
+    // An update replaces every setting and keeps key and creation time;
+    // a missing site is not created by one.
+    let changed = Site {
+        name: "renamed".into(),
+        domains: vec!["shop.example".into()],
+        currency: Some("EUR".into()),
+        ignore_referrers: vec!["partner.example".into(), "pay.example".into()],
+        ..site.clone()
+    };
+    assert!(store.update_site(&changed).await.unwrap());
+    assert_eq!(store.site(&site.key).await.unwrap(), Some(changed.clone()));
+    let cleared = Site {
+        currency: None,
+        ignore_referrers: Vec::new(),
+        ..changed
+    };
+    assert!(store.update_site(&cleared).await.unwrap());
+    assert_eq!(store.site(&site.key).await.unwrap(), Some(cleared));
+    assert!(!store.update_site(&other).await.unwrap());
+    assert_eq!(store.site(&other.key).await.unwrap(), None);
 }
 
 pub async fn api_key_resolves_by_hash_until_revoked_by_prefix(store: Arc<dyn Store>) {

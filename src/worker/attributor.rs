@@ -508,8 +508,10 @@ mod tests {
         .collect()
     }
 
-    /// A generated hit: visitor, landing source (`None`: a conversion),
-    /// order id (conversions only), minutes after the start.
+    /// A generated hit: visitor, landing source (`None`: a conversion;
+    /// 0-2 click ids, 3-5 referrals, 6 a return from a payment provider,
+    /// which is no touchpoint), order id (conversions only), minutes after
+    /// the start.
     type Spec = (u8, Option<u8>, Option<u8>, u32);
 
     fn history(site: &str, specs: &[Spec]) -> Vec<Hit> {
@@ -528,12 +530,27 @@ mod tests {
                         value: Some(10.0),
                         ..Default::default()
                     },
-                    Some(source) => RawHit {
+                    Some(source @ 0..3) => RawHit {
                         site: Some(site.into()),
                         url: Some(format!(
                             "https://x.example/?{}=c{i}&utm_campaign=k{source}",
                             ["gclid", "fbclid", "msclkid"][*source as usize % 3]
                         )),
+                        vid: Some(format!("v{visitor}")),
+                        ..Default::default()
+                    },
+                    Some(source) => RawHit {
+                        site: Some(site.into()),
+                        url: Some(format!("https://x.example/p{i}")),
+                        referrer: Some(
+                            [
+                                "https://www.google.com/",
+                                "https://l.facebook.com/l.php",
+                                "https://blog.example.org/post",
+                                "https://www.paypal.com/checkoutnow",
+                            ][(*source as usize - 3) % 4]
+                                .into(),
+                        ),
                         vid: Some(format!("v{visitor}")),
                         ..Default::default()
                     },
@@ -569,7 +586,7 @@ mod tests {
         site: &str,
         hits: &[Hit],
     ) -> (
-        Vec<(Option<String>, Option<String>, i64, i64)>,
+        Vec<(Option<String>, Option<String>, Option<String>, i64, i64)>,
         Vec<Vec<Conversion>>,
     ) {
         let from = Utc
@@ -580,7 +597,7 @@ mod tests {
             from,
             to: from + Duration::days(60),
             goal: None,
-            group_by: vec![GroupKey::Source, GroupKey::Goal],
+            group_by: vec![GroupKey::Channel, GroupKey::Source, GroupKey::Goal],
             model: None,
         };
         let report = crate::store::report(store.as_ref(), site, &q)
@@ -590,6 +607,7 @@ mod tests {
             .into_iter()
             .map(|r| {
                 (
+                    r.channel,
                     r.source,
                     r.goal,
                     (r.conversions * 1e6).round() as i64,
@@ -657,7 +675,7 @@ mod tests {
     fn spec() -> impl Strategy<Value = Spec> {
         (
             0u8..4,
-            prop::option::weighted(0.5, 0u8..3),
+            prop::option::weighted(0.5, 0u8..7),
             prop::option::weighted(0.4, 0u8..4),
             0u32..(14 * 24 * 60),
         )

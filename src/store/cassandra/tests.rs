@@ -262,14 +262,15 @@ fn schema_is_plain_cql_that_cassandra_4_accepts() {
     assert_eq!(totals.clustering, ["day", "goal", "currency"]);
     assert_eq!(tables["click_totals"].partition, ["site"]);
     assert_eq!(tables["click_totals"].clustering, ["day"]);
-    // Earliest-wins needs no Paxos: only the goal delete and the daily
+    // Earliest-wins needs no Paxos: only the goal delete, the site update
+    // (an operator's change, which must not create a site) and the daily
     // salt are conditional.
     let conditional: Vec<&str> = STATEMENTS
         .iter()
         .filter(|(_, cql)| cql.contains(" IF "))
         .map(|(name, _)| *name)
         .collect();
-    assert_eq!(conditional, ["delete_goal", "claim_salt"]);
+    assert_eq!(conditional, ["update_site", "delete_goal", "claim_salt"]);
     assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
 }
 
