@@ -4,8 +4,10 @@
 (function () {
   'use strict';
   var $ = function (id) { return document.getElementById(id); };
-  var state = { view: 'overview', drill: [], sort: { key: 'conversions', desc: true }, shown: [], goals: [], es: null };
-  var LEVELS = ['source', 'medium', 'campaign', 'ad'];
+  var state = { view: 'overview', drill: [], sort: { key: 'conversions', desc: true }, channelSort: { key: 'conversions', desc: true }, shown: [], goals: [], es: null };
+  // The drill-down's levels, broadest first: a channel (GA4's default
+  // channel group) holds sources, a source mediums, and so on.
+  var LEVELS = ['channel', 'source', 'medium', 'campaign', 'ad'];
   var COLORS = ['#2456d8', '#e8743b', '#19a979', '#945ecf', '#ed4a7b', '#13a4b4', '#bf9b30', '#525df4'];
 
   function api(method, path, body) {
@@ -78,7 +80,7 @@
     });
     Array.prototype.forEach.call(document.querySelectorAll('.view'), function (s) { s.hidden = s.id !== 'view-' + view; });
     $('range-controls').querySelector('label').hidden = (view === 'goals' || view === 'explain' || view === 'live');
-    ({ overview: loadOverview, sources: loadSources, models: loadModels, goals: loadGoals, explain: loadExplain, live: function () {} })[view]();
+    ({ overview: loadOverview, channels: loadChannels, sources: loadSources, models: loadModels, goals: loadGoals, explain: loadExplain, live: function () {} })[view]();
   }
   Array.prototype.forEach.call(document.querySelectorAll('.top nav button'), function (b) {
     b.addEventListener('click', function () { show(b.dataset.view); $('main').focus(); });
@@ -161,50 +163,39 @@
     });
   });
 
-  // ---- sources (drill-down table) --------------------------------------
-  function loadSources() {
-    api('GET', '/api/v1/conversions?' + rangeQuery() + '&group_by=source,medium,campaign,ad').then(function (r) {
-      state.rows = r.rows; renderSources();
-    }).catch(function () {});
-  }
-  function renderSources() {
-    var level = LEVELS[state.drill.length] || 'ad';
+  // ---- report tables (channels, sources) -----------------------------------
+  // Sums report rows by the label `key` gives each (rows of one group in
+  // two currencies add up here, as the tables show one line per name).
+  function aggregate(rows, key) {
     var agg = {};
-    (state.rows || []).forEach(function (row) {
-      for (var i = 0; i < state.drill.length; i++) if (label(row[LEVELS[i]]) !== state.drill[i]) return;
-      var k = label(row[level]);
+    rows.forEach(function (row) {
+      var k = key(row);
       var a = agg[k] = agg[k] || { name: k, clicks: 0, conversions: 0, value: 0 };
       a.clicks += row.clicks || 0; a.conversions += row.conversions; a.value += row.value;
     });
-    var list = Object.keys(agg).map(function (k) {
+    return Object.keys(agg).map(function (k) {
       var a = agg[k]; a.rate = ratio(a.conversions, a.clicks); a.vpc = ratio(a.value, a.clicks); return a;
     });
-    var s = state.sort;
+  }
+  // Draws `list` into `table` sorted by `sort`; a column header re-sorts
+  // through `resort(newSort)`; `nameCell(a)` is the row's first cell.
+  function reportTable(table, list, nameHeader, sort, resort, nameCell) {
+    var s = sort;
     list.sort(function (x, y) {
       var a = x[s.key], b = y[s.key];
       if (s.key === 'name') return s.desc ? String(b).localeCompare(a) : String(a).localeCompare(b);
       a = a == null ? -1 : a; b = b == null ? -1 : b;
       return s.desc ? b - a : a - b;
     });
-    state.shown = list; state.level = level;
-    // breadcrumbs
-    var crumbs = $('crumbs'); crumbs.textContent = '';
-    crumbs.appendChild(state.drill.length ? el('button', { type: 'button', 'class': 'link', text: 'All sources', onclick: function () { state.drill = []; renderSources(); } }) : el('span', { 'aria-current': 'page', text: 'All sources' }));
-    state.drill.forEach(function (d, i) {
-      crumbs.appendChild(document.createTextNode(' › '));
-      var last = i === state.drill.length - 1;
-      crumbs.appendChild(last ? el('span', { 'aria-current': 'page', text: LEVELS[i] + ': ' + d }) :
-        el('button', { type: 'button', 'class': 'link', text: LEVELS[i] + ': ' + d, onclick: function () { state.drill = state.drill.slice(0, i + 1); renderSources(); } }));
-    });
-    var cols = [['name', level.charAt(0).toUpperCase() + level.slice(1)], ['clicks', 'Clicks'], ['conversions', 'Conversions'], ['rate', 'Conversion rate'], ['value', 'Value'], ['vpc', 'Value per click']];
-    var table = $('sources-table'); table.textContent = '';
+    var cols = [['name', nameHeader], ['clicks', 'Clicks'], ['conversions', 'Conversions'], ['rate', 'Conversion rate'], ['value', 'Value'], ['vpc', 'Value per click']];
+    table.textContent = '';
     table.appendChild(el('caption', { 'class': 'hint', text: 'Sorted by ' + cols.filter(function (c) { return c[0] === s.key; })[0][1].toLowerCase() + (s.desc ? ', highest first' : ', lowest first') + '.' }));
     var head = el('tr');
     cols.forEach(function (c) {
       var sorted = s.key === c[0];
       head.appendChild(el('th', { scope: 'col', 'aria-sort': sorted ? (s.desc ? 'descending' : 'ascending') : 'none' }, [
         el('button', { type: 'button', text: c[1] + (sorted ? (s.desc ? ' ▼' : ' ▲') : ''), onclick: function () {
-          state.sort = { key: c[0], desc: sorted ? !s.desc : c[0] !== 'name' }; renderSources();
+          resort({ key: c[0], desc: sorted ? !s.desc : c[0] !== 'name' });
         } })
       ]));
     });
@@ -212,12 +203,68 @@
     var body = el('tbody');
     if (!list.length) body.appendChild(el('tr', {}, [el('td', { colspan: '6', text: 'Nothing in this range yet.' })]));
     list.forEach(function (a) {
-      var name = state.drill.length < LEVELS.length - 1
-        ? el('button', { type: 'button', 'class': 'link', text: a.name, title: 'Show the ' + LEVELS[state.drill.length + 1] + 's of ' + a.name, onclick: function () { state.drill.push(a.name); renderSources(); } })
-        : document.createTextNode(a.name);
-      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [name]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: money(a.value) }), el('td', { text: money(a.vpc) })]));
+      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [nameCell(a)]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: money(a.value) }), el('td', { text: money(a.vpc) })]));
     });
     table.appendChild(body);
+  }
+
+  // ---- channels ------------------------------------------------------------
+  function loadChannels() {
+    var goal = $('channels-goal').value;
+    Promise.all([
+      api('GET', '/api/v1/conversions?' + rangeQuery() + (goal ? '&goal=' + encodeURIComponent(goal) : '') + '&group_by=channel'),
+      api('GET', '/api/v1/goals')
+    ]).then(function (r) {
+      fillGoalFilter(r[1]);
+      state.channelRows = r[0].rows; renderChannels();
+    }).catch(function () {});
+  }
+  // The goal filter lists the site's goals, keeping the one chosen.
+  function fillGoalFilter(goals) {
+    var select = $('channels-goal'), chosen = select.value;
+    select.textContent = '';
+    select.appendChild(el('option', { value: '', text: 'All goals' }));
+    goals.forEach(function (g) { select.appendChild(el('option', { value: g.id, text: g.name || '(unnamed)' })); });
+    select.value = goals.some(function (g) { return g.id === chosen; }) ? chosen : '';
+  }
+  function renderChannels() {
+    var list = aggregate(state.channelRows || [], function (row) { return label(row.channel); });
+    reportTable($('channels-table'), list, 'Channel', state.channelSort,
+      function (sort) { state.channelSort = sort; renderChannels(); },
+      function (a) { return document.createTextNode(a.name); });
+  }
+  $('channels-goal').addEventListener('change', loadChannels);
+
+  // ---- sources (drill-down table) --------------------------------------
+  function loadSources() {
+    api('GET', '/api/v1/conversions?' + rangeQuery() + '&group_by=' + LEVELS.join(',')).then(function (r) {
+      state.rows = r.rows; renderSources();
+    }).catch(function () {});
+  }
+  function renderSources() {
+    var level = LEVELS[state.drill.length] || LEVELS[LEVELS.length - 1];
+    var rows = (state.rows || []).filter(function (row) {
+      for (var i = 0; i < state.drill.length; i++) if (label(row[LEVELS[i]]) !== state.drill[i]) return false;
+      return true;
+    });
+    var list = aggregate(rows, function (row) { return label(row[level]); });
+    // breadcrumbs
+    var crumbs = $('crumbs'); crumbs.textContent = '';
+    crumbs.appendChild(state.drill.length ? el('button', { type: 'button', 'class': 'link', text: 'All channels', onclick: function () { state.drill = []; renderSources(); } }) : el('span', { 'aria-current': 'page', text: 'All channels' }));
+    state.drill.forEach(function (d, i) {
+      crumbs.appendChild(document.createTextNode(' › '));
+      var last = i === state.drill.length - 1;
+      crumbs.appendChild(last ? el('span', { 'aria-current': 'page', text: LEVELS[i] + ': ' + d }) :
+        el('button', { type: 'button', 'class': 'link', text: LEVELS[i] + ': ' + d, onclick: function () { state.drill = state.drill.slice(0, i + 1); renderSources(); } }));
+    });
+    reportTable($('sources-table'), list, level.charAt(0).toUpperCase() + level.slice(1), state.sort,
+      function (sort) { state.sort = sort; renderSources(); },
+      function (a) {
+        return state.drill.length < LEVELS.length - 1
+          ? el('button', { type: 'button', 'class': 'link', text: a.name, title: 'Show the ' + LEVELS[state.drill.length + 1] + 's of ' + a.name, onclick: function () { state.drill.push(a.name); renderSources(); } })
+          : document.createTextNode(a.name);
+      });
+    state.shown = list; state.level = level;
   }
   // The server writes the CSV (formula-safe, RFC 4180): the report grouped
   // down to the level shown, so the rows on screen are among its lines.
@@ -330,12 +377,12 @@
       if (!r.conversions.length) list.appendChild(el('p', { 'class': 'hint', text: 'No conversions in the last 30 days yet.' }));
       r.conversions.forEach(function (c) {
         var rows = c.touchpoints.map(function (t) {
-          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: money(t.credit * c.value) })]);
+          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.channel || '(not set)' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: money(t.credit * c.value) })]);
         });
         list.appendChild(el('details', { 'class': 'conv' }, [
           el('summary', { text: (c.goal_name || 'Goal') + ' · ' + money(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
           el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
-            el('thead', {}, [el('tr', {}, ['Clicked', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
+            el('thead', {}, [el('tr', {}, ['Clicked', 'Channel', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
             el('tbody', {}, rows)
           ])])
         ]));

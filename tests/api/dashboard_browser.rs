@@ -130,6 +130,20 @@ fn en(n: u64) -> String {
     out
 }
 
+/// A count as the page prints it (`toLocaleString('en')`, at most two
+/// decimals): credited conversions are fractional under multi-touch models.
+fn en_num(x: f64) -> String {
+    let fixed = format!("{x:.2}");
+    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
+    let frac = frac.trim_end_matches('0');
+    let int = en(int.parse().unwrap_or(0));
+    if frac.is_empty() {
+        int
+    } else {
+        format!("{int}.{frac}")
+    }
+}
+
 /// Money as the page prints it: always two decimals, grouped thousands.
 fn money(x: f64) -> String {
     let fixed = format!("{x:.2}");
@@ -339,8 +353,9 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         );
         screenshot(&client, "dashboard-1280").await;
 
-        // Drill down: source -> medium -> campaign.
+        // Drill down: channel -> source -> medium -> campaign.
         find(&client, &button("Sources"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &button("Paid Search"), Duration::from_secs(5)).await.click().await.unwrap();
         find(&client, &button("google"), Duration::from_secs(5)).await.click().await.unwrap();
         find(&client, &button("cpc"), Duration::from_secs(5)).await.click().await.unwrap();
         find(&client, &button("black-friday"), Duration::from_secs(5)).await;
@@ -370,8 +385,8 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(csv["status"], 200, "{csv}");
-        assert!(csv["url"].as_str().unwrap().contains("group_by=source,medium,campaign"), "{csv}");
-        assert!(csv["text"].as_str().unwrap().starts_with("source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
+        assert!(csv["url"].as_str().unwrap().contains("group_by=channel,source,medium,campaign"), "{csv}");
+        assert!(csv["text"].as_str().unwrap().starts_with("channel,source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
         // Money has two decimals in every row.
         for cell in client.find_all(Locator::XPath(&format!("{}//tbody/tr/td[4]", table_under("Where conversions come from")))).await.unwrap() {
             let v = cell.text().await.unwrap();
@@ -399,6 +414,9 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         find(&client, &button("Conversions"), Duration::from_secs(1)).await.click().await.unwrap();
         find(&client, "//details/summary[contains(., 'Signup')]", Duration::from_secs(5)).await.click().await.unwrap();
         find(&client, "//details[@open]//td[normalize-space(.)='google' or normalize-space(.)='newsletter' or normalize-space(.)='facebook']", Duration::from_secs(2)).await;
+        // Each touchpoint shows its channel.
+        find(&client, "//details[@open]//thead/tr/th[2][normalize-space(.)='Channel']", Duration::from_secs(1)).await;
+        find(&client, "//details[@open]//tbody/tr/td[1][normalize-space(.)='Paid Search' or normalize-space(.)='Email' or normalize-space(.)='Paid Social']", Duration::from_secs(1)).await;
         // Newest first across days: today's six, then yesterday's signup.
         text_contains(&client, "(//section[h2[normalize-space(.)='Latest conversions']]//details/summary)[7]", "Signup · 124,999.50").await;
         screenshot(&client, "dashboard-explain-1280").await;
@@ -465,6 +483,149 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
             .await
             .expect("fetch runs");
         assert_eq!(status, json!(401));
+    })
+    .await;
+}
+
+/// Signs in through the form with the app's key; waits for the app.
+async fn sign_in(client: &Client, app: &TestApp) {
+    client.goto(&app.url("/")).await.expect("dashboard loads");
+    find(client, &field("API key"), Duration::from_secs(5))
+        .await
+        .send_keys(&app.api_key)
+        .await
+        .expect("type the key");
+    find(client, &button("Sign in"), Duration::from_secs(1))
+        .await
+        .click()
+        .await
+        .expect("sign in");
+    find(client, &button("Sign out"), Duration::from_secs(5)).await;
+}
+
+/// The report's rows for the dashboard's default range (the last 30 UTC
+/// days), summed per `key` (a group in two currencies is two rows).
+async fn report_by(
+    app: &TestApp,
+    query: &str,
+    key: impl Fn(&serde_json::Value) -> String,
+) -> std::collections::BTreeMap<String, (u64, f64, f64)> {
+    let to = Utc::now().date_naive();
+    let from = to - chrono::Duration::days(29);
+    let report: serde_json::Value = app
+        .api(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversions?from={from}&to={to}&{query}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for row in report["rows"].as_array().expect("rows") {
+        let e: &mut (u64, f64, f64) = out.entry(key(row)).or_default();
+        e.0 += row["clicks"].as_u64().unwrap_or(0);
+        e.1 += row["conversions"].as_f64().unwrap();
+        e.2 += row["value"].as_f64().unwrap();
+    }
+    out
+}
+
+/// The names in the first column of `table`'s body, top to bottom.
+async fn first_column(client: &Client, table: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for cell in client
+        .find_all(Locator::XPath(&format!("{table}//tbody/tr/th")))
+        .await
+        .unwrap()
+    {
+        names.push(cell.text().await.unwrap());
+    }
+    names
+}
+
+/// Waits until the table under `heading` shows, for each name, the clicks,
+/// conversions and value the API answered, and no other rows.
+async fn table_shows(
+    client: &Client,
+    heading: &str,
+    want: &std::collections::BTreeMap<String, (u64, f64, f64)>,
+) {
+    let table = table_under(heading);
+    for (name, (clicks, conversions, value)) in want {
+        let row = format!("{table}//tbody/tr[th[normalize-space(.)='{name}']]");
+        text_becomes(client, &format!("{row}/td[1]"), &en(*clicks)).await;
+        text_becomes(client, &format!("{row}/td[2]"), &en_num(*conversions)).await;
+        text_becomes(client, &format!("{row}/td[4]"), &money(*value)).await;
+    }
+    let mut shown = first_column(client, &table).await;
+    shown.sort();
+    assert_eq!(
+        shown,
+        want.keys().cloned().collect::<Vec<_>>(),
+        "{heading} lists other rows than the API"
+    );
+}
+
+#[tokio::test]
+async fn channels_view_and_the_sources_drill_down_show_the_reports_channels() {
+    with_browser("dashboard-channels", |client, app, _shop| async move {
+        // Arrange
+        seed(&app).await;
+        client.set_window_size(1280, 1000).await.expect("window size");
+        let channel = |row: &serde_json::Value| row["channel"].as_str().unwrap_or("(not set)").to_owned();
+        let by_channel = report_by(&app, "group_by=channel", channel).await;
+        assert!(by_channel.len() >= 3, "the seed spans several channels: {by_channel:?}");
+        sign_in(&client, &app).await;
+
+        // Act + assert: the Channels view shows the API's figures per channel.
+        find(&client, &button("Channels"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//section[h2[normalize-space(.)='Channels']]//p[contains(., \"GA4's default channel group\")]", Duration::from_secs(5)).await;
+        table_shows(&client, "Channels", &by_channel).await;
+        find(&client, &button("Conversions ▼"), Duration::from_secs(1)).await;
+        screenshot(&client, "dashboard-channels-1280").await;
+
+        // Sortable like the Sources table: by name, then by clicks.
+        find(&client, &button("Channel"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &button("Channel ▲"), Duration::from_secs(5)).await;
+        let names = first_column(&client, &table_under("Channels")).await;
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "sorted by channel, A first");
+        find(&client, &button("Clicks"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, &button("Clicks ▼"), Duration::from_secs(5)).await;
+        let most = by_channel.iter().max_by_key(|(_, v)| v.0).map(|(k, _)| k.clone()).unwrap();
+        text_becomes(&client, &format!("({}//tbody/tr/th)[1]", table_under("Channels")), &most).await;
+
+        // The goal filter narrows the figures to one goal's conversions.
+        let goals: serde_json::Value = app.api(reqwest::Method::GET, "/api/v1/goals").send().await.unwrap().json().await.unwrap();
+        let purchase = goals.as_array().unwrap().iter().find(|g| g["name"] == "Purchase").unwrap()["id"].as_str().unwrap().to_owned();
+        let purchases = report_by(&app, &format!("goal={purchase}&group_by=channel"), channel).await;
+        find(&client, &field("Goal"), Duration::from_secs(1)).await.select_by_label("Purchase").await.unwrap();
+        table_shows(&client, "Channels", &purchases).await;
+
+        // Sources starts at the channels; a channel opens its sources.
+        find(&client, &button("Sources"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//nav[@aria-label='Drill-down']/span[normalize-space(.)='All channels']", Duration::from_secs(5)).await;
+        find(&client, &format!("{}//thead//th[1][normalize-space(.)='Channel']", table_under("Where conversions come from")), Duration::from_secs(5)).await;
+        table_shows(&client, "Where conversions come from", &by_channel).await;
+        let paid_search: std::collections::BTreeMap<_, _> = report_by(&app, "group_by=channel,source", |row| {
+            format!("{}/{}", channel(row), row["source"].as_str().unwrap_or("(not set)"))
+        })
+        .await
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("Paid Search/").map(|s| (s.to_owned(), v)))
+        .collect();
+        find(&client, &button("Paid Search"), Duration::from_secs(1)).await.click().await.unwrap();
+        find(&client, "//nav[@aria-label='Drill-down']//*[normalize-space(.)='channel: Paid Search']", Duration::from_secs(5)).await;
+        find(&client, &format!("{}//thead//th[1][normalize-space(.)='Source']", table_under("Where conversions come from")), Duration::from_secs(5)).await;
+        table_shows(&client, "Where conversions come from", &paid_search).await;
+        assert!(paid_search.contains_key("google"), "{paid_search:?}");
+        // "All channels" leads back.
+        find(&client, &button("All channels"), Duration::from_secs(1)).await.click().await.unwrap();
+        table_shows(&client, "Where conversions come from", &by_channel).await;
     })
     .await;
 }
