@@ -411,7 +411,7 @@
     function add(kind, e) {
       var list = $('live-list');
       var what = kind === 'hit'
-        ? (e.type === 'event' ? 'event ' + (e.name || '') : 'page view ' + (e.path || '')) + (e.source ? ' · ad click from ' + e.source : '')
+        ? (e.type === 'event' ? 'event ' + (e.name || '') : 'page view ' + (e.path || '')) + (e.source ? ' · ' + (e.channel || 'visit') + ' from ' + e.source : '')
         : 'conversion worth ' + money(e.value) + ' · credited mostly to ' + e.source;
       list.insertBefore(el('li', { 'class': kind }, [el('time', { datetime: e.at, text: new Date(e.at).toLocaleTimeString() }), el('span', { text: what })]), list.firstChild);
       while (list.children.length > 200) list.removeChild(list.lastChild);
