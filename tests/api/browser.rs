@@ -36,6 +36,18 @@ struct Shop {
 /// `data-respect-dnt`; anything else is a plain page with the tag.
 async fn page(shop: web::Data<Shop>, req: HttpRequest) -> HttpResponse {
     let path = req.path();
+    if path.starts_with("/outside/") {
+        // Another site (reached as `localhost`), untagged, linking to the
+        // shop (on 127.0.0.1).
+        return HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(
+                "<!doctype html><html><head><meta charset=utf-8><title>review</title></head>\
+                 <body><a id=go>the shop</a><script>document.getElementById('go').href=\
+                 location.origin.replace('localhost','127.0.0.1')+'/app/from-review';\
+                 </script></body></html>",
+            );
+    }
     let (head, attrs) = if path.starts_with("/queued/") {
         (
             "<script>window.tally=window.tally||function(){(tally.q=tally.q||[]).push(arguments)};\
@@ -279,6 +291,53 @@ async fn ad_click_spa_reload_and_signup_convert_to_the_campaign() {
             .await
             .expect("fetch runs");
         assert_eq!(status, json!(202));
+    })
+    .await;
+}
+
+/// A visitor who follows a link on another site arrives with
+/// `document.referrer` set to it: a referral touchpoint that takes the
+/// conversion's credit, in the Referral channel.
+#[tokio::test]
+async fn a_visit_through_a_link_on_another_site_is_a_referral() {
+    with_browser("referral", |client, app, shop| async move {
+        app.create_goal(json!({"match": {"event": "signup"}, "value": 5.0}))
+            .await;
+        let outside = shop.replace("127.0.0.1", "localhost");
+        client
+            .goto(&format!("{outside}/outside/review"))
+            .await
+            .expect("the other site loads");
+        client
+            .find(fantoccini::Locator::Id("go"))
+            .await
+            .expect("link")
+            .click()
+            .await
+            .expect("click");
+        let hits = wait_for_hits(&app, |h| {
+            pageviews(h).iter().any(|p| p == "/app/from-review")
+        })
+        .await;
+        let landing = hits
+            .iter()
+            .find(|h| path_of(h) == "/app/from-review")
+            .expect("landing");
+        // Chromium's default policy sends a cross-origin referrer as its
+        // origin.
+        assert_eq!(
+            landing.referrer.as_deref(),
+            Some(format!("{outside}/").as_str()),
+            "{landing:#?}"
+        );
+        run(&client, "tally('event', 'signup');").await;
+        let report = app.wait_for_conversions("channel,source,medium", 1.0).await;
+        assert_eq!(
+            report["rows"],
+            json!([{"channel": "Referral", "source": "localhost", "medium": "referral",
+                    "clicks": 1, "conversions": 1.0, "value": 5.0}]),
+            "{report}"
+        );
     })
     .await;
 }
