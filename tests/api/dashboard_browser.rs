@@ -445,7 +445,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         let latency = seen_ms - sent_ms;
         eprintln!("dashboard: live hit on screen {latency} ms after the POST was sent");
         assert!(latency < 2_000, "the hit took {latency} ms to appear");
-        text_contains(&client, TODAY_LINE, "Today: 10 ad clicks").await;
+        text_contains(&client, TODAY_LINE, "Today: 10 clicks").await;
         app.collect_ok(&json!({"site": app.site_key, "type": "event", "name": "signup", "vid": "v8"}))
             .await;
         find(&client, &format!("{LIVE_LIST}/li[contains(., 'conversion worth 49.00')]"), Duration::from_secs(5)).await;
