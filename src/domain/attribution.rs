@@ -100,7 +100,7 @@ pub struct Touchpoint {
 impl Touchpoint {
     /// The touchpoint a hit represents, if any: a click id or utm tag, or
     /// a referral from outside the site (see
-    /// [`referrer::touchpoint_labels`]). Its channel is decided here, once.
+    /// [`touchpoint_labels`]). Its channel is decided here, once.
     pub fn from_hit(
         hit: &Hit,
         rules: &ReferralRules,

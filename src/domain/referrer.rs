@@ -498,7 +498,7 @@ impl Classifier {
     /// GA4's default channel group of a touchpoint with these labels: its
     /// ordered rules over (source, medium, campaign), case-insensitive,
     /// first match wins. Labels are cut to
-    /// [`MAX_DIMENSION_BYTES`](super::attribution::MAX_DIMENSION_BYTES)
+    /// [`MAX_DIMENSION_BYTES`]
     /// first, as a touchpoint keeps them.
     pub fn channel(&self, source: &str, medium: Option<&str>, campaign: Option<&str>) -> Channel {
         let source = cut_str(source.trim(), MAX_DIMENSION_BYTES);
