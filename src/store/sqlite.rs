@@ -81,6 +81,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
@@ -394,6 +395,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // commit still fsyncs the WAL, and a checkpoint only moves committed
     // pages (the WAL is reused, so its file stays about this size).
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+    // Plans independent of bound values: otherwise a statement whose plan
+    // could depend on a parameter (a partial index's condition, STAT4) is
+    // parsed and planned again on every step after a new binding, which
+    // the batch's cached statements do for every conversion.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.create_scalar_function(
         "tally_channel",
         3,
