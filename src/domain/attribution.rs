@@ -411,6 +411,11 @@ mod tests {
             vid: Some("v1".into()),
             ..Default::default()
         };
+        stamped(raw, at)
+    }
+
+    /// `raw` as the collector stamps it at `at`, with no client details.
+    fn stamped(raw: RawHit, at: DateTime<Utc>) -> Hit {
         let stamp = Stamp {
             received_at: at,
             user_agent: None,
@@ -477,15 +482,8 @@ mod tests {
             vid: Some("v1".into()),
             ..Default::default()
         };
-        let stamp = Stamp {
-            received_at: t0(),
-            user_agent: None,
-            ip: None,
-            request_id: None,
-            keep_full_ip: false,
-        };
         let t = Touchpoint::from_hit(
-            &Hit::stamp(raw, &stamp).unwrap(),
+            &stamped(raw, t0()),
             &ReferralRules::default(),
             Classifier::embedded(),
         )
@@ -507,22 +505,11 @@ mod tests {
             vid: Some("v1".into()),
             ..Default::default()
         };
-        let stamp = Stamp {
-            received_at: t0(),
-            user_agent: None,
-            ip: None,
-            request_id: None,
-            keep_full_ip: false,
-        };
         let rules = ReferralRules {
             domains: vec!["shop.example".into()],
             ignore_referrers: vec!["pay.example".into()],
         };
-        Touchpoint::from_hit(
-            &Hit::stamp(raw, &stamp).unwrap(),
-            &rules,
-            Classifier::embedded(),
-        )
+        Touchpoint::from_hit(&stamped(raw, t0()), &rules, Classifier::embedded())
     }
 
     #[test]
