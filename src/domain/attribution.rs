@@ -53,6 +53,12 @@ pub enum Model {
     Linear,
     TimeDecay,
     PositionBased,
+    /// Credit by each channel's Markov removal effect over the site's
+    /// paths ([`super::markov`]): a report model only. It is a property of
+    /// many paths, never of one conversion, so no goal records it; a
+    /// single conversion's steps under it are weighted as under `linear`
+    /// (what the `data_driven` rollup rows count, once per touchpoint).
+    DataDriven,
 }
 
 impl Model {
@@ -63,6 +69,7 @@ impl Model {
             Model::Linear => "linear",
             Model::TimeDecay => "time_decay",
             Model::PositionBased => "position_based",
+            Model::DataDriven => "data_driven",
         }
     }
 
@@ -194,7 +201,7 @@ pub fn weights(model: Model, ages_days: &[f64]) -> Vec<f64> {
     match model {
         Model::LastClick => w[n - 1] = 1.0,
         Model::FirstClick => w[0] = 1.0,
-        Model::Linear => w.iter_mut().for_each(|x| *x = 1.0 / n as f64),
+        Model::Linear | Model::DataDriven => w.iter_mut().for_each(|x| *x = 1.0 / n as f64),
         Model::TimeDecay => {
             for (x, age) in w.iter_mut().zip(ages_days) {
                 *x = 0.5f64.powf(age.max(0.0) / TIME_DECAY_HALF_LIFE_DAYS);
@@ -373,7 +380,8 @@ impl Conversion {
     }
 }
 
-/// Every model, in the order the API and dashboard show them.
+/// Every model a goal can record, in the order the API and dashboard show
+/// them ([`Model::DataDriven`] follows them in a model comparison).
 pub const ALL_MODELS: [Model; 5] = [
     Model::LastClick,
     Model::FirstClick,

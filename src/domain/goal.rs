@@ -89,6 +89,8 @@ pub enum GoalError {
     Empty(&'static str),
     #[error("`{0}` must be at most {MAX_NAME_CHARS} characters")]
     TooLong(&'static str),
+    #[error("`model` of a goal is last_click, first_click, linear, time_decay or position_based; data_driven is a report model (`/api/v1/conversions?model=data_driven`)")]
+    ReportModel,
     #[error(transparent)]
     ControlChar(#[from] ControlChar),
 }
@@ -227,6 +229,9 @@ impl Goal {
         }
         if draft.value.is_some_and(|v| !valid_value(v)) {
             return Err(GoalError::Value);
+        }
+        if draft.model == Some(Model::DataDriven) {
+            return Err(GoalError::ReportModel);
         }
         let mut matcher = draft.matcher;
         if matcher.url.is_some() {

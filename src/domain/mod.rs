@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod goal;
 pub mod hit;
 pub mod hit_lines;
+pub mod markov;
 pub mod referrer;
 pub mod report;
 pub mod rollup;

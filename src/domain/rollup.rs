@@ -138,10 +138,27 @@ fn settle(total: i64, parts: &mut [i64], order: &[usize]) {
     }
 }
 
+/// Every model a rollup row is kept under: the goal models, then
+/// [`Model::DataDriven`], whose rows count touchpoints rather than credit.
+pub const ROLLUP_MODELS: [Model; 6] = [
+    Model::LastClick,
+    Model::FirstClick,
+    Model::Linear,
+    Model::TimeDecay,
+    Model::PositionBased,
+    Model::DataDriven,
+];
+
 /// What a conversion made at `at`, worth `value`, with `path` (as
 /// [`super::attribution::window_path`] built it) adds to its day's rollups
 /// under every model. Steps with the same labels under one model are
 /// merged; a share that rounds to no credit unit is left out.
+///
+/// Under [`Model::DataDriven`] each step adds one whole touchpoint
+/// ([`CREDIT_UNITS`]) and the conversion's whole value: a data-driven
+/// report splits each channel's credit over its groups in proportion to
+/// these counts ([`super::markov::credit_rows`]). A conversion no
+/// touchpoint preceded adds its one `(direct)` step, like every model.
 pub fn contributions(at: DateTime<Utc>, value: f64, path: &[Credit]) -> Vec<Contribution> {
     let total_value = value_units(value);
     let mut merged: BTreeMap<RollupKey, (i64, i64)> = BTreeMap::new();
@@ -166,6 +183,19 @@ pub fn contributions(at: DateTime<Utc>, value: f64, path: &[Credit]) -> Vec<Cont
             slot.0 += u;
             slot.1 += v;
         }
+    }
+    for step in credits_from_path(at, Model::DataDriven, path) {
+        let key = RollupKey {
+            model: Model::DataDriven,
+            source: step.source,
+            medium: step.medium,
+            campaign: step.campaign,
+            ad: step.ad,
+            channel: step.channel,
+        };
+        let slot = merged.entry(key).or_default();
+        slot.0 += CREDIT_UNITS;
+        slot.1 = slot.1.saturating_add(total_value);
     }
     merged
         .into_iter()
@@ -252,10 +282,23 @@ mod tests {
             credit: 1.0,
         };
         let cs = contributions(at(), 0.5, &[direct]);
-        assert_eq!(cs.len(), 5);
+        assert_eq!(cs.len(), 6);
         assert!(cs
             .iter()
             .all(|c| c.conversions == CREDIT_UNITS && c.value == 500_000));
+    }
+
+    #[test]
+    fn data_driven_rows_count_each_touchpoint_with_the_whole_value() {
+        let path = vec![step("a", 3), step("b", 2), step("a", 1)];
+        let cs = contributions(at(), 10.0, &path);
+        assert_eq!(
+            by_model(&cs, Model::DataDriven),
+            vec![
+                ("a".into(), 2 * CREDIT_UNITS, 20_000_000),
+                ("b".into(), CREDIT_UNITS, 10_000_000)
+            ]
+        );
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl ReportParams {
             .map(|m| {
                 Model::parse(m).ok_or_else(|| {
                     ApiError::BadRequest(format!(
-                        "unknown model `{m}` (use last_click, first_click, linear, time_decay, position_based)"
+                        "unknown model `{m}` (use last_click, first_click, linear, time_decay, position_based, data_driven)"
                     ))
                 })
             })

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::api::{explained, Bearer, Explained, ReportParams};
 use super::{ApiError, AppState};
-use crate::domain::attribution::ALL_MODELS;
-use crate::domain::report::{assemble, report_goals, Labels};
+use crate::domain::report::{assemble, Labels};
+use crate::domain::rollup::ROLLUP_MODELS;
 use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Model};
 
 /// How often an idle live stream sends a comment, and re-checks that its
@@ -46,7 +46,7 @@ impl ByModel {
 
     /// Every model present (zero where nothing was credited).
     fn complete(mut self) -> Self {
-        for m in ALL_MODELS {
+        for m in ROLLUP_MODELS {
             self.conversions.entry(m.as_str()).or_default();
             self.value.entry(m.as_str()).or_default();
         }
@@ -56,6 +56,8 @@ impl ByModel {
 
 #[derive(Serialize)]
 struct ModelRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,10 +70,11 @@ struct ModelRow {
     credited: ByModel,
 }
 
-/// `GET /api/v1/models?from&to[&goal][&group_by=source,medium,campaign,ad]`:
-/// every conversion in the range credited under all five models side by
-/// side, summed from the store's per-day rollups (which keep every
-/// model), so it is never truncated and costs what a report costs.
+/// `GET /api/v1/models?from&to[&goal][&group_by=channel,source,medium,campaign,ad]`:
+/// every conversion in the range credited under the five goal models and
+/// `data_driven` side by side, summed from the store's per-day rollups
+/// and path tables (which keep every model), so it is never truncated
+/// and costs what a report costs.
 pub async fn models(
     state: web::Data<AppState>,
     auth: Bearer,
@@ -85,25 +88,23 @@ pub async fn models(
         .any(|k| matches!(k, GroupKey::Day | GroupKey::Goal))
     {
         return Err(ApiError::BadRequest(
-            "models group_by takes source, medium, campaign and ad".into(),
+            "models group_by takes channel, source, medium, campaign and ad".into(),
         ));
     }
     let site = auth.site.as_str();
     let goals = state.store.goals(site).await?;
     let mut groups: BTreeMap<Labels, ByModel> = BTreeMap::new();
     let mut total = ByModel::default();
-    for model in ALL_MODELS {
+    for model in ROLLUP_MODELS {
         query.model = Some(model);
         let report = assemble(
             &query,
-            state
-                .store
-                .report_rows(site, &query, &report_goals(&query, &goals))
-                .await?,
+            crate::store::credited_rows(state.store.as_ref(), site, &query, &goals).await?,
             std::iter::empty(),
         );
         for row in report.rows {
             let labels = Labels {
+                channel: row.channel,
                 source: row.source,
                 medium: row.medium,
                 campaign: row.campaign,
@@ -128,6 +129,7 @@ pub async fn models(
     let rows: Vec<ModelRow> = groups
         .into_iter()
         .map(|(l, credited)| ModelRow {
+            channel: l.channel,
             source: l.source,
             medium: l.medium,
             campaign: l.campaign,
@@ -136,7 +138,7 @@ pub async fn models(
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
-        "models": ALL_MODELS.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "models": ROLLUP_MODELS.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "from": query.from.to_string(),
         "to": query.to.to_string(),
         "conversions": conversions,

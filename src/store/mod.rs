@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
+use crate::domain::markov::PathRow;
 use crate::domain::report::{ClickTotal, RollupRow};
 /// The dedup rule decides; the port reports its reasons.
 pub use crate::domain::DuplicateReason;
@@ -86,16 +87,59 @@ pub async fn report(
     site: &str,
     query: &ReportQuery,
 ) -> Result<crate::domain::Report, StoreError> {
-    let goals = crate::domain::report::report_goals(query, &store.goals(site).await?);
-    let rows = if goals.is_empty() {
-        Vec::new()
-    } else {
-        store.report_rows(site, query, &goals).await?
-    };
+    let goals = store.goals(site).await?;
+    let rows = credited_rows(store, site, query, &goals).await?;
     let clicks = store
         .click_totals(site, query.from, query.to, &query.group_by)
         .await?;
     Ok(crate::domain::report::assemble(query, rows, clicks))
+}
+
+/// The credited rows of a report (see [`report`]) over the site's
+/// `goals`: summed from the rollups, or, under `data_driven`, each
+/// channel's removal-effect credit over the range's path tables, split
+/// over the report's groups by their touchpoints
+/// ([`crate::domain::markov`]).
+pub async fn credited_rows(
+    store: &dyn Store,
+    site: &str,
+    query: &ReportQuery,
+    goals: &[Goal],
+) -> Result<Vec<RollupRow>, StoreError> {
+    use crate::domain::markov;
+    let goals = crate::domain::report::report_goals(query, goals);
+    if goals.is_empty() {
+        return Ok(Vec::new());
+    }
+    if query.model != Some(Model::DataDriven) {
+        return store.report_rows(site, query, &goals).await;
+    }
+    let asked: std::collections::BTreeSet<Uuid> = goals.iter().map(|(g, _)| *g).collect();
+    let paths = store.path_rows(site, query.from, query.to).await?;
+    let table = markov::table(
+        paths
+            .into_iter()
+            .filter(|r| r.goal.is_none_or(|g| asked.contains(&g))),
+    );
+    let credit = markov::channel_credit(&table);
+    let mut by_channel = query.clone();
+    if !by_channel
+        .group_by
+        .contains(&crate::domain::GroupKey::Channel)
+    {
+        by_channel.group_by.push(crate::domain::GroupKey::Channel);
+    }
+    let touches = store.report_rows(site, &by_channel, &goals).await?;
+    let keep_channel = query.group_by.contains(&crate::domain::GroupKey::Channel);
+    Ok(markov::credit_rows(&credit, touches)
+        .into_iter()
+        .map(|mut r| {
+            if !keep_channel {
+                r.labels.channel = None;
+            }
+            r
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -204,6 +248,16 @@ pub trait Store: Send + Sync + 'static {
         query: &ReportQuery,
         goals: &[(Uuid, Model)],
     ) -> Result<Vec<RollupRow>, StoreError>;
+    /// The path tables of UTC days `from..=to` (every goal's converting
+    /// paths and the non-converting ones, [`crate::domain::markov`]): a
+    /// row per day, goal and distinct path, so what it reads grows with
+    /// the days and paths, never with the visitors behind them.
+    async fn path_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<PathRow>, StoreError>;
     /// Ad clicks (touchpoints) on UTC days `from..=to`, summed from the
     /// per-day click rollups and grouped by `group_by` (`goal` ignored).
     async fn click_totals(

@@ -92,9 +92,11 @@ use uuid::Uuid;
 use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
 mod batch;
+mod paths;
 mod rollups;
 mod sessions;
 use crate::domain::attribution::channel_of_labels;
+use crate::domain::markov::PathRow;
 use crate::domain::report::{ClickTotal, RollupRow};
 use crate::domain::{
     ApiKey, ClickRow, Conversion, CreditRow, Goal, GroupKey, Model, ReportQuery, Site, Touchpoint,
@@ -325,10 +327,34 @@ UPDATE click_rollups
     SET channel = tally_channel(source, nullif(medium, ''), nullif(campaign, ''))
     WHERE channel = '';
 "#,
+    // 10: data-driven attribution's path tables (`sqlite/paths.rs`): the
+    // count of each path per site, day and goal ('' for paths that did
+    // not convert), and each visitor's current tail. Filled, with the
+    // `data_driven` rollup rows, by `paths::backfill` after the last
+    // migration.
+    r#"
+CREATE TABLE path_rollups (
+    site    TEXT NOT NULL,
+    day     TEXT NOT NULL,
+    goal_id TEXT NOT NULL,
+    path    TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (site, day, goal_id, path)
+) WITHOUT ROWID;
+CREATE TABLE visitor_tails (
+    site TEXT NOT NULL,
+    vid  TEXT NOT NULL,
+    day  TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (site, vid)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The migration after which the credit rollups are backfilled.
 const ROLLUPS_VERSION: i64 = 7;
+/// The migration after which the path tables are backfilled.
+const PATHS_VERSION: i64 = 10;
 
 fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -437,6 +463,7 @@ fn apply_migrations(conn: &mut Connection) -> Result<(), StoreError> {
     // version or the new one. The credit rollups are backfilled after the
     // last, whose columns the backfill reads and writes.
     let backfill = version < ROLLUPS_VERSION;
+    let paths = version < PATHS_VERSION;
     while version < schema_version() {
         tx.execute_batch(MIGRATIONS[version as usize])?;
         version += 1;
@@ -444,6 +471,11 @@ fn apply_migrations(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if backfill {
         backfill_with_progress(&tx)?;
+    }
+    if paths {
+        // The rollups backfill above added every conversion's path and
+        // data-driven rows already; the tails are left.
+        paths_backfill_with_progress(&tx, !backfill)?;
     }
     tx.commit()?;
     Ok(())
@@ -461,6 +493,25 @@ fn backfill_with_progress(tx: &Transaction<'_>) -> Result<(), StoreError> {
     );
     rollups::deferred(tx, || {
         rollups::backfill(tx, &mut |total, done| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+    })?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// [`paths::backfill`] with a progress bar on a terminal.
+fn paths_backfill_with_progress(tx: &Transaction<'_>, conversions: bool) -> Result<(), StoreError> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "paths {bar:40} {pos}/{len} conversions and visitors ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    rollups::deferred(tx, || {
+        paths::backfill(tx, conversions, &mut |total, done| {
             bar.set_length(total);
             bar.set_position(done);
         })
@@ -866,8 +917,14 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             rollups::deferred(&tx, || {
                 let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
+                let mut visitors = std::collections::BTreeSet::new();
                 for tp in &tps {
-                    batch::insert_touchpoint(&tx, &mut insert, tp)?;
+                    if batch::insert_touchpoint(&tx, &mut insert, tp)? > 0 {
+                        visitors.insert((tp.site.as_str(), tp.vid.as_str()));
+                    }
+                }
+                for (site, vid) in visitors {
+                    paths::refresh_tail(&tx, site, vid)?;
                 }
                 Ok(())
             })?;
@@ -1024,6 +1081,19 @@ impl Store for SqliteStore {
         let (site, query, goals) = (site.to_owned(), query.clone(), goals.to_vec());
         self.read("report_rows", move |conn| {
             rollups::report_rows(conn, &site, &query, &goals)
+        })
+        .await
+    }
+
+    async fn path_rows(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<PathRow>, StoreError> {
+        let site = site.to_owned();
+        self.read("path_rows", move |conn| {
+            paths::path_rows(conn, &site, from, to)
         })
         .await
     }

@@ -285,7 +285,7 @@
     var by = $('models-by').value, measure = $('models-measure').value;
     api('GET', '/api/v1/models?' + rangeQuery() + '&group_by=' + by).then(function (r) {
       var table = $('models-table'); table.textContent = '';
-      var head = el('tr', {}, [el('th', { scope: 'col', text: by === 'source' ? 'Source' : 'Campaign' })]);
+      var head = el('tr', {}, [el('th', { scope: 'col', text: $('models-by').selectedOptions[0].textContent })]);
       r.models.forEach(function (m) { head.appendChild(el('th', { scope: 'col', text: m.replace('_', ' ') })); });
       table.appendChild(el('thead', {}, [head]));
       var body = el('tbody');

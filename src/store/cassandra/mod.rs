@@ -579,6 +579,17 @@ impl Store for CassandraStore {
         rollups::report_rows(self, site, query, goals).await
     }
 
+    async fn path_rows(
+        &self,
+        _site: &str,
+        _from: NaiveDate,
+        _to: NaiveDate,
+    ) -> Result<Vec<crate::domain::markov::PathRow>, StoreError> {
+        Err(StoreError::Rejected(
+            "data-driven attribution is not kept on Cassandra yet".into(),
+        ))
+    }
+
     async fn click_totals(
         &self,
         site: &str,

@@ -3,6 +3,8 @@
 //! answers from its rollups equals the report recomputed from scratch:
 //! each counted conversion credited, under the model asked for, over every
 //! touchpoint of its visitor, and every touchpoint counted as a click.
+//! Under `data_driven` the path tables (each counted conversion's path,
+//! each visitor's tail) are recomputed too and solved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -14,9 +16,13 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use super::{goal, new_site, t0, Candidate, Store};
-use crate::domain::attribution::{recredit, ALL_MODELS};
+use crate::domain::attribution::recredit;
 use crate::domain::dedup::{decide, order_holder, Contender};
-use crate::domain::report::{aggregate_with_clicks, Report};
+use crate::domain::markov::{self, PathRow};
+use crate::domain::report::{
+    aggregate_with_clicks, assemble, click_totals_from_rows, rollup_rows_from_credits, Report,
+};
+use crate::domain::rollup::ROLLUP_MODELS;
 use crate::domain::{ClickRow, Conversion, CreditRow, GroupKey, Model, ReportQuery, Touchpoint};
 
 const SOURCES: [&str; 4] = ["google", "facebook", "bing", "newsletter"];
@@ -110,6 +116,9 @@ async fn recomputed(
     query: &ReportQuery,
     goal_models: &[(Uuid, Model, bool)],
 ) -> Report {
+    if query.model == Some(Model::DataDriven) {
+        return recomputed_data_driven(store, site, h, query, goal_models).await;
+    }
     let mut credits = Vec::new();
     let hits: BTreeSet<Uuid> = h.candidates.iter().map(|c| c.conversion.hit_id).collect();
     for hit in hits {
@@ -145,6 +154,145 @@ async fn recomputed(
         clicks: 1,
     });
     aggregate_with_clicks(query, credits, clicks)
+}
+
+/// The counted conversions of the history, as the store answers hit by
+/// hit (whether each counts is checked by [`assert_counted`]).
+async fn counted(store: &Arc<dyn Store>, site: &str, h: &History) -> Vec<Conversion> {
+    let mut out = Vec::new();
+    let hits: BTreeSet<Uuid> = h.candidates.iter().map(|c| c.conversion.hit_id).collect();
+    for hit in hits {
+        out.extend(store.conversions_for_hit(site, hit).await.unwrap());
+    }
+    out
+}
+
+/// The path tables recomputed from scratch: each counted conversion's
+/// path on its day, and each visitor's tail after its latest counted
+/// conversion, as (day, goal, path) -> count.
+async fn recomputed_paths(
+    store: &Arc<dyn Store>,
+    site: &str,
+    h: &History,
+) -> BTreeMap<(NaiveDate, Option<Uuid>, String), i64> {
+    let mut rows = BTreeMap::new();
+    let mut latest: BTreeMap<String, (chrono::DateTime<chrono::Utc>, Uuid)> = BTreeMap::new();
+    for c in counted(store, site, h).await {
+        let steps = recredit(&c, Model::Linear, &h.touchpoints);
+        *rows
+            .entry((c.at.date_naive(), Some(c.goal_id), markov::path_of(&steps)))
+            .or_default() += 1;
+        let slot = latest.entry(c.vid.clone()).or_insert((c.at, c.hit_id));
+        *slot = (*slot).max((c.at, c.hit_id));
+    }
+    let visitors: BTreeSet<&str> = h.touchpoints.iter().map(|t| t.vid.as_str()).collect();
+    for vid in visitors {
+        let tps: Vec<Touchpoint> = h
+            .touchpoints
+            .iter()
+            .filter(|t| t.vid == vid)
+            .cloned()
+            .collect();
+        if let Some((day, path)) = markov::tail(latest.get(vid).copied(), &tps) {
+            *rows.entry((day, None, path)).or_default() += 1;
+        }
+    }
+    rows
+}
+
+/// The store's path tables over the history's days equal their
+/// recomputation.
+async fn assert_paths(store: &Arc<dyn Store>, site: &str, h: &History, what: &str) {
+    let first: NaiveDate = (t0() - Duration::days(11)).date_naive();
+    let last: NaiveDate = (t0() + Duration::days(1)).date_naive();
+    let mut got: BTreeMap<(NaiveDate, Option<Uuid>, String), i64> = BTreeMap::new();
+    for PathRow {
+        day,
+        goal,
+        path,
+        count,
+    } in store.path_rows(site, first, last).await.unwrap()
+    {
+        *got.entry((day, goal, path)).or_default() += count;
+    }
+    assert_eq!(
+        got,
+        recomputed_paths(store, site, h).await,
+        "{what}: path tables"
+    );
+}
+
+/// A `data_driven` report recomputed from scratch: the path tables of
+/// [`recomputed_paths`] in the range solved, and each channel's credit
+/// split by every touchpoint of the counted conversions' paths.
+async fn recomputed_data_driven(
+    store: &Arc<dyn Store>,
+    site: &str,
+    h: &History,
+    query: &ReportQuery,
+    goal_models: &[(Uuid, Model, bool)],
+) -> Report {
+    let asked: BTreeSet<Uuid> = goal_models
+        .iter()
+        .map(|(g, _, _)| *g)
+        .filter(|g| query.goal.is_none_or(|q| q == *g))
+        .collect();
+    let in_range = |day: NaiveDate| day >= query.from && day <= query.to;
+    let table = markov::table(
+        recomputed_paths(store, site, h)
+            .await
+            .into_iter()
+            .filter(|((day, goal, _), _)| in_range(*day) && goal.is_none_or(|g| asked.contains(&g)))
+            .map(|((day, goal, path), count)| PathRow {
+                day,
+                goal,
+                path,
+                count,
+            }),
+    );
+    let credit = markov::channel_credit(&table);
+    let mut touches = Vec::new();
+    for c in counted(store, site, h).await {
+        if !asked.contains(&c.goal_id) {
+            continue;
+        }
+        for step in recredit(&c, Model::Linear, &h.touchpoints) {
+            touches.push(CreditRow {
+                day: c.at.date_naive(),
+                goal: c.goal_id,
+                source: step.source,
+                medium: step.medium,
+                campaign: step.campaign,
+                ad: step.ad,
+                channel: step.channel,
+                credit: 1.0,
+                value: c.value,
+            });
+        }
+    }
+    let mut by_channel = query.clone();
+    if !by_channel.group_by.contains(&GroupKey::Channel) {
+        by_channel.group_by.push(GroupKey::Channel);
+    }
+    let keep_channel = query.group_by.contains(&GroupKey::Channel);
+    let rows = markov::credit_rows(&credit, rollup_rows_from_credits(&by_channel, touches))
+        .into_iter()
+        .map(|mut r| {
+            if !keep_channel {
+                r.labels.channel = None;
+            }
+            r
+        });
+    let clicks = h.touchpoints.iter().map(|t| ClickRow {
+        day: t.at.date_naive(),
+        source: t.source.clone(),
+        medium: t.medium.clone(),
+        campaign: t.campaign.clone(),
+        ad: t.ad.clone(),
+        channel: t.channel.clone(),
+        clicks: 1,
+    });
+    assemble(query, rows, click_totals_from_rows(query, clicks))
 }
 
 /// Reports equal but for the last unit of a rounded share.
@@ -198,10 +346,11 @@ async fn assert_reports(
     what: &str,
     groupings: &[&str],
 ) {
+    assert_paths(store, site, h, what).await;
     let first: NaiveDate = (t0() - Duration::days(10)).date_naive();
     let last: NaiveDate = t0().date_naive();
     for group_by in groupings.iter().copied() {
-        for model in std::iter::once(None).chain(ALL_MODELS.map(Some)) {
+        for model in std::iter::once(None).chain(ROLLUP_MODELS.map(Some)) {
             for (from, to, goal) in [
                 (first, last, None),
                 (first + Duration::days(3), last - Duration::days(2), None),

@@ -114,7 +114,7 @@ const CANDIDATE: &str = candidate_select!("c.hit_id = ?1 AND c.goal_id = ?2");
 
 /// The smallest window length above `?3` among a visitor's counted
 /// conversions.
-const NEXT_WINDOW: &str = "SELECT window_days FROM conversions
+pub(super) const NEXT_WINDOW: &str = "SELECT window_days FROM conversions
      WHERE site = ?1 AND vid = ?2 AND window_days > ?3 ORDER BY window_days LIMIT 1";
 
 /// A visitor's counted conversions with a `?3`-day window made from `?4`
@@ -644,6 +644,20 @@ pub(super) fn record_batch_in(
     let mut verdicts: HashMap<(String, String), Recorded> = HashMap::new();
     for (group, touched) in &dirty {
         settle(&mut b, group, touched, &mut verdicts, &mut out)?;
+    }
+    // 4. Tails of every visitor whose touchpoints or counted conversions
+    //    may have changed (data-driven's non-converting paths).
+    let visitors: BTreeSet<(&str, &str)> = fresh
+        .keys()
+        .map(|(site, vid)| (site.as_str(), vid.as_str()))
+        .chain(
+            dirty
+                .keys()
+                .map(|(site, _, vid)| (site.as_str(), vid.as_str())),
+        )
+        .collect();
+    for (site, vid) in visitors {
+        super::paths::refresh_tail(tx, site, vid)?;
     }
     out.recorded = candidates
         .iter()

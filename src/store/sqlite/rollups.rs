@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::{day_text, instant, nanos};
 use crate::domain::attribution::channel_of_labels;
+use crate::domain::markov::path_of;
 use crate::domain::report::{ClickTotal, Labels, RollupRow};
 use crate::domain::rollup::contributions;
 use crate::domain::{window_path, Conversion, Credit, GroupKey, Model, ReportQuery, Touchpoint};
@@ -64,10 +65,16 @@ type ClickKey = (String, String, String, String, String, String, String);
 /// Rollup changes gathered over one attributor batch, written once per
 /// row at its end (see [`deferred`]).
 #[derive(Default)]
-struct Delta {
+pub(super) struct Delta {
     credits: HashMap<CreditKey, (i64, i64)>,
     clicks: HashMap<ClickKey, i64>,
+    /// Path table rows (see [`super::paths`]).
+    pub(super) paths: HashMap<PathKey, i64>,
 }
+
+/// A path table row's key: site, day, goal id ('' for the non-converting
+/// paths), path.
+pub(super) type PathKey = (String, String, String, String);
 
 thread_local! {
     /// The open [`Delta`] of the batch running on this thread, if any.
@@ -143,6 +150,23 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
     for (k, n) in &delta.clicks {
         clicks.execute(params![k.0, k.1, k.2, k.3, k.4, k.5, k.6, n])?;
     }
+    let mut paths = tx.prepare_cached(
+        "INSERT INTO path_rollups (site, day, goal_id, path, count) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (site, day, goal_id, path) DO UPDATE SET count = count + excluded.count",
+    )?;
+    let mut prune_path = tx.prepare_cached(
+        "DELETE FROM path_rollups
+         WHERE site = ?1 AND day = ?2 AND goal_id = ?3 AND path = ?4 AND count = 0",
+    )?;
+    for (k, n) in &delta.paths {
+        if *n == 0 {
+            continue;
+        }
+        paths.execute(params![k.0, k.1, k.2, k.3, n])?;
+        if *n < 0 {
+            prune_path.execute(params![k.0, k.1, k.2, k.3])?;
+        }
+    }
     Ok(())
 }
 
@@ -150,11 +174,20 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
 /// contributions under every model; `c.credits` is its path. Inside
 /// [`deferred`] the change is gathered, else written at once.
 pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(), StoreError> {
+    merge_or_flush(tx, delta_of(c, sign, |_| true))
+}
+
+/// A conversion's contributions under the models `keep` selects, and its
+/// path, as a [`Delta`] of `sign`.
+fn delta_of(c: &Conversion, sign: i64, keep: impl Fn(Model) -> bool) -> Delta {
     let (goal, day) = (c.goal_id.to_string(), day_text(c.at.date_naive()));
     let currency = c.currency.clone().unwrap_or_default();
     let mut delta = Delta::default();
     for part in contributions(c.at, c.value, &c.credits) {
         let k = part.key;
+        if !keep(k.model) {
+            continue;
+        }
         let key: CreditKey = (
             c.site.clone(),
             goal.clone(),
@@ -171,7 +204,41 @@ pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(
         slot.0 += sign * part.conversions;
         slot.1 += sign * part.value;
     }
-    merge_or_flush(tx, delta)
+    delta
+        .paths
+        .insert((c.site.clone(), day, goal, path_of(&c.credits)), sign);
+    delta
+}
+
+/// Adds every counted conversion's `data_driven` rows and path, read
+/// from its stored path: the backfill of a store written before either
+/// existed. `done` is told how many conversions each page added.
+pub(super) fn add_data_driven(
+    tx: &Transaction<'_>,
+    done: &mut dyn FnMut(u64),
+) -> Result<(), StoreError> {
+    let mut after = (String::new(), String::new());
+    loop {
+        let page: Vec<(String, String)> = tx
+            .prepare_cached(
+                "SELECT hit_id, goal_id FROM conversions WHERE (hit_id, goal_id) > (?1, ?2)
+                 ORDER BY hit_id, goal_id LIMIT ?3",
+            )?
+            .query_map(params![after.0, after.1, BACKFILL_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.clone();
+        for (hit, goal) in &page {
+            if let Some(c) = stored_conversion(tx, hit, goal)? {
+                merge_or_flush(tx, delta_of(&c, 1, |m| m == Model::DataDriven))?;
+            }
+        }
+        done(page.len() as u64);
+    }
 }
 
 /// Counts a new touchpoint on its day.
@@ -193,7 +260,7 @@ pub(super) fn add_click(tx: &Connection, tp: &Touchpoint) -> Result<(), StoreErr
 }
 
 /// Adds `delta` to the open batch's, or writes it now when none is open.
-fn merge_or_flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
+pub(super) fn merge_or_flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
     let rest = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
         Some(open) => {
             for (k, (c, v)) in delta.credits {
@@ -203,6 +270,9 @@ fn merge_or_flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
             }
             for (k, n) in delta.clicks {
                 *open.clicks.entry(k).or_default() += n;
+            }
+            for (k, n) in delta.paths {
+                *open.paths.entry(k).or_default() += n;
             }
             None
         }
