@@ -103,11 +103,11 @@ macro_rules! store_conformance_tests {
 }
 pub(crate) use store_conformance_tests;
 
-fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 20, 10, 30, 15).unwrap() + Duration::milliseconds(123)
 }
 
-async fn new_site(store: &Arc<dyn Store>) -> Site {
+pub(crate) async fn new_site(store: &Arc<dyn Store>) -> Site {
     let site = Site::new(
         "conformance",
         vec!["shop.example".into(), "www.shop.example".into()],
@@ -117,7 +117,7 @@ async fn new_site(store: &Arc<dyn Store>) -> Site {
     site
 }
 
-fn goal(site: &str, event: &str, model: Model) -> Goal {
+pub(crate) fn goal(site: &str, event: &str, model: Model) -> Goal {
     let draft: GoalDraft = serde_json::from_value(serde_json::json!({
         "name": format!("{event} goal"),
         "match": {"event": event},
@@ -144,7 +144,7 @@ fn touchpoint(site: &str, vid: &str, at: DateTime<Utc>, source: &str) -> Touchpo
     }
 }
 
-fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -> Conversion {
+pub(crate) fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -> Conversion {
     Conversion {
         hit_id: Uuid::now_v7(),
         goal_id: goal,

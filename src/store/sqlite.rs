@@ -1255,6 +1255,101 @@ mod tests {
         assert_eq!(got, vec![tp]);
     }
 
+    /// A store written at schema 9 (before path tables and data-driven
+    /// rows) gets both on upgrade: the path tables and every
+    /// `data_driven` report equal what this build writes as it goes.
+    #[tokio::test]
+    async fn a_store_from_before_paths_is_backfilled_on_upgrade() {
+        use crate::domain::report::ReportQuery;
+        use crate::domain::{GroupKey, Model};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&path, Arc::new(Metrics::new())).unwrap());
+        let site = crate::store::conformance::new_site(&store).await;
+        let goal = crate::store::conformance::goal(&site.key, "buy", Model::LastClick);
+        store.put_goal(&goal).await.unwrap();
+        let at = crate::store::conformance::t0();
+        let channels = ["Paid Search", "Email", "Organic Social"];
+        let mut tps = Vec::new();
+        let mut cands = Vec::new();
+        for v in 0..30u32 {
+            for i in 0..(v % 4) {
+                tps.push(Touchpoint {
+                    hit_id: Uuid::now_v7(),
+                    site: site.key.clone(),
+                    vid: format!("v{v}"),
+                    at: at - chrono::Duration::hours(i64::from(v * 3 + i)),
+                    source: format!("s{i}"),
+                    medium: None,
+                    campaign: None,
+                    ad: None,
+                    channel: channels[((v + i) % 3) as usize].into(),
+                    click_id: None,
+                });
+            }
+            if v % 3 == 0 {
+                let c =
+                    crate::store::conformance::conversion(&site.key, goal.id, &format!("v{v}"), at);
+                cands.push(crate::store::Candidate {
+                    conversion: c,
+                    once_per_visitor: false,
+                });
+            }
+        }
+        store.record_batch(&tps, &cands).await.unwrap();
+        let day = at.date_naive();
+        let query = |group_by: &str| ReportQuery {
+            from: day - chrono::Duration::days(3),
+            to: day,
+            goal: None,
+            group_by: GroupKey::parse_list(group_by).unwrap(),
+            model: Some(Model::DataDriven),
+        };
+        let mut paths_before = store
+            .path_rows(&site.key, query("").from, day)
+            .await
+            .unwrap();
+        paths_before.sort_by(|a, b| (a.day, a.goal, &a.path).cmp(&(b.day, b.goal, &b.path)));
+        assert!(
+            paths_before.iter().any(|r| r.goal.is_none()),
+            "{paths_before:?}"
+        );
+        let mut before = Vec::new();
+        for g in ["channel", "day,source"] {
+            before.push(
+                crate::store::report(store.as_ref(), &site.key, &query(g))
+                    .await
+                    .unwrap(),
+            );
+        }
+        drop(store);
+        {
+            // Back to schema 9, as that build left it.
+            let conn = open_connection(&path).unwrap();
+            conn.execute_batch(
+                "DROP TABLE path_rollups; DROP TABLE visitor_tails;
+                 DELETE FROM credit_rollups WHERE model = 'data_driven';
+                 PRAGMA user_version = 9;",
+            )
+            .unwrap();
+        }
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&path, Arc::new(Metrics::new())).unwrap());
+        let mut paths_after = store
+            .path_rows(&site.key, query("").from, day)
+            .await
+            .unwrap();
+        paths_after.sort_by(|a, b| (a.day, a.goal, &a.path).cmp(&(b.day, b.goal, &b.path)));
+        assert_eq!(paths_after, paths_before);
+        for (g, want) in ["channel", "day,source"].into_iter().zip(before) {
+            let got = crate::store::report(store.as_ref(), &site.key, &query(g))
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{g}");
+        }
+    }
+
     /// A file written by the schema before rollups (version 6: conversions
     /// with the credited steps of their own model only) is upgraded on
     /// open: paths rebuilt from the touchpoints, rollups backfilled, and

@@ -7,6 +7,7 @@ mod collect;
 mod crash;
 mod dashboard;
 mod dashboard_browser;
+mod data_driven;
 mod flow;
 mod goals;
 mod helpers;
