@@ -353,7 +353,7 @@ fn decode(lines: &HitLines) -> (Vec<Hit>, Option<(HitLines, String)>) {
 mod tests {
     use super::*;
     use crate::domain::report::ReportQuery;
-    use crate::domain::{Conversion, Goal, GoalDraft, GroupKey, RawHit, Site, Stamp};
+    use crate::domain::{Conversion, Goal, GoalDraft, GroupKey, Model, RawHit, Site, Stamp};
     use crate::store::sqlite::SqliteStore;
     use chrono::Duration;
     use chrono::{TimeZone, Utc};
@@ -600,12 +600,15 @@ mod tests {
             group_by: vec![GroupKey::Channel, GroupKey::Source, GroupKey::Goal],
             model: None,
         };
-        let report = crate::store::report(store.as_ref(), site, &q)
-            .await
-            .unwrap()
-            .rows
-            .into_iter()
-            .map(|r| {
+        // Each goal's own model, then data-driven (paths and tails).
+        let mut report = Vec::new();
+        for model in [None, Some(Model::DataDriven)] {
+            let q = ReportQuery { model, ..q.clone() };
+            let rows = crate::store::report(store.as_ref(), site, &q)
+                .await
+                .unwrap()
+                .rows;
+            report.extend(rows.into_iter().map(|r| {
                 (
                     r.channel,
                     r.source,
@@ -613,8 +616,8 @@ mod tests {
                     (r.conversions * 1e6).round() as i64,
                     (r.value * 1e6).round() as i64,
                 )
-            })
-            .collect();
+            }));
+        }
         let mut per_hit = Vec::new();
         for h in hits {
             let mut c = store.conversions_for_hit(site, h.id).await.unwrap();
