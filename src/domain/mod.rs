@@ -7,6 +7,7 @@
 //! use. Every function is deterministic so it can be unit- and
 //! property-tested.
 
+pub mod adjustment;
 pub mod attribution;
 pub mod channel;
 pub mod dedup;

@@ -338,6 +338,12 @@ pub struct Explained {
     model: crate::domain::Model,
     window_days: u16,
     touchpoints: Vec<crate::domain::Credit>,
+    /// The value reports count it at once its order's adjustments apply;
+    /// `null` when it is retracted.
+    adjusted_value: Option<f64>,
+    /// Its order's adjustments, oldest first, with the value before and
+    /// after each.
+    adjustments: Vec<super::adjustments::Applied>,
 }
 
 /// A stored conversion explained under its goal's model (the one reports
@@ -348,7 +354,18 @@ pub async fn explained(state: &AppState, site: &str, c: Conversion) -> Result<Ex
     let model = goal.as_ref().map_or(c.model, |g| g.model);
     let c = c.under(model);
     let goal_name = goal.map(|g| g.name);
+    let adjustments = match c.order_id.as_deref() {
+        Some(order) => state.store.order_adjustments(site, order).await?,
+        None => Vec::new(),
+    };
+    let adjusted_value = crate::domain::adjustment::adjusted_value(
+        c.value,
+        crate::domain::adjustment::effect(&adjustments),
+    );
+    let applied = super::adjustments::applied(std::slice::from_ref(&c), &adjustments);
     Ok(Explained {
+        adjusted_value,
+        adjustments: applied,
         hit_id: c.hit_id,
         goal: c.goal_id,
         goal_name,

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// A backend cannot take the request now; the client should retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The configured backend does not offer this (yet); the message
+    /// says which.
+    #[error("{0}")]
+    NotImplemented(String),
     /// A fault of ours; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::Timeout => "timeout",
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -76,6 +81,7 @@ impl ResponseError for ApiError {
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +119,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            StoreError::Unsupported(m) => ApiError::NotImplemented(m),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -19,6 +19,7 @@ use crate::queue::Queue;
 use crate::store::Store;
 use crate::worker::ConsumerHealth;
 
+pub mod adjustments;
 pub mod api;
 pub mod collect;
 pub mod csv;
@@ -97,6 +98,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api/v1")
             .service(web::resource("/site").get(api::get_site).put(api::put_site))
+            .service(
+                web::resource("/adjustments")
+                    .get(adjustments::list)
+                    .post(adjustments::create),
+            )
             .service(
                 web::resource("/goals")
                     .get(api::list_goals)

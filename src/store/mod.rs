@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
+use crate::domain::adjustment::Adjustment;
 use crate::domain::markov::PathRow;
 use crate::domain::report::{ClickTotal, RollupRow};
 /// The dedup rule decides; the port reports its reasons.
@@ -42,6 +43,10 @@ pub enum StoreError {
     Rejected(String),
     #[error("store schema is missing or outdated; run `tally migrate`: {0}")]
     Schema(String),
+    /// This adapter does not keep what was asked for (yet); the message
+    /// names it.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {
@@ -248,6 +253,33 @@ pub trait Store: Send + Sync + 'static {
         query: &ReportQuery,
         goals: &[(Uuid, Model)],
     ) -> Result<Vec<RollupRow>, StoreError>;
+    /// Records an adjustment unless one with its id is stored for the
+    /// site (then the stored one is returned, `false`), and applies it to
+    /// every counted conversion of its order: a retracted one leaves
+    /// every report, a restated one counts at its new value. A conversion
+    /// of the order counted later is adjusted as it is written. Returns
+    /// the stored adjustment and whether it is new.
+    async fn put_adjustment(&self, a: &Adjustment) -> Result<(Adjustment, bool), StoreError>;
+    /// The counted conversions (recorded values, paths) of the site's live
+    /// goals that hold `order`.
+    async fn order_conversions(
+        &self,
+        site: &str,
+        order: &str,
+    ) -> Result<Vec<Conversion>, StoreError>;
+    /// An order's adjustments, oldest first.
+    async fn order_adjustments(
+        &self,
+        site: &str,
+        order: &str,
+    ) -> Result<Vec<Adjustment>, StoreError>;
+    /// The adjustments recorded on UTC days `from..=to`, newest first.
+    async fn adjustments(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Adjustment>, StoreError>;
     /// The path tables of UTC days `from..=to` (every goal's converting
     /// paths and the non-converting ones, [`crate::domain::markov`]): a
     /// row per day, goal and distinct path, so what it reads grows with

@@ -91,10 +91,12 @@ use uuid::Uuid;
 
 use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
+mod adjustments;
 mod batch;
 mod paths;
 mod rollups;
 mod sessions;
+use crate::domain::adjustment::Adjustment;
 use crate::domain::attribution::channel_of_labels;
 use crate::domain::markov::PathRow;
 use crate::domain::report::{ClickTotal, RollupRow};
@@ -348,6 +350,23 @@ CREATE TABLE visitor_tails (
     path TEXT NOT NULL,
     PRIMARY KEY (site, vid)
 ) WITHOUT ROWID;
+"#,
+    // 11: adjustments (refunds and corrections) by order id, kept forever
+    // (`sqlite/adjustments.rs`); an order's are read by its id, a range's
+    // by time.
+    r#"
+CREATE TABLE adjustments (
+    site     TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    value    REAL,
+    reason   TEXT,
+    at_ns    INTEGER NOT NULL,
+    PRIMARY KEY (site, id)
+) WITHOUT ROWID;
+CREATE INDEX adjustments_order ON adjustments (site, order_id, at_ns, id);
+CREATE INDEX adjustments_time ON adjustments (site, at_ns);
 "#,
 ];
 
@@ -1081,6 +1100,55 @@ impl Store for SqliteStore {
         let (site, query, goals) = (site.to_owned(), query.clone(), goals.to_vec());
         self.read("report_rows", move |conn| {
             rollups::report_rows(conn, &site, &query, &goals)
+        })
+        .await
+    }
+
+    async fn put_adjustment(&self, a: &Adjustment) -> Result<(Adjustment, bool), StoreError> {
+        let a = a.clone();
+        self.write("put_adjustment", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = rollups::deferred(&tx, || adjustments::record(&tx, &a))?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn order_conversions(
+        &self,
+        site: &str,
+        order: &str,
+    ) -> Result<Vec<Conversion>, StoreError> {
+        let (site, order) = (site.to_owned(), order.to_owned());
+        self.read("order_conversions", move |conn| {
+            let tx = conn.transaction()?;
+            adjustments::order_conversions(&tx, &site, &order)
+        })
+        .await
+    }
+
+    async fn order_adjustments(
+        &self,
+        site: &str,
+        order: &str,
+    ) -> Result<Vec<Adjustment>, StoreError> {
+        let (site, order) = (site.to_owned(), order.to_owned());
+        self.read("order_adjustments", move |conn| {
+            adjustments::of_order(conn, &site, &order)
+        })
+        .await
+    }
+
+    async fn adjustments(
+        &self,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Adjustment>, StoreError> {
+        let site = site.to_owned();
+        self.read("adjustments", move |conn| {
+            adjustments::in_range(conn, &site, from, to)
         })
         .await
     }

@@ -579,6 +579,44 @@ impl Store for CassandraStore {
         rollups::report_rows(self, site, query, goals).await
     }
 
+    async fn put_adjustment(
+        &self,
+        _a: &crate::domain::adjustment::Adjustment,
+    ) -> Result<(crate::domain::adjustment::Adjustment, bool), StoreError> {
+        Err(StoreError::Unsupported(
+            "adjustments are not kept on Cassandra yet; this site's store does not record them"
+                .into(),
+        ))
+    }
+
+    async fn order_conversions(
+        &self,
+        _site: &str,
+        _order: &str,
+    ) -> Result<Vec<Conversion>, StoreError> {
+        Err(StoreError::Unsupported(
+            "adjustments are not kept on Cassandra yet".into(),
+        ))
+    }
+
+    async fn order_adjustments(
+        &self,
+        _site: &str,
+        _order: &str,
+    ) -> Result<Vec<crate::domain::adjustment::Adjustment>, StoreError> {
+        // None can have been recorded.
+        Ok(Vec::new())
+    }
+
+    async fn adjustments(
+        &self,
+        _site: &str,
+        _from: NaiveDate,
+        _to: NaiveDate,
+    ) -> Result<Vec<crate::domain::adjustment::Adjustment>, StoreError> {
+        Ok(Vec::new())
+    }
+
     async fn path_rows(
         &self,
         _site: &str,

@@ -173,8 +173,21 @@ fn flush(tx: &Connection, delta: Delta) -> Result<(), StoreError> {
 /// Adds (`sign` 1) or subtracts (`sign` -1) a counted conversion's
 /// contributions under every model; `c.credits` is its path. Inside
 /// [`deferred`] the change is gathered, else written at once.
+///
+/// The conversion counts at its adjusted value: a retracted one adds
+/// nothing, a restated one its new value ([`super::adjustments`]).
 pub(super) fn apply(tx: &Transaction<'_>, c: &Conversion, sign: i64) -> Result<(), StoreError> {
-    merge_or_flush(tx, delta_of(c, sign, |_| true))
+    let Some(c) = adjusted(tx, c)? else {
+        return Ok(());
+    };
+    merge_or_flush(tx, delta_of(&c, sign, |_| true))
+}
+
+/// `c` at the value its order's adjustments give it; `None` if retracted.
+fn adjusted(tx: &Connection, c: &Conversion) -> Result<Option<Conversion>, StoreError> {
+    let effect = super::adjustments::effect(tx, c)?;
+    Ok(crate::domain::adjustment::adjusted_value(c.value, effect)
+        .map(|value| Conversion { value, ..c.clone() }))
 }
 
 /// A conversion's contributions under the models `keep` selects, and its
@@ -234,7 +247,9 @@ pub(super) fn add_data_driven(
         after = last.clone();
         for (hit, goal) in &page {
             if let Some(c) = stored_conversion(tx, hit, goal)? {
-                merge_or_flush(tx, delta_of(&c, 1, |m| m == Model::DataDriven))?;
+                if let Some(c) = adjusted(tx, &c)? {
+                    merge_or_flush(tx, delta_of(&c, 1, |m| m == Model::DataDriven))?;
+                }
             }
         }
         done(page.len() as u64);
