@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::api::{explained, Bearer, Explained, ReportParams};
 use super::{ApiError, AppState};
 use crate::domain::attribution::ALL_MODELS;
+use crate::domain::currency::NO_CURRENCY;
 use crate::domain::report::{assemble, report_goals, Labels};
 use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Model};
 
@@ -54,6 +55,31 @@ impl ByModel {
     }
 }
 
+/// Each model's value per currency (`""` for none), every model present.
+fn values_by_currency(
+    values: BTreeMap<Option<String>, BTreeMap<&'static str, f64>>,
+) -> BTreeMap<String, BTreeMap<&'static str, f64>> {
+    values
+        .into_iter()
+        .map(|(currency, mut by_model)| {
+            for m in ALL_MODELS {
+                by_model.entry(m.as_str()).or_default();
+            }
+            (currency.unwrap_or_else(|| NO_CURRENCY.to_owned()), by_model)
+        })
+        .collect()
+}
+
+/// The models' totals: conversions add up across currencies, values only
+/// within one (`value` is there only when the range holds at most one).
+#[derive(Serialize)]
+struct ModelTotal {
+    conversions: BTreeMap<&'static str, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<BTreeMap<&'static str, f64>>,
+    values: BTreeMap<String, BTreeMap<&'static str, f64>>,
+}
+
 #[derive(Serialize)]
 struct ModelRow {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,14 +90,18 @@ struct ModelRow {
     campaign: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ad: Option<Option<String>>,
+    /// A group in two currencies is two rows: values never add up.
+    currency: Option<String>,
     #[serde(flatten)]
     credited: ByModel,
 }
 
-/// `GET /api/v1/models?from&to[&goal][&group_by=source,medium,campaign,ad]`:
+/// `GET /api/v1/models?from&to[&goal][&group_by=source,medium,campaign,ad,currency]`:
 /// every conversion in the range credited under all five models side by
 /// side, summed from the store's per-day rollups (which keep every
-/// model), so it is never truncated and costs what a report costs.
+/// model), so it is never truncated and costs what a report costs. Rows
+/// split by currency like a report's; the total's `value` is there only
+/// when the range holds at most one currency, `values` has each one's.
 pub async fn models(
     state: web::Data<AppState>,
     auth: Bearer,
@@ -85,13 +115,15 @@ pub async fn models(
         .any(|k| matches!(k, GroupKey::Day | GroupKey::Goal))
     {
         return Err(ApiError::BadRequest(
-            "models group_by takes source, medium, campaign and ad".into(),
+            "models group_by takes source, medium, campaign, ad and currency".into(),
         ));
     }
     let site = auth.site.as_str();
     let goals = state.store.goals(site).await?;
     let mut groups: BTreeMap<Labels, ByModel> = BTreeMap::new();
     let mut total = ByModel::default();
+    let mut values: BTreeMap<Option<String>, BTreeMap<&'static str, f64>> = BTreeMap::new();
+    let mut one_currency = true;
     for model in ALL_MODELS {
         query.model = Some(model);
         let report = assemble(
@@ -108,6 +140,7 @@ pub async fn models(
                 medium: row.medium,
                 campaign: row.campaign,
                 ad: row.ad,
+                currency: row.currency,
                 ..Labels::default()
             };
             groups
@@ -115,7 +148,19 @@ pub async fn models(
                 .or_default()
                 .add(model.as_str(), row.conversions, row.value);
         }
-        total.add(model.as_str(), report.total.conversions, report.total.value);
+        total.add(
+            model.as_str(),
+            report.total.conversions,
+            report.total.value.unwrap_or(0.0),
+        );
+        one_currency &= report.total.value.is_some();
+        for (currency, value) in report.total.values.iter() {
+            *values
+                .entry(currency.map(str::to_owned))
+                .or_default()
+                .entry(model.as_str())
+                .or_default() += value;
+        }
     }
     // Every model credits each conversion exactly once in all.
     let conversions = total
@@ -132,9 +177,16 @@ pub async fn models(
             medium: l.medium,
             campaign: l.campaign,
             ad: l.ad,
+            currency: l.currency,
             credited: credited.complete(),
         })
         .collect();
+    let total = total.complete();
+    let total = ModelTotal {
+        conversions: total.conversions,
+        value: one_currency.then_some(total.value),
+        values: values_by_currency(values),
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "models": ALL_MODELS.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "from": query.from.to_string(),
@@ -142,7 +194,7 @@ pub async fn models(
         "conversions": conversions,
         "truncated": false,
         "rows": rows,
-        "total": total.complete(),
+        "total": total,
     })))
 }
 

@@ -583,6 +583,7 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
         channel,
         credit: row.get(6)?,
         value: row.get(7)?,
+        currency: row.get(9)?,
     })
 }
 
@@ -956,7 +957,7 @@ impl Store for SqliteStore {
             // that earn nothing under the recorded model are not credits.
             let mut stmt = conn.prepare_cached(
                 "SELECT cc.day, cc.goal_id, cc.source, cc.medium, cc.campaign, cc.ad, cc.credit, cc.value,
-                        cc.channel
+                        cc.channel, c.currency
                  FROM conversions c
                  JOIN conversion_credits cc ON cc.hit_id = c.hit_id AND cc.goal_id = c.goal_id
                  WHERE c.site = ?1 AND c.at_ns >= ?2 AND c.at_ns < ?3
@@ -1307,6 +1308,7 @@ mod tests {
                     channel: cr.channel,
                     credit: cr.credit,
                     value: 30.0,
+                    currency: c.currency.clone(),
                 });
             let clicks = tps.iter().map(|t| ClickRow {
                 day: t.at.date_naive(),

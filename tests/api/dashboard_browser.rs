@@ -386,7 +386,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         };
         assert_eq!(csv["status"], 200, "{csv}");
         assert!(csv["url"].as_str().unwrap().contains("group_by=channel,source,medium,campaign"), "{csv}");
-        assert!(csv["text"].as_str().unwrap().starts_with("channel,source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
+        assert!(csv["text"].as_str().unwrap().starts_with("channel,source,medium,campaign,currency,clicks,conversions,value\r\n"), "{csv}");
         // Money has two decimals in every row.
         for cell in client.find_all(Locator::XPath(&format!("{}//tbody/tr/td[4]", table_under("Where conversions come from")))).await.unwrap() {
             let v = cell.text().await.unwrap();

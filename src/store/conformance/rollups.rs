@@ -23,6 +23,8 @@ const SOURCES: [&str; 4] = ["google", "facebook", "bing", "newsletter"];
 /// Channels given independently of the labels: a store keeps the channel
 /// a touchpoint was made with, it never classifies again.
 const CHANNELS: [&str; 3] = ["Paid Search", "Organic Social", "Referral"];
+/// Conversions' currencies, none included: every report splits by them.
+const CURRENCIES: [Option<&str>; 3] = [None, Some("EUR"), Some("USD")];
 
 struct History {
     touchpoints: Vec<Touchpoint>,
@@ -84,7 +86,7 @@ fn history_of(
                 vid: vid.clone(),
                 at: at(rng),
                 value: f64::from(rng.random_range(0..20_000)) / 100.0,
-                currency: None,
+                currency: CURRENCIES[rng.random_range(0..CURRENCIES.len())].map(Into::into),
                 order_id: rng
                     .random_bool(0.3)
                     .then(|| format!("o{}", rng.random_range(0..orders))),
@@ -131,6 +133,7 @@ async fn recomputed(
                     channel: cr.channel,
                     credit: cr.credit,
                     value: c.value,
+                    currency: c.currency.clone(),
                 });
             }
         }
@@ -156,9 +159,20 @@ pub fn assert_same(got: &Report, want: &Report, what: &str) {
         "{what}: {got:?} vs {want:?}"
     );
     assert_eq!(got.total.clicks, want.total.clicks, "{what}");
+    let same_values = got.total.values.len() == want.total.values.len()
+        && got
+            .total
+            .values
+            .iter()
+            .zip(want.total.values.iter())
+            .all(|((gc, gv), (wc, wv))| gc == wc && close(gv, wv));
     assert!(
         close(got.total.conversions, want.total.conversions)
-            && close(got.total.value, want.total.value),
+            && same_values
+            && match (got.total.value, want.total.value) {
+                (Some(g), Some(w)) => close(g, w),
+                (g, w) => g == w,
+            },
         "{what}: totals {:?} vs {:?}",
         got.total,
         want.total
@@ -186,6 +200,9 @@ const GROUPINGS: &[&str] = &[
     "source,campaign",
     "goal,source,medium,campaign,ad",
     "day,ad",
+    "currency",
+    "day,goal,currency",
+    "source,currency",
 ];
 
 /// Every report of a grid of queries over the history's ten days, under
