@@ -622,8 +622,8 @@ mod tests {
         let g = goal(serde_json::json!({"match": {"event": "buy"}, "currency": "eur"})).unwrap();
         assert_eq!(g.currency.as_deref(), Some("EUR"));
         assert_eq!(serde_json::to_value(&g).unwrap()["currency"], "EUR");
-        let err = goal(serde_json::json!({"match": {"event": "buy"}, "currency": "euro"}))
-            .unwrap_err();
+        let err =
+            goal(serde_json::json!({"match": {"event": "buy"}, "currency": "euro"})).unwrap_err();
         assert!(matches!(err, GoalError::Currency(_)), "{err}");
         assert!(err.to_string().contains("currency"), "{err}");
         let none = goal(serde_json::json!({"match": {"event": "buy"}})).unwrap();

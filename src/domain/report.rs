@@ -613,7 +613,10 @@ mod tests {
             .iter()
             .map(|x| (x.currency.as_deref(), x.conversions, x.value))
             .collect();
-        assert_eq!(rows, vec![(Some("EUR"), 2.0, 15.0), (Some("USD"), 1.0, 10.0)]);
+        assert_eq!(
+            rows,
+            vec![(Some("EUR"), 2.0, 15.0), (Some("USD"), 1.0, 10.0)]
+        );
         assert_eq!(r.total.conversions, 3.0);
         assert_eq!(r.total.value, None);
         let json = serde_json::to_value(&r).unwrap();
@@ -634,7 +637,11 @@ mod tests {
                 priced(20, "google", 10.0, Some("USD")),
                 priced(20, "bing", 7.0, Some("USD")),
             ],
-            vec![click(20, "google", 4), click(20, "bing", 1), click(20, "ddg", 2)],
+            vec![
+                click(20, "google", 4),
+                click(20, "bing", 1),
+                click(20, "ddg", 2),
+            ],
         );
         let rows: Vec<_> = r
             .rows
@@ -676,8 +683,13 @@ mod tests {
             .iter()
             .map(|x| (x.currency.as_deref(), x.value, x.source.is_none()))
             .collect();
-        assert_eq!(rows, vec![(Some("EUR"), 15.0, true), (Some("USD"), 1.0, true)]);
-        assert!(!groups_by_labels(&GroupKey::parse_list("currency,day").unwrap()));
+        assert_eq!(
+            rows,
+            vec![(Some("EUR"), 15.0, true), (Some("USD"), 1.0, true)]
+        );
+        assert!(!groups_by_labels(
+            &GroupKey::parse_list("currency,day").unwrap()
+        ));
     }
 
     #[test]
@@ -691,7 +703,10 @@ mod tests {
         // Unknown may be any currency: it never adds to a named one.
         let two = aggregate(
             &query(""),
-            vec![priced(20, "g", 3.0, None), priced(20, "g", 4.0, Some("EUR"))],
+            vec![
+                priced(20, "g", 3.0, None),
+                priced(20, "g", 4.0, Some("EUR")),
+            ],
         );
         assert_eq!(two.rows.len(), 2);
         assert_eq!(two.total.value, None);

@@ -163,7 +163,7 @@
         by.days[row.day] = (by.days[row.day] || 0) + (row[s[0]] || 0);
       });
       totals.conversions += row.conversions || 0;
-      totals.value[c] = (totals.value[c] || 0) + (row.value || 0);
+      if (row.conversions || row.value) totals.value[c] = (totals.value[c] || 0) + (row.value || 0);
     });
     ['conversions', 'value'].forEach(function (measure) {
       var box = $('chart-' + measure), groups = series[measure];
@@ -174,7 +174,6 @@
       box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + (measure === 'value' ? moneyIn(totals.value) : num(totals.conversions)) + ' in all, across ' + groupCount + ' ' + split + (groupCount === 1 ? '' : 's') + '.');
       if (!keys.length || typeof uPlot === 'undefined') { box.appendChild(el('p', { 'class': 'empty', text: 'No conversions in this range yet.' })); return; }
       var data = [days.map(function (day) { return Date.parse(day + 'T00:00:00Z') / 1000; })];
-      var series = [{}];
       var lines = [{}];
       keys.forEach(function (k, i) {
         var s = groups[k];

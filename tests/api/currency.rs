@@ -51,7 +51,11 @@ async fn a_10_eur_and_a_10_usd_purchase_are_two_rows_and_never_20() {
         vec![(json!("EUR"), 1.0, 10.0), (json!("USD"), 1.0, 10.0)],
         "{r}"
     );
-    assert_eq!(r["total"]["values"], json!({"EUR": 10.0, "USD": 10.0}), "{r}");
+    assert_eq!(
+        r["total"]["values"],
+        json!({"EUR": 10.0, "USD": 10.0}),
+        "{r}"
+    );
     assert!(r["total"].get("value").is_none(), "{r}");
     assert_eq!(r["total"]["conversions"], 2.0, "{r}");
     assert_eq!(r["total"]["clicks"], 1, "{r}");
@@ -98,7 +102,10 @@ async fn a_10_eur_and_a_10_usd_purchase_are_two_rows_and_never_20() {
         .await
         .unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "source,currency,clicks,conversions,value", "{csv}");
+    assert_eq!(
+        lines[0], "source,currency,clicks,conversions,value",
+        "{csv}"
+    );
     assert!(lines.contains(&"(direct),USD,0,1.0,10.0"), "{csv}");
     assert!(lines.contains(&"google,EUR,1,1.0,10.0"), "{csv}");
 
@@ -107,9 +114,15 @@ async fn a_10_eur_and_a_10_usd_purchase_are_two_rows_and_never_20() {
         .get_json(&format!("/api/v1/models?from={d}&to={d}&group_by=source"))
         .await;
     assert!(models["total"].get("value").is_none(), "{models}");
-    assert_eq!(models["total"]["values"]["EUR"]["last_click"], 10.0, "{models}");
+    assert_eq!(
+        models["total"]["values"]["EUR"]["last_click"], 10.0,
+        "{models}"
+    );
     assert_eq!(models["total"]["values"]["USD"]["linear"], 10.0, "{models}");
-    assert_eq!(models["total"]["conversions"]["last_click"], 2.0, "{models}");
+    assert_eq!(
+        models["total"]["conversions"]["last_click"], 2.0,
+        "{models}"
+    );
     for row in models["rows"].as_array().unwrap() {
         assert!(row["currency"].is_string(), "{models}");
         assert_eq!(row["value"]["last_click"], 10.0, "{models}");
@@ -149,9 +162,7 @@ async fn a_hit_without_a_currency_takes_its_goals_else_the_sites() {
     assert_eq!(fetched["currency"], "EUR", "{fetched}");
 
     let goal_currency = app.collect_ok(&purchase(&app, "a", 5.0, None)).await;
-    let own_currency = app
-        .collect_ok(&purchase(&app, "b", 1.0, Some("USD")))
-        .await;
+    let own_currency = app.collect_ok(&purchase(&app, "b", 1.0, Some("USD"))).await;
     let site_currency = app
         .collect_ok(&json!({"site": app.site_key, "type": "event", "name": "lead", "vid": "c"}))
         .await;
@@ -162,7 +173,13 @@ async fn a_hit_without_a_currency_takes_its_goals_else_the_sites() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| (goal_of(row), row["currency"].clone(), row["value"].as_f64().unwrap()))
+        .map(|row| {
+            (
+                goal_of(row),
+                row["currency"].clone(),
+                row["value"].as_f64().unwrap(),
+            )
+        })
         .collect();
     rows.sort_by(|a, b| a.1.to_string().cmp(&b.1.to_string()));
     let (p, l) = (
@@ -210,7 +227,9 @@ async fn without_any_currency_rows_carry_null_and_the_total_has_one_value() {
     assert_eq!(by_currency(&r), vec![(Value::Null, 2.0, 7.0)], "{r}");
     assert_eq!(r["total"]["value"], 7.0, "{r}");
     assert_eq!(r["total"]["values"], json!({"": 7.0}), "{r}");
-    let e = app.get_json(&format!("/api/v1/conversions/{}", ids[0])).await;
+    let e = app
+        .get_json(&format!("/api/v1/conversions/{}", ids[0]))
+        .await;
     assert!(e["currency"].is_null(), "{e}");
     assert!(e.get("currency").is_some(), "{e}");
 }

@@ -62,7 +62,17 @@ pub(super) async fn credit_rows(
                 rows.into_iter()
                     .filter(|row| row.5.is_some_and(|credit| credit > 0.0))
                     .map(
-                        move |(goal, source, medium, campaign, ad, credit, value, channel, currency)| {
+                        move |(
+                            goal,
+                            source,
+                            medium,
+                            campaign,
+                            ad,
+                            credit,
+                            value,
+                            channel,
+                            currency,
+                        )| {
                             let source = source.unwrap_or_default();
                             CreditRow {
                                 day,

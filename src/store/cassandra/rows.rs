@@ -173,8 +173,19 @@ impl Lwt {
 
 /// A goal from its row, checked and compiled as when it was created.
 pub(super) fn goal_from_row(site: &str, row: GoalRow) -> Result<Goal, StoreError> {
-    let (id, name, matcher, value, model, window, count, created, created_ns, verified_only, currency) =
-        row;
+    let (
+        id,
+        name,
+        matcher,
+        value,
+        model,
+        window,
+        count,
+        created,
+        created_ns,
+        verified_only,
+        currency,
+    ) = row;
     let matcher: GoalMatch =
         serde_json::from_str(matcher.as_deref().unwrap_or("{}")).map_err(|e| corrupt("goal", e))?;
     let model = match model.as_deref() {
