@@ -181,7 +181,7 @@ async fn a_hit_without_a_currency_takes_its_goals_else_the_sites() {
             )
         })
         .collect();
-    rows.sort_by(|a, b| a.1.to_string().cmp(&b.1.to_string()));
+    rows.sort_by_key(|r| r.1.to_string());
     let (p, l) = (
         priced["id"].as_str().unwrap().to_owned(),
         plain["id"].as_str().unwrap().to_owned(),
