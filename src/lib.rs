@@ -6,7 +6,8 @@
 //! raw hit (the archiver). A REST API reports counts and values.
 //!
 //! # Layout
-//! - [`domain`]: hits, goals, attribution models, report aggregation. Pure.
+//! - [`domain`]: hits, goals, attribution models, currencies, report
+//!   aggregation. Pure.
 //! - [`queue`], [`store`], [`archive`]: one port (trait) each, with an
 //!   embedded adapter and a production adapter beside it.
 //! - [`worker`]: the attributor and archiver consumers.

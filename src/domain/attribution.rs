@@ -229,7 +229,10 @@ pub fn weights(model: Model, ages_days: &[f64]) -> Vec<f64> {
 /// Attributes a converting hit under a goal. `candidates` are the
 /// visitor's touchpoints in any order; those outside the goal's lookback
 /// window, or after the conversion, are ignored. The conversion hit itself
-/// may be one of them (a landing page that is also the goal).
+/// may be one of them (a landing page that is also the goal). Its
+/// currency is the hit's, else the goal's; a caller that knows the site's
+/// reporting currency resolves it again with that (see
+/// [`super::currency::resolve`]).
 pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversion {
     let mut conversion = Conversion {
         hit_id: hit.id,
@@ -238,7 +241,9 @@ pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversio
         vid: hit.vid.clone(),
         at: hit.received_at,
         value: goal.value_for(hit),
-        currency: hit.currency.clone(),
+        // The site's currency is the caller's to add (the goal does not
+        // know its site's settings): see `super::currency::resolve`.
+        currency: super::currency::resolve(hit.currency.as_deref(), goal.currency.as_deref(), None),
         order_id: hit.order_id.clone(),
         model: goal.model,
         window_days: goal.window_days,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::attribution::Model;
 use super::hit::{valid_value, Hit, HitKind, PropValue, MAX_VALUE};
+use super::site::{currency_code, SiteError};
 use super::text::{clean, ControlChar};
 
 pub const DEFAULT_WINDOW_DAYS: u16 = 30;
@@ -71,6 +72,8 @@ pub struct GoalDraft {
     pub window_days: Option<u16>,
     pub count: Option<CountMode>,
     pub verified_only: Option<bool>,
+    /// ISO 4217 code of the goal's values, for hits that name none.
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -93,6 +96,9 @@ pub enum GoalError {
     ReportModel,
     #[error(transparent)]
     ControlChar(#[from] ControlChar),
+    /// `currency` is not an ISO 4217 code (the message names the field).
+    #[error(transparent)]
+    Currency(SiteError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +117,12 @@ pub struct Goal {
     /// anonymous hit can never claim this goal's order ids or visitors.
     #[serde(default)]
     pub verified_only: bool,
+    /// ISO 4217 code of the conversions of a hit that names no currency
+    /// (before the site's reporting currency); see
+    /// [`super::currency::resolve`]. Absent from goals stored before goals
+    /// had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     pub created_at: DateTime<Utc>,
     #[serde(skip)]
     compiled: Option<Regex>,
@@ -127,6 +139,7 @@ impl PartialEq for Goal {
             && self.window_days == other.window_days
             && self.count == other.count
             && self.verified_only == other.verified_only
+            && self.currency == other.currency
             && self.created_at == other.created_at
     }
 }
@@ -233,6 +246,12 @@ impl Goal {
         if draft.model == Some(Model::DataDriven) {
             return Err(GoalError::ReportModel);
         }
+        let currency = draft
+            .currency
+            .as_deref()
+            .map(|c| currency_code("currency", c))
+            .transpose()
+            .map_err(GoalError::Currency)?;
         let mut matcher = draft.matcher;
         if matcher.url.is_some() {
             matcher.op = Some(matcher.op.unwrap_or_default());
@@ -257,6 +276,7 @@ impl Goal {
             window_days,
             count: draft.count.unwrap_or_default(),
             verified_only: draft.verified_only.unwrap_or(false),
+            currency,
             created_at,
         })
     }
@@ -600,6 +620,25 @@ mod tests {
         assert_eq!(g.value_for(&h), 49.0);
         h.value = Some(10.0);
         assert_eq!(g.value_for(&h), 10.0);
+    }
+
+    #[test]
+    fn currency_is_an_iso_code_kept_upper_case_and_optional() {
+        let g = goal(serde_json::json!({"match": {"event": "buy"}, "currency": "eur"})).unwrap();
+        assert_eq!(g.currency.as_deref(), Some("EUR"));
+        assert_eq!(serde_json::to_value(&g).unwrap()["currency"], "EUR");
+        let err =
+            goal(serde_json::json!({"match": {"event": "buy"}, "currency": "euro"})).unwrap_err();
+        assert!(matches!(err, GoalError::Currency(_)), "{err}");
+        assert!(err.to_string().contains("currency"), "{err}");
+        let none = goal(serde_json::json!({"match": {"event": "buy"}})).unwrap();
+        assert_eq!(none.currency, None);
+        // A goal stored before goals had a currency still loads.
+        let mut json = serde_json::to_value(&none).unwrap();
+        assert!(json.get("currency").is_none());
+        json.as_object_mut().unwrap().remove("currency");
+        let old: Goal = serde_json::from_value(json).unwrap();
+        assert_eq!(old, none);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Pure domain logic: hits, goals, attribution, earliest-wins dedup,
-//! referrer and channel classification, and report aggregation.
+//! referrer and channel classification, currencies, and report
+//! aggregation.
 //!
 //! Nothing in here performs I/O (except `referrer::Classifier::load`,
 //! which reads the referrer lists once at start-up), reads the clock
@@ -10,6 +11,7 @@
 pub mod adjustment;
 pub mod attribution;
 pub mod channel;
+pub mod currency;
 pub mod dedup;
 pub mod goal;
 pub mod hit;

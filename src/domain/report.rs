@@ -3,6 +3,12 @@
 //!
 //! Stores return flat credit rows for a date range; grouping happens here,
 //! once, so every store adapter reports identically.
+//!
+//! Values of different currencies never add up: whatever the grouping,
+//! rows split by currency (a group whose conversions are in two currencies
+//! is two rows, each with `currency`), and the total's `value` is there
+//! only while the range holds at most one currency; `values` always has
+//! the sum per currency ([`super::currency::Values`]).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +16,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::currency::Values;
 use super::{Goal, Model};
 
 /// Longest range one report may span; keeps a report's scan bounded.
@@ -24,6 +31,9 @@ pub enum GroupKey {
     Medium,
     Campaign,
     Ad,
+    /// Rows split by currency whatever the grouping; asked alone, rows
+    /// split by nothing else.
+    Currency,
 }
 
 impl GroupKey {
@@ -38,9 +48,10 @@ impl GroupKey {
                 "medium" => GroupKey::Medium,
                 "campaign" => GroupKey::Campaign,
                 "ad" => GroupKey::Ad,
+                "currency" => GroupKey::Currency,
                 other => {
                     return Err(format!(
-                    "unknown group_by key `{other}` (use day, goal, channel, source, medium, campaign, ad)"
+                    "unknown group_by key `{other}` (use day, goal, channel, source, medium, campaign, ad, currency)"
                 ))
                 }
             };
@@ -65,6 +76,8 @@ pub struct CreditRow {
     pub credit: f64,
     /// The whole conversion's value; the row is worth `credit * value`.
     pub value: f64,
+    /// The currency of `value` (`None`: none known).
+    pub currency: Option<String>,
 }
 
 /// Ad clicks (touchpoints) on one day with one set of marketing keys, as a
@@ -97,17 +110,20 @@ impl ReportQuery {
     }
 }
 
-/// Whether a grouping splits rows by a marketing label (source, medium,
-/// campaign, ad); one that does not (day and goal only, or nothing) is
-/// answered from per-day totals, whatever label sets a day saw.
+/// Whether a grouping splits rows by a marketing label (channel, source,
+/// medium, campaign, ad); one that does not (day, goal and currency only,
+/// or nothing) is answered from per-day totals, whatever label sets a day
+/// saw (the totals are kept per currency).
 pub fn groups_by_labels(group_by: &[GroupKey]) -> bool {
     group_by
         .iter()
-        .any(|k| !matches!(k, GroupKey::Day | GroupKey::Goal))
+        .any(|k| !matches!(k, GroupKey::Day | GroupKey::Goal | GroupKey::Currency))
 }
 
 /// The values of the keys a report groups by; a key it does not group by
-/// is `None`. Stores return rows already grouped this way.
+/// is `None`. Stores return rows already grouped this way, and always
+/// split by `currency` (`None`: no currency), whatever the grouping;
+/// clicks have no currency.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Labels {
     pub day: Option<NaiveDate>,
@@ -117,6 +133,7 @@ pub struct Labels {
     pub medium: Option<Option<String>>,
     pub campaign: Option<Option<String>>,
     pub ad: Option<Option<String>>,
+    pub currency: Option<String>,
 }
 
 /// Credited conversions summed from a store's per-day rollups, in the
@@ -146,61 +163,85 @@ pub fn report_goals(query: &ReportQuery, goals: &[Goal]) -> Vec<(Uuid, Model)> {
         .collect()
 }
 
+/// One group of a report (its labels but the currency): conversions and
+/// value per currency, and the group's clicks.
+#[derive(Default)]
+struct Group {
+    by_currency: BTreeMap<Option<String>, (f64, f64)>,
+    clicks: u64,
+}
+
 /// The report from rows the store summed: rows with the same labels (one
 /// per goal read) merge; a group that had clicks but no conversion still
-/// gets a row (conversion rate 0); rows come out sorted by their labels,
-/// so reports are stable. Clicks ignore the `goal` filter, and a report
-/// grouped by goal counts them only in its total.
+/// gets a row (conversion rate 0, no currency); rows come out sorted by
+/// their labels, then currency, so reports are stable. Clicks ignore the
+/// `goal` filter, and a report grouped by goal counts them only in its
+/// total. A group in several currencies is one row per currency, each
+/// with the group's clicks (a click has no currency), so value per click
+/// reads per currency; the total counts each click once.
 pub fn assemble(
     query: &ReportQuery,
     rows: impl IntoIterator<Item = RollupRow>,
     clicks: impl IntoIterator<Item = ClickTotal>,
 ) -> Report {
     let by_goal = query.has(GroupKey::Goal);
-    let mut groups: BTreeMap<Labels, (f64, f64, u64)> = BTreeMap::new();
-    let (mut conversions, mut value, mut total_clicks) = (0.0, 0.0, 0u64);
-    for r in rows {
+    let mut groups: BTreeMap<Labels, Group> = BTreeMap::new();
+    let (mut conversions, mut values, mut total_clicks) = (0.0, Values::default(), 0u64);
+    for mut r in rows {
         if !(r.conversions.is_finite() && r.value.is_finite()) {
             continue;
         }
+        let currency = r.labels.currency.take();
         conversions += r.conversions;
-        value += r.value;
-        let slot = groups.entry(r.labels).or_default();
+        values.add(currency.as_deref(), r.value);
+        let group = groups.entry(r.labels).or_default();
+        let slot = group.by_currency.entry(currency).or_default();
         slot.0 += r.conversions;
         slot.1 += r.value;
     }
-    for c in clicks {
+    for mut c in clicks {
         total_clicks += c.clicks;
         if by_goal {
             continue;
         }
-        groups.entry(c.labels).or_default().2 += c.clicks;
+        c.labels.currency = None;
+        groups.entry(c.labels).or_default().clicks += c.clicks;
     }
     let rows = if conversions == 0.0 && total_clicks == 0 && query.group_by.is_empty() {
         Vec::new()
     } else {
-        groups
-            .into_iter()
-            .map(|(l, (c, v, k))| ReportRow {
+        let mut out = Vec::with_capacity(groups.len());
+        for (l, g) in groups {
+            let row = |currency: Option<String>, (c, v): (f64, f64)| ReportRow {
                 day: l.day.map(|d| d.to_string()),
                 goal: l.goal.map(|g| g.to_string()),
-                channel: l.channel,
-                source: l.source,
-                medium: l.medium,
-                campaign: l.campaign,
-                ad: l.ad,
-                clicks: (!by_goal).then_some(k),
+                channel: l.channel.clone(),
+                source: l.source.clone(),
+                medium: l.medium.clone(),
+                campaign: l.campaign.clone(),
+                ad: l.ad.clone(),
+                currency,
+                clicks: (!by_goal).then_some(g.clicks),
                 conversions: units_to_conversions(c),
                 value: units_to_value(v),
-            })
-            .collect()
+            };
+            if g.by_currency.is_empty() {
+                out.push(row(None, (0.0, 0.0)));
+            }
+            for (currency, sums) in &g.by_currency {
+                out.push(row(currency.clone(), *sums));
+            }
+        }
+        out
     };
+    let values = values.map(units_to_value);
     Report {
         rows,
         total: Totals {
             clicks: total_clicks,
             conversions: units_to_conversions(conversions),
-            value: units_to_value(value),
+            value: values.single(),
+            values,
         },
     }
 }
@@ -234,7 +275,10 @@ pub fn rollup_rows_from_credits(
                 channel: r.channel.clone(),
             };
             RollupRow {
-                labels: label(query, r.day, r.goal, &key),
+                labels: Labels {
+                    currency: r.currency.clone(),
+                    ..label(query, r.day, r.goal, &key)
+                },
                 conversions: r.credit * CREDIT_UNITS as f64,
                 value: r.credit * r.value * VALUE_UNITS,
             }
@@ -301,6 +345,7 @@ pub fn label(
         medium: query.has(GroupKey::Medium).then(|| key.medium.clone()),
         campaign: query.has(GroupKey::Campaign).then(|| key.campaign.clone()),
         ad: query.has(GroupKey::Ad).then(|| key.ad.clone()),
+        currency: None,
     }
 }
 
@@ -314,6 +359,7 @@ pub fn click_labels(query: &ReportQuery, c: &ClickRow) -> Labels {
         medium: query.has(GroupKey::Medium).then(|| c.medium.clone()),
         campaign: query.has(GroupKey::Campaign).then(|| c.campaign.clone()),
         ad: query.has(GroupKey::Ad).then(|| c.ad.clone()),
+        currency: None,
     }
 }
 
@@ -333,6 +379,8 @@ pub struct ReportRow {
     pub campaign: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ad: Option<Option<String>>,
+    /// The currency of `value`, in every row (`null`: none known).
+    pub currency: Option<String>,
     /// Ad landings in this group; absent when grouped by goal (a click
     /// belongs to no goal).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,7 +393,13 @@ pub struct ReportRow {
 pub struct Totals {
     pub clicks: u64,
     pub conversions: f64,
-    pub value: f64,
+    /// The sum of every value, only when they are in at most one currency
+    /// (`0` when there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Each currency's sum; values with no currency under the key `""`
+    /// ([`super::currency::NO_CURRENCY`]).
+    pub values: Values,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -382,6 +436,14 @@ mod tests {
             channel: "Paid Search".into(),
             credit,
             value,
+            currency: None,
+        }
+    }
+
+    fn priced(day: u32, source: &str, value: f64, currency: Option<&str>) -> CreditRow {
+        CreditRow {
+            currency: currency.map(Into::into),
+            ..row(day, source, None, 1.0, value)
         }
     }
 
@@ -419,14 +481,9 @@ mod tests {
             row(21, "google", Some("bf"), 1.0, 49.0),
         ];
         let r = aggregate(&query("source,campaign"), rows);
-        assert_eq!(
-            r.total,
-            Totals {
-                clicks: 0,
-                conversions: 2.0,
-                value: 149.0
-            }
-        );
+        assert_eq!(r.total.clicks, 0);
+        assert_eq!(r.total.conversions, 2.0);
+        assert_eq!(r.total.value, Some(149.0));
         assert_eq!(r.rows.len(), 2);
         let google = r
             .rows
@@ -454,7 +511,7 @@ mod tests {
         let json = serde_json::to_value(&r.rows[0]).unwrap();
         assert_eq!(json["day"], "2026-11-21");
         assert!(json["campaign"].is_null());
-        assert_eq!(r.total.value, 2.0);
+        assert_eq!(r.total.value, Some(2.0));
     }
 
     #[test]
@@ -533,12 +590,140 @@ mod tests {
                 row(20, "g", None, 1.0, 1e12),
             ],
         );
-        assert_eq!(r.total.value, 2e12);
+        assert_eq!(r.total.value, Some(2e12));
         assert_eq!(r.total.conversions, 2.0);
         let json = serde_json::to_value(&r).unwrap();
         assert!(json["rows"][0]["value"].is_number(), "{json}");
         assert_eq!(tidy(f64::INFINITY), 0.0);
         assert_eq!(tidy(0.1 + 0.2), 0.3);
+    }
+
+    #[test]
+    fn two_currencies_are_two_rows_and_the_total_has_no_single_value() {
+        let r = aggregate(
+            &query(""),
+            vec![
+                priced(20, "google", 10.0, Some("EUR")),
+                priced(21, "google", 10.0, Some("USD")),
+                priced(21, "bing", 5.0, Some("EUR")),
+            ],
+        );
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .map(|x| (x.currency.as_deref(), x.conversions, x.value))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(Some("EUR"), 2.0, 15.0), (Some("USD"), 1.0, 10.0)]
+        );
+        assert_eq!(r.total.conversions, 3.0);
+        assert_eq!(r.total.value, None);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["total"].get("value").is_none(), "{json}");
+        assert_eq!(
+            json["total"]["values"],
+            serde_json::json!({"EUR": 15.0, "USD": 10.0})
+        );
+        assert_eq!(json["rows"][0]["currency"], "EUR");
+    }
+
+    #[test]
+    fn a_group_in_two_currencies_is_two_rows_each_with_the_groups_clicks() {
+        let r = aggregate_with_clicks(
+            &query("source"),
+            vec![
+                priced(20, "google", 10.0, Some("EUR")),
+                priced(20, "google", 10.0, Some("USD")),
+                priced(20, "bing", 7.0, Some("USD")),
+            ],
+            vec![
+                click(20, "google", 4),
+                click(20, "bing", 1),
+                click(20, "ddg", 2),
+            ],
+        );
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .map(|x| {
+                (
+                    x.source.clone().unwrap(),
+                    x.currency.clone(),
+                    x.clicks,
+                    x.value,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("bing".into(), Some("USD".into()), Some(1), 7.0),
+                ("ddg".into(), None, Some(2), 0.0),
+                ("google".into(), Some("EUR".into()), Some(4), 10.0),
+                ("google".into(), Some("USD".into()), Some(4), 10.0),
+            ]
+        );
+        assert_eq!(r.total.clicks, 7);
+        assert_eq!(r.total.value, None);
+    }
+
+    #[test]
+    fn grouped_by_currency_alone_rows_split_by_nothing_else() {
+        let r = aggregate(
+            &query("currency"),
+            vec![
+                priced(20, "google", 10.0, Some("EUR")),
+                priced(21, "bing", 5.0, Some("EUR")),
+                priced(21, "bing", 1.0, Some("USD")),
+            ],
+        );
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .map(|x| (x.currency.as_deref(), x.value, x.source.is_none()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(Some("EUR"), 15.0, true), (Some("USD"), 1.0, true)]
+        );
+        assert!(!groups_by_labels(
+            &GroupKey::parse_list("currency,day").unwrap()
+        ));
+    }
+
+    #[test]
+    fn no_currency_is_a_row_and_a_total_of_its_own() {
+        let one = aggregate(&query(""), vec![priced(20, "g", 3.0, None)]);
+        assert_eq!(one.rows[0].currency, None);
+        assert_eq!(one.total.value, Some(3.0));
+        let json = serde_json::to_value(&one).unwrap();
+        assert!(json["rows"][0]["currency"].is_null(), "{json}");
+        assert_eq!(json["total"]["values"], serde_json::json!({"": 3.0}));
+        // Unknown may be any currency: it never adds to a named one.
+        let two = aggregate(
+            &query(""),
+            vec![
+                priced(20, "g", 3.0, None),
+                priced(20, "g", 4.0, Some("EUR")),
+            ],
+        );
+        assert_eq!(two.rows.len(), 2);
+        assert_eq!(two.total.value, None);
+        assert_eq!(
+            serde_json::to_value(&two).unwrap()["total"]["values"],
+            serde_json::json!({"": 3.0, "EUR": 4.0})
+        );
+    }
+
+    #[test]
+    fn an_empty_range_totals_zero_in_no_currency() {
+        let r = aggregate(&query("day"), vec![]);
+        assert_eq!(r.total.value, Some(0.0));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["total"],
+            serde_json::json!({"clicks": 0, "conversions": 0.0, "value": 0.0, "values": {}})
+        );
     }
 
     #[test]

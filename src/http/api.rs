@@ -302,7 +302,8 @@ pub async fn conversions(
 
 /// `GET /api/v1/conversions.csv`: the same report as
 /// [`conversions`], with the same parameters, as a formula-safe CSV file
-/// (one column per `group_by` key, then clicks, conversions and value).
+/// (one column per `group_by` key, then currency, clicks, conversions and
+/// value).
 pub async fn conversions_csv(
     state: web::Data<AppState>,
     auth: Bearer,
@@ -331,7 +332,8 @@ pub struct Explained {
     pub goal_name: Option<String>,
     pub at: chrono::DateTime<Utc>,
     value: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The currency `value` is in (`null`: none known), as resolved when
+    /// the conversion was made.
     currency: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<String>,

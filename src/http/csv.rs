@@ -101,7 +101,9 @@ impl Csv {
 }
 
 /// A report as CSV: a header, then one line per row with the grouping
-/// columns (`group_by`, in the order asked) and then the measures. A
+/// columns (`group_by`, in the order asked), `currency` (every row has one,
+/// empty for none: a file never adds two currencies' values, nor shows a
+/// value without its currency) and then the measures. A
 /// column the rows carry beyond those (a newer report field) follows, so
 /// the file never silently drops what the JSON report shows.
 pub fn report(group_by: &[String], report: &Report) -> String {
@@ -114,6 +116,9 @@ pub fn report(group_by: &[String], report: &Report) -> String {
         })
         .collect();
     let mut columns: Vec<String> = group_by.to_vec();
+    if !columns.iter().any(|c| c == "currency") {
+        columns.push("currency".to_owned());
+    }
     for m in MEASURES {
         if rows.is_empty() || rows.iter().any(|r| r.contains_key(m)) {
             columns.push(m.to_owned());
@@ -183,22 +188,45 @@ mod tests {
     #[test]
     fn a_report_has_its_group_columns_then_its_measures() {
         let report = Report {
-            rows: vec![ReportRow {
-                source: Some("google".into()),
-                campaign: Some(Some("=cmd".into())),
-                clicks: Some(2),
-                conversions: 1.0,
-                value: 49.5,
-                ..Default::default()
-            }],
+            rows: vec![
+                ReportRow {
+                    source: Some("google".into()),
+                    campaign: Some(Some("=cmd".into())),
+                    currency: Some("EUR".into()),
+                    clicks: Some(2),
+                    conversions: 1.0,
+                    value: 49.5,
+                    ..Default::default()
+                },
+                ReportRow {
+                    source: Some("google".into()),
+                    campaign: Some(Some("=cmd".into())),
+                    currency: Some("USD".into()),
+                    clicks: Some(2),
+                    conversions: 1.0,
+                    value: 10.0,
+                    ..Default::default()
+                },
+                ReportRow {
+                    source: Some("bing".into()),
+                    campaign: Some(None),
+                    clicks: Some(1),
+                    ..Default::default()
+                },
+            ],
             total: Default::default(),
         };
         let csv = super::report(&["source".into(), "campaign".into()], &report);
         assert_eq!(
             csv,
-            "source,campaign,clicks,conversions,value\r\ngoogle,'=cmd,2,1.0,49.5\r\n"
+            "source,campaign,currency,clicks,conversions,value\r\n\
+             google,'=cmd,EUR,2,1.0,49.5\r\n\
+             google,'=cmd,USD,2,1.0,10.0\r\n\
+             bing,,,1,0.0,0.0\r\n"
         );
         let empty = super::report(&["day".into()], &Report::default());
-        assert_eq!(empty, "day,clicks,conversions,value\r\n");
+        assert_eq!(empty, "day,currency,clicks,conversions,value\r\n");
+        let by_currency = super::report(&["currency".into()], &Report::default());
+        assert_eq!(by_currency, "currency,clicks,conversions,value\r\n");
     }
 }

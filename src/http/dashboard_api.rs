@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::api::{explained, Bearer, Explained, ReportParams};
 use super::{ApiError, AppState};
+use crate::domain::currency::NO_CURRENCY;
 use crate::domain::report::{assemble, Labels};
 use crate::domain::rollup::ROLLUP_MODELS;
 use crate::domain::{ApiKey, Goal, GoalDraft, GroupKey, Model};
@@ -54,6 +55,31 @@ impl ByModel {
     }
 }
 
+/// Each model's value per currency (`""` for none), every model present.
+fn values_by_currency(
+    values: BTreeMap<Option<String>, BTreeMap<&'static str, f64>>,
+) -> BTreeMap<String, BTreeMap<&'static str, f64>> {
+    values
+        .into_iter()
+        .map(|(currency, mut by_model)| {
+            for m in ROLLUP_MODELS {
+                by_model.entry(m.as_str()).or_default();
+            }
+            (currency.unwrap_or_else(|| NO_CURRENCY.to_owned()), by_model)
+        })
+        .collect()
+}
+
+/// The models' totals: conversions add up across currencies, values only
+/// within one (`value` is there only when the range holds at most one).
+#[derive(Serialize)]
+struct ModelTotal {
+    conversions: BTreeMap<&'static str, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<BTreeMap<&'static str, f64>>,
+    values: BTreeMap<String, BTreeMap<&'static str, f64>>,
+}
+
 #[derive(Serialize)]
 struct ModelRow {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,15 +92,19 @@ struct ModelRow {
     campaign: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ad: Option<Option<String>>,
+    /// A group in two currencies is two rows: values never add up.
+    currency: Option<String>,
     #[serde(flatten)]
     credited: ByModel,
 }
 
-/// `GET /api/v1/models?from&to[&goal][&group_by=channel,source,medium,campaign,ad]`:
+/// `GET /api/v1/models?from&to[&goal][&group_by=channel,source,medium,campaign,ad,currency]`:
 /// every conversion in the range credited under the five goal models and
 /// `data_driven` side by side, summed from the store's per-day rollups
 /// and path tables (which keep every model), so it is never truncated
-/// and costs what a report costs.
+/// and costs what a report costs. Rows split by currency like a report's;
+/// the total's `value` is there only when the range holds at most one
+/// currency, `values` has each one's.
 pub async fn models(
     state: web::Data<AppState>,
     auth: Bearer,
@@ -88,13 +118,15 @@ pub async fn models(
         .any(|k| matches!(k, GroupKey::Day | GroupKey::Goal))
     {
         return Err(ApiError::BadRequest(
-            "models group_by takes channel, source, medium, campaign and ad".into(),
+            "models group_by takes channel, source, medium, campaign, ad and currency".into(),
         ));
     }
     let site = auth.site.as_str();
     let goals = state.store.goals(site).await?;
     let mut groups: BTreeMap<Labels, ByModel> = BTreeMap::new();
     let mut total = ByModel::default();
+    let mut values: BTreeMap<Option<String>, BTreeMap<&'static str, f64>> = BTreeMap::new();
+    let mut one_currency = true;
     for model in ROLLUP_MODELS {
         query.model = Some(model);
         let report = assemble(
@@ -109,6 +141,7 @@ pub async fn models(
                 medium: row.medium,
                 campaign: row.campaign,
                 ad: row.ad,
+                currency: row.currency,
                 ..Labels::default()
             };
             groups
@@ -116,7 +149,19 @@ pub async fn models(
                 .or_default()
                 .add(model.as_str(), row.conversions, row.value);
         }
-        total.add(model.as_str(), report.total.conversions, report.total.value);
+        total.add(
+            model.as_str(),
+            report.total.conversions,
+            report.total.value.unwrap_or(0.0),
+        );
+        one_currency &= report.total.value.is_some();
+        for (currency, value) in report.total.values.iter() {
+            *values
+                .entry(currency.map(str::to_owned))
+                .or_default()
+                .entry(model.as_str())
+                .or_default() += value;
+        }
     }
     // Every model credits each conversion exactly once in all.
     let conversions = total
@@ -134,9 +179,16 @@ pub async fn models(
             medium: l.medium,
             campaign: l.campaign,
             ad: l.ad,
+            currency: l.currency,
             credited: credited.complete(),
         })
         .collect();
+    let total = total.complete();
+    let total = ModelTotal {
+        conversions: total.conversions,
+        value: one_currency.then_some(total.value),
+        values: values_by_currency(values),
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "models": ROLLUP_MODELS.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "from": query.from.to_string(),
@@ -144,7 +196,7 @@ pub async fn models(
         "conversions": conversions,
         "truncated": false,
         "rows": rows,
-        "total": total.complete(),
+        "total": total,
     })))
 }
 

@@ -52,6 +52,7 @@ mod tests {
             goal: Uuid::nil(),
             at: Utc::now(),
             value: 1.0,
+            currency: None,
             source: "google".into(),
         }
     }

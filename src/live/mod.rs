@@ -62,6 +62,10 @@ pub enum LiveEvent {
         goal: Uuid,
         at: DateTime<Utc>,
         value: f64,
+        /// The currency of `value`; absent when none is known (and from
+        /// publishers older than this field).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        currency: Option<String>,
         /// The source with the largest credit, `(direct)` without one.
         source: String,
     },
@@ -144,6 +148,7 @@ impl LiveEvent {
             goal: c.goal_id,
             at: c.at,
             value: c.value,
+            currency: c.currency.clone(),
             source: top,
         }
     }

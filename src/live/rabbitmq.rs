@@ -259,6 +259,7 @@ mod tests {
             goal: Uuid::nil(),
             at: Utc::now(),
             value: 2.5,
+            currency: None,
             source: "google".into(),
         }
     }

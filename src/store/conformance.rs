@@ -58,6 +58,7 @@ macro_rules! store_conformance_tests {
             late_touchpoint_recredits_the_conversions_it_precedes,
             migrate_twice_is_fine,
             verified_only_goal_round_trips,
+            goal_currency_round_trips,
             daily_salt_is_shared_and_earlier_days_are_deleted,
             clicks_are_counted_per_day_and_keys_once_per_hit,
             converted_hits_are_the_range_newest_first,
@@ -850,6 +851,21 @@ pub async fn verified_only_goal_round_trips(store: Arc<dyn Store>) {
             .unwrap()
             .unwrap()
             .verified_only
+    );
+}
+
+pub async fn goal_currency_round_trips(store: Arc<dyn Store>) {
+    let site = new_site(&store).await;
+    let mut g = goal(&site.key, "purchase", Model::LastClick);
+    g.currency = Some("EUR".into());
+    store.put_goal(&g).await.unwrap();
+    assert_eq!(store.goal(&site.key, g.id).await.unwrap(), Some(g.clone()));
+    assert_eq!(store.goals(&site.key).await.unwrap(), vec![g.clone()]);
+    g.currency = None;
+    store.put_goal(&g).await.unwrap();
+    assert_eq!(
+        store.goal(&site.key, g.id).await.unwrap().unwrap().currency,
+        None
     );
 }
 

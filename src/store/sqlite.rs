@@ -653,6 +653,7 @@ fn credit_row_from_row(row: &Row<'_>) -> rusqlite::Result<CreditRow> {
         channel,
         credit: row.get(6)?,
         value: row.get(7)?,
+        currency: row.get(9)?,
     })
 }
 
@@ -1032,7 +1033,7 @@ impl Store for SqliteStore {
             // that earn nothing under the recorded model are not credits.
             let mut stmt = conn.prepare_cached(
                 "SELECT cc.day, cc.goal_id, cc.source, cc.medium, cc.campaign, cc.ad, cc.credit, cc.value,
-                        cc.channel
+                        cc.channel, c.currency
                  FROM conversions c
                  JOIN conversion_credits cc ON cc.hit_id = c.hit_id AND cc.goal_id = c.goal_id
                  WHERE c.site = ?1 AND c.at_ns >= ?2 AND c.at_ns < ?3
@@ -1396,7 +1397,7 @@ mod tests {
             // Back to schema 9, as that build left it.
             let conn = open_connection(&path).unwrap();
             conn.execute_batch(
-                "DROP TABLE path_rollups; DROP TABLE visitor_tails;
+                "DROP TABLE path_rollups; DROP TABLE visitor_tails; DROP TABLE adjustments;
                  DELETE FROM credit_rollups WHERE model = 'data_driven';
                  PRAGMA user_version = 9;",
             )
@@ -1540,6 +1541,7 @@ mod tests {
                     channel: cr.channel,
                     credit: cr.credit,
                     value: 30.0,
+                    currency: c.currency.clone(),
                 });
             let clicks = tps.iter().map(|t| ClickRow {
                 day: t.at.date_naive(),

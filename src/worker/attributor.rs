@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::consumer::{self, BatchHandler, ConsumerHealth, HandleError, Handled};
 use super::goals::{GoalCache, SiteRules};
 use crate::domain::referrer::Classifier;
-use crate::domain::{attribute, CountMode, Hit, HitLines, Touchpoint};
+use crate::domain::{attribute, currency, CountMode, Hit, HitLines, Touchpoint};
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue};
@@ -117,10 +117,18 @@ impl Attributor {
                 .filter(|g| only_goal.is_none_or(|id| g.id == id))
             {
                 // Credits are left to the store, which sees every touchpoint.
+                let mut conversion = attribute(goal, hit, &[]);
+                // Resolved now, so the stored conversion and its rollups
+                // carry the currency its value is in.
+                conversion.currency = currency::resolve(
+                    hit.currency.as_deref(),
+                    goal.currency.as_deref(),
+                    rules.currency.as_deref(),
+                );
                 w.candidates.push((
                     i,
                     Candidate {
-                        conversion: attribute(goal, hit, &[]),
+                        conversion,
                         once_per_visitor: goal.count == CountMode::OncePerVisitor,
                     },
                 ));

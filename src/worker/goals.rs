@@ -1,5 +1,6 @@
 //! The attributor's goal cache: each site's goals, compiled once, and the
-//! site's referral rules (its domains and ignored referrers), kept for
+//! site's referral rules (its domains and ignored referrers) and reporting
+//! currency, kept for
 //! [`GOAL_REFRESH`], so a batch neither reads the goals table nor compiles
 //! a regex per hit.
 //!
@@ -22,6 +23,9 @@ use crate::store::{Store, StoreError};
 pub struct SiteRules {
     pub goals: GoalSet,
     pub referrals: ReferralRules,
+    /// The site's reporting currency: the currency of a conversion whose
+    /// hit and goal name none.
+    pub currency: Option<String>,
 }
 
 /// How old a site's cached goals may be before the next batch reads them
@@ -76,15 +80,19 @@ impl GoalCache {
         let fetched = Instant::now();
         let (goals, found) =
             futures_util::try_join!(self.store.goals(site), self.store.site(site))?;
-        let referrals = found
-            .map(|s| ReferralRules {
-                domains: s.domains,
-                ignore_referrers: s.ignore_referrers,
+        let (referrals, currency) = found
+            .map(|s| {
+                let rules = ReferralRules {
+                    domains: s.domains,
+                    ignore_referrers: s.ignore_referrers,
+                };
+                (rules, s.currency)
             })
             .unwrap_or_default();
         let rules = Arc::new(SiteRules {
             goals: GoalSet::new(goals),
             referrals,
+            currency,
         });
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         if sites.len() >= MAX_SITES {

@@ -35,6 +35,28 @@
   function num(x, digits) { return (x == null || !isFinite(x)) ? '–' : Number(x).toLocaleString('en', { maximumFractionDigits: digits == null ? 2 : digits }); }
   // Money always with two decimals, so the figures of a column line up.
   function money(x) { return (x == null || !isFinite(x)) ? '–' : Number(x).toLocaleString('en', { minimumFractionDigits: 2, maximumFractionDigits: 2 }); }
+  // Money in a currency ("€1,234.00", "CHF 5.00"); without one, the plain
+  // figure. Values of two currencies are never added: `moneyIn` shows a
+  // { currency: value } map (a report's `total.values`, "" for none) as
+  // each currency's figure, side by side.
+  function moneyOf(x, currency) {
+    if (x == null || !isFinite(x)) return '–';
+    if (!currency) return money(x);
+    try { return Number(x).toLocaleString('en', { style: 'currency', currency: currency, minimumFractionDigits: 2, maximumFractionDigits: 2 }); }
+    catch (e) { return money(x) + ' ' + currency; }
+  }
+  function moneyIn(values) {
+    var cs = Object.keys(values || {}).sort();
+    if (!cs.length) return money(0);
+    return cs.map(function (c) { return moneyOf(values[c], c) + (!c && cs.length > 1 ? ' (no currency)' : ''); }).join(' · ');
+  }
+  // A { currency: value } map divided by `by` (value per click), or null.
+  function perEach(values, by) {
+    if (!(by > 0)) return null;
+    var out = {};
+    Object.keys(values || {}).forEach(function (c) { out[c] = values[c] / by; });
+    return out;
+  }
   // Axis labels: compact at any magnitude (250k, 9.1M), so they fit the axis.
   var COMPACT = new Intl.NumberFormat('en', { notation: 'compact', maximumFractionDigits: 1 });
   function compact(x) { return (x == null || !isFinite(x)) ? '' : COMPACT.format(x).replace('K', 'k'); }
@@ -113,9 +135,10 @@
       var t = r[0].total;
       text($('t-clicks'), num(t.clicks, 0));
       text($('t-conversions'), num(t.conversions));
-      text($('t-value'), money(t.value));
+      text($('t-value'), moneyIn(t.values));
       text($('t-rate'), pct(ratio(t.conversions, t.clicks)));
-      text($('t-vpc'), money(ratio(t.value, t.clicks)));
+      var vpc = perEach(t.values, t.clicks);
+      text($('t-vpc'), vpc ? moneyIn(vpc) : '–');
       var names = {};
       (r[2] || []).forEach(function (g) { names[g.id] = g.name; });
       drawCharts(r[1].rows, split, names);
@@ -124,30 +147,42 @@
   function drawCharts(rows, split, names) {
     var rg = range(), days = [], d = new Date(rg.from + 'T00:00:00Z'), end = new Date(rg.to + 'T00:00:00Z');
     while (d <= end && days.length < 400) { days.push(iso(d)); d.setUTCDate(d.getUTCDate() + 1); }
-    var groups = {};
+    // Rows split by currency: conversions of one group add up across its
+    // currencies, values never do (one value series per group and
+    // currency, named with the currency when the range holds several).
+    var currencies = {};
+    rows.forEach(function (row) { if (row.conversions) currencies[row.currency || ''] = true; });
+    var several = Object.keys(currencies).length > 1;
+    var series = { conversions: {}, value: {} }, totals = { conversions: 0, value: {} };
     rows.forEach(function (row) {
       var g = row[split] == null ? '(not set)' : row[split];
       if (split === 'goal' && row.conversions === 0) return;
-      groups[g] = groups[g] || {};
-      groups[g][row.day] = row;
+      var c = row.currency || '';
+      [['conversions', g], ['value', several && c ? g + ' (' + c + ')' : g]].forEach(function (s) {
+        var by = series[s[0]][s[1]] = series[s[0]][s[1]] || { group: g, days: {} };
+        by.days[row.day] = (by.days[row.day] || 0) + (row[s[0]] || 0);
+      });
+      totals.conversions += row.conversions || 0;
+      if (row.conversions || row.value) totals.value[c] = (totals.value[c] || 0) + (row.value || 0);
     });
-    var keys = Object.keys(groups).sort();
     ['conversions', 'value'].forEach(function (measure) {
-      var box = $('chart-' + measure);
+      var box = $('chart-' + measure), groups = series[measure];
+      var keys = Object.keys(groups).sort();
       if (charts[measure]) { charts[measure].destroy(); charts[measure] = null; }
       box.textContent = '';
-      var total = 0;
-      keys.forEach(function (k) { days.forEach(function (day) { total += (groups[k][day] || {})[measure] || 0; }); });
-      box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + (measure === 'value' ? money(total) : num(total)) + ' in all, across ' + keys.length + ' ' + split + (keys.length === 1 ? '' : 's') + '.');
+      var groupCount = Object.keys(series.conversions).length;
+      box.setAttribute('aria-label', (measure === 'value' ? 'Value' : 'Conversions') + ' per day from ' + rg.from + ' to ' + rg.to + ': ' + (measure === 'value' ? moneyIn(totals.value) : num(totals.conversions)) + ' in all, across ' + groupCount + ' ' + split + (groupCount === 1 ? '' : 's') + '.');
       if (!keys.length || typeof uPlot === 'undefined') { box.appendChild(el('p', { 'class': 'empty', text: 'No conversions in this range yet.' })); return; }
       var data = [days.map(function (day) { return Date.parse(day + 'T00:00:00Z') / 1000; })];
-      var series = [{}];
+      var lines = [{}];
       keys.forEach(function (k, i) {
-        data.push(days.map(function (day) { return (groups[k][day] || {})[measure] || 0; }));
-        series.push({ label: split === 'goal' ? (names[k] || k.slice(0, 8)) : k, stroke: COLORS[i % COLORS.length], width: 2, points: { show: days.length < 40 } });
+        var s = groups[k];
+        data.push(days.map(function (day) { return s.days[day] || 0; }));
+        var name = split === 'goal' ? (names[s.group] || s.group.slice(0, 8)) + k.slice(s.group.length) : k;
+        lines.push({ label: name, stroke: COLORS[i % COLORS.length], width: 2, points: { show: days.length < 40 } });
       });
       var width = Math.max(280, box.clientWidth || box.parentNode.clientWidth - 16);
-      charts[measure] = new uPlot({ width: width, height: 220, series: series, scales: { x: { time: true } },
+      charts[measure] = new uPlot({ width: width, height: 220, series: lines, scales: { x: { time: true } },
         axes: [{}, {
           values: function (u, vals) { return vals.map(compact); },
           // Wide enough for the longest label drawn (uPlot's default is a
@@ -164,17 +199,28 @@
   });
 
   // ---- report tables (channels, sources) -----------------------------------
-  // Sums report rows by the label `key` gives each (rows of one group in
-  // two currencies add up here, as the tables show one line per name).
+  // Sums report rows by the label `key` gives each: one line per name,
+  // its value kept per currency (`values`, never added across them). A
+  // group in two currencies is two rows carrying the same clicks, so a
+  // group's clicks count once. `value` and `vpc` are what the columns sort
+  // by: the one currency's figure, or the largest of several.
+  var MEASURES = ['currency', 'clicks', 'conversions', 'value'];
   function aggregate(rows, key) {
     var agg = {};
     rows.forEach(function (row) {
       var k = key(row);
-      var a = agg[k] = agg[k] || { name: k, clicks: 0, conversions: 0, value: 0 };
-      a.clicks += row.clicks || 0; a.conversions += row.conversions; a.value += row.value;
+      var a = agg[k] = agg[k] || { name: k, clicks: 0, conversions: 0, values: {}, seen: {} };
+      var group = Object.keys(row).filter(function (f) { return MEASURES.indexOf(f) < 0; }).sort().map(function (f) { return f + '=' + row[f]; }).join('&');
+      if (!a.seen[group]) { a.seen[group] = true; a.clicks += row.clicks || 0; }
+      a.conversions += row.conversions;
+      if (row.conversions || row.value) { var c = row.currency || ''; a.values[c] = (a.values[c] || 0) + row.value; }
     });
     return Object.keys(agg).map(function (k) {
-      var a = agg[k]; a.rate = ratio(a.conversions, a.clicks); a.vpc = ratio(a.value, a.clicks); return a;
+      var a = agg[k], vs = Object.keys(a.values).map(function (c) { return a.values[c]; });
+      delete a.seen;
+      a.value = vs.length ? Math.max.apply(null, vs) : 0;
+      a.rate = ratio(a.conversions, a.clicks); a.vpcs = perEach(a.values, a.clicks); a.vpc = ratio(a.value, a.clicks);
+      return a;
     });
   }
   // Draws `list` into `table` sorted by `sort`; a column header re-sorts
@@ -203,7 +249,7 @@
     var body = el('tbody');
     if (!list.length) body.appendChild(el('tr', {}, [el('td', { colspan: '6', text: 'Nothing in this range yet.' })]));
     list.forEach(function (a) {
-      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [nameCell(a)]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: money(a.value) }), el('td', { text: money(a.vpc) })]));
+      body.appendChild(el('tr', {}, [el('th', { scope: 'row' }, [nameCell(a)]), el('td', { text: num(a.clicks, 0) }), el('td', { text: num(a.conversions) }), el('td', { text: pct(a.rate) }), el('td', { text: moneyIn(a.values) }), el('td', { text: a.vpcs ? moneyIn(a.vpcs) : '–' })]));
     });
     table.appendChild(body);
   }
@@ -284,6 +330,9 @@
   function loadModels() {
     var by = $('models-by').value, measure = $('models-measure').value;
     api('GET', '/api/v1/models?' + rangeQuery() + '&group_by=' + by).then(function (r) {
+      // Rows split by currency; with several in the range each row names
+      // its own, and the total shows each currency's sum.
+      var several = Object.keys(r.total.values || {}).length > 1;
       var table = $('models-table'); table.textContent = '';
       var head = el('tr', {}, [el('th', { scope: 'col', text: $('models-by').selectedOptions[0].textContent })]);
       r.models.forEach(function (m) { head.appendChild(el('th', { scope: 'col', text: m.replace('_', ' ') })); });
@@ -291,13 +340,17 @@
       var body = el('tbody');
       if (!r.rows.length) body.appendChild(el('tr', {}, [el('td', { colspan: String(r.models.length + 1), text: 'No conversions in this range yet.' })]));
       r.rows.forEach(function (row) {
-        var tr = el('tr', {}, [el('th', { scope: 'row', text: label(row[by]) })]);
-        r.models.forEach(function (m) { tr.appendChild(el('td', { text: measure === 'value' ? money(row[measure][m]) : num(row[measure][m]) })); });
+        var tr = el('tr', {}, [el('th', { scope: 'row', text: label(row[by]) + (several ? ' (' + (row.currency || 'no currency') + ')' : '') })]);
+        r.models.forEach(function (m) { tr.appendChild(el('td', { text: measure === 'value' ? moneyOf(row[measure][m], row.currency) : num(row[measure][m]) })); });
         body.appendChild(tr);
       });
       table.appendChild(body);
       var foot = el('tr', {}, [el('td', { text: 'Total (' + r.conversions + ' conversions' + (r.truncated ? ', first ones only' : '') + ')' })]);
-      r.models.forEach(function (m) { foot.appendChild(el('td', { text: measure === 'value' ? money(r.total[measure][m]) : num(r.total[measure][m]) })); });
+      r.models.forEach(function (m) {
+        var each = {};
+        Object.keys(r.total.values || {}).forEach(function (c) { each[c] = r.total.values[c][m]; });
+        foot.appendChild(el('td', { text: measure === 'value' ? moneyIn(each) : num(r.total[measure][m]) }));
+      });
       table.appendChild(el('tfoot', {}, [foot]));
     }).catch(function () {});
   }
@@ -315,7 +368,7 @@
       goals.forEach(function (g) {
         var m = g.match.event ? 'event ' + g.match.event : (g.match.op || 'exact') + ' ' + g.match.url;
         body.appendChild(el('tr', {}, [
-          el('th', { scope: 'row', text: g.name || '(unnamed)' }), el('td', { text: m }), el('td', { text: g.value == null ? '–' : money(g.value) }),
+          el('th', { scope: 'row', text: g.name || '(unnamed)' }), el('td', { text: m }), el('td', { text: g.value == null ? '–' : moneyOf(g.value, g.currency) }),
           el('td', { text: g.model.replace('_', ' ') }), el('td', { text: g.window_days + ' d' }), el('td', { text: g.count.replace(/_/g, ' ') }),
           el('td', {}, [
             el('button', { type: 'button', 'class': 'quiet', text: 'Edit', 'aria-label': 'Edit ' + g.name, onclick: function () { editGoal(g); } }), ' ',
@@ -335,6 +388,7 @@
     var g = { name: $('goal-name').value.trim(), model: $('goal-model').value, window_days: Number($('goal-window').value || 30), count: $('goal-count').value };
     g.match = $('goal-kind').value === 'url' ? { url: $('goal-url').value.trim(), op: $('goal-op').value } : { event: $('goal-event').value.trim() };
     if ($('goal-value').value !== '') g.value = Number($('goal-value').value);
+    if ($('goal-currency').value.trim() !== '') g.currency = $('goal-currency').value.trim().toUpperCase();
     return g;
   }
   function editGoal(g) {
@@ -346,6 +400,7 @@
     $('goal-url').value = g && g.match.url || '';
     $('goal-op').value = g && g.match.op || 'exact';
     $('goal-value').value = g && g.value != null ? g.value : '';
+    $('goal-currency').value = g && g.currency || '';
     $('goal-model').value = g ? g.model : 'last_click';
     $('goal-window').value = g ? g.window_days : 30;
     $('goal-count').value = g ? g.count : 'every';
@@ -377,10 +432,10 @@
       if (!r.conversions.length) list.appendChild(el('p', { 'class': 'hint', text: 'No conversions in the last 30 days yet.' }));
       r.conversions.forEach(function (c) {
         var rows = c.touchpoints.map(function (t) {
-          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.channel || '(not set)' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: money(t.credit * c.value) })]);
+          return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.channel || '(not set)' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: moneyOf(t.credit * c.value, c.currency) })]);
         });
         list.appendChild(el('details', { 'class': 'conv' }, [
-          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + money(c.value) + (c.currency ? ' ' + c.currency : '') + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
+          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + moneyOf(c.value, c.currency) + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
           el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
             el('thead', {}, [el('tr', {}, ['Clicked', 'Channel', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
             el('tbody', {}, rows)
@@ -412,7 +467,7 @@
       var list = $('live-list');
       var what = kind === 'hit'
         ? (e.type === 'event' ? 'event ' + (e.name || '') : 'page view ' + (e.path || '')) + (e.source ? ' · ' + (e.channel || 'visit') + ' from ' + e.source : '')
-        : 'conversion worth ' + money(e.value) + ' · credited mostly to ' + e.source;
+        : 'conversion worth ' + moneyOf(e.value, e.currency) + ' · credited mostly to ' + e.source;
       list.insertBefore(el('li', { 'class': kind }, [el('time', { datetime: e.at, text: new Date(e.at).toLocaleTimeString() }), el('span', { text: what })]), list.firstChild);
       while (list.children.length > 200) list.removeChild(list.lastChild);
     }

@@ -229,7 +229,7 @@ async fn ad_click_spa_reload_and_signup_convert_to_the_campaign() {
         let report = app.wait_for_conversions("source,campaign", 1.0).await;
         assert_eq!(
             report["rows"],
-            json!([{"source": "google", "campaign": "black-friday",
+            json!([{"source": "google", "campaign": "black-friday", "currency": null,
                     "clicks": 1, "conversions": 1.0, "value": 49.0}]),
             "{report}"
         );
@@ -335,7 +335,7 @@ async fn a_visit_through_a_link_on_another_site_is_a_referral() {
         assert_eq!(
             report["rows"],
             json!([{"channel": "Referral", "source": "localhost", "medium": "referral",
-                    "clicks": 1, "conversions": 1.0, "value": 5.0}]),
+                    "currency": null, "clicks": 1, "conversions": 1.0, "value": 5.0}]),
             "{report}"
         );
     })

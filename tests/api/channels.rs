@@ -135,10 +135,10 @@ async fn conversions_are_credited_to_the_channel_the_visitor_came_from() {
         .await
         .unwrap();
     assert!(
-        csv.starts_with("channel,clicks,conversions,value\r\n"),
+        csv.starts_with("channel,currency,clicks,conversions,value\r\n"),
         "{csv}"
     );
-    assert!(csv.contains("\r\nOrganic Search,1,1.0,10.0\r\n"), "{csv}");
+    assert!(csv.contains("\r\nOrganic Search,,1,1.0,10.0\r\n"), "{csv}");
     // An unknown group names the keys there are.
     let res = app
         .api(

@@ -386,7 +386,7 @@ async fn sign_in_see_totals_drill_down_create_a_goal_watch_live_and_sign_out() {
         };
         assert_eq!(csv["status"], 200, "{csv}");
         assert!(csv["url"].as_str().unwrap().contains("group_by=channel,source,medium,campaign"), "{csv}");
-        assert!(csv["text"].as_str().unwrap().starts_with("channel,source,medium,campaign,clicks,conversions,value\r\n"), "{csv}");
+        assert!(csv["text"].as_str().unwrap().starts_with("channel,source,medium,campaign,currency,clicks,conversions,value\r\n"), "{csv}");
         // Money has two decimals in every row.
         for cell in client.find_all(Locator::XPath(&format!("{}//tbody/tr/td[4]", table_under("Where conversions come from")))).await.unwrap() {
             let v = cell.text().await.unwrap();
@@ -626,6 +626,56 @@ async fn channels_view_and_the_sources_drill_down_show_the_reports_channels() {
         // "All channels" leads back.
         find(&client, &button("All channels"), Duration::from_secs(1)).await.click().await.unwrap();
         table_shows(&client, "Where conversions come from", &by_channel).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn values_in_two_currencies_are_shown_each_with_its_currency_and_never_summed() {
+    with_browser("dashboard-currencies", |client, app, _shop| async move {
+        // Arrange: 10 EUR from a paid click, 10 USD and 1,234 EUR direct.
+        app.create_goal(serde_json::json!({"name": "Purchase", "match": {"event": "purchase"}}))
+            .await;
+        app.collect_ok(&app.pageview("https://shop.example/?gclid=g1", "a"))
+            .await;
+        for (vid, value, currency) in [("a", 10.0, "EUR"), ("b", 10.0, "USD"), ("c", 1234.0, "EUR")]
+        {
+            app.collect_ok(
+                &serde_json::json!({"site": app.site_key, "type": "event", "name": "purchase",
+                                               "vid": vid, "value": value, "currency": currency}),
+            )
+            .await;
+        }
+        app.wait_for_conversions("", 3.0).await;
+        sign_in(&client, &app).await;
+
+        // Assert: the Value card shows each currency's sum, none of 1,254.
+        text_becomes(&client, &card("Value"), "€1,244.00 · $10.00").await;
+        text_becomes(&client, &card("Value per click"), "€1,244.00 · $10.00").await;
+
+        // Channels: Direct holds both currencies side by side; a group's
+        // clicks count once however many currencies it has.
+        find(&client, &button("Channels"), Duration::from_secs(1))
+            .await
+            .click()
+            .await
+            .unwrap();
+        let row = |name: &str| {
+            format!(
+                "{}//tbody/tr[th[normalize-space(.)='{name}']]",
+                table_under("Channels")
+            )
+        };
+        text_becomes(
+            &client,
+            &format!("{}/td[4]", row("Direct")),
+            "€1,234.00 · $10.00",
+        )
+        .await;
+        text_becomes(&client, &format!("{}/td[2]", row("Direct")), "2").await;
+        text_becomes(&client, &format!("{}/td[4]", row("Paid Search")), "€10.00").await;
+        text_becomes(&client, &format!("{}/td[1]", row("Paid Search")), "1").await;
+        text_becomes(&client, &format!("{}/td[5]", row("Paid Search")), "€10.00").await;
     })
     .await;
 }

@@ -26,8 +26,8 @@ async fn ad_click_then_signup_is_one_conversion_credited_to_the_campaign() {
     let report = app.wait_for_conversions("source,campaign", 1.0).await;
     assert_eq!(
         report,
-        json!({"rows": [{"source": "google", "campaign": "black-friday", "clicks": 1, "conversions": 1.0, "value": 49.0}],
-               "total": {"clicks": 1, "conversions": 1.0, "value": 49.0}})
+        json!({"rows": [{"source": "google", "campaign": "black-friday", "currency": null, "clicks": 1, "conversions": 1.0, "value": 49.0}],
+               "total": {"clicks": 1, "conversions": 1.0, "value": 49.0, "values": {"": 49.0}}})
     );
 
     let explained: serde_json::Value = app
@@ -54,7 +54,7 @@ async fn consumers_at_a_lower_priority_still_count_and_stop_with_the_app() {
     let report = app.wait_for_conversions("source", 1.0).await;
     assert_eq!(
         report["rows"],
-        json!([{"source": "news", "clicks": 1, "conversions": 1.0, "value": 7.0}])
+        json!([{"source": "news", "currency": null, "clicks": 1, "conversions": 1.0, "value": 7.0}])
     );
     let archived = app.wait_for_metric("tally_archived_hits_total", 2.0).await;
     assert_eq!(archived, 2.0);
@@ -142,7 +142,7 @@ async fn group_by_day_goal_medium_and_ad_and_goal_filter() {
         .await;
     assert_eq!(
         r["total"],
-        json!({"clicks": 1, "conversions": 2.0, "value": 25.0})
+        json!({"clicks": 1, "conversions": 2.0, "value": 25.0, "values": {"": 25.0}})
     );
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -162,7 +162,7 @@ async fn group_by_day_goal_medium_and_ad_and_goal_filter() {
     // Clicks belong to no goal: the goal filter leaves them whole.
     assert_eq!(
         only["total"],
-        json!({"clicks": 1, "conversions": 1.0, "value": 5.0})
+        json!({"clicks": 1, "conversions": 1.0, "value": 5.0, "values": {"": 5.0}})
     );
     let _ = g1;
 }
@@ -186,9 +186,9 @@ async fn linear_model_splits_credit_and_direct_gets_unattributed_conversions() {
     assert_eq!(
         r["rows"],
         json!([
-            {"source": "(direct)", "clicks": 0, "conversions": 1.0, "value": 10.0},
-            {"source": "facebook", "clicks": 1, "conversions": 0.5, "value": 5.0},
-            {"source": "google", "clicks": 1, "conversions": 0.5, "value": 5.0},
+            {"source": "(direct)", "currency": null, "clicks": 0, "conversions": 1.0, "value": 10.0},
+            {"source": "facebook", "currency": null, "clicks": 1, "conversions": 0.5, "value": 5.0},
+            {"source": "google", "currency": null, "clicks": 1, "conversions": 0.5, "value": 5.0},
         ])
     );
 }

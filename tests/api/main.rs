@@ -5,6 +5,7 @@ mod browser;
 mod channels;
 mod collect;
 mod crash;
+mod currency;
 mod dashboard;
 mod dashboard_browser;
 mod data_driven;

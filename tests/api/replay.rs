@@ -82,9 +82,9 @@ async fn a_goal_created_after_the_hits_is_backfilled_and_replaying_twice_changes
     assert_eq!(
         report,
         json!({"rows": [
-                 {"source": "(direct)", "campaign": null, "clicks": 0, "conversions": 1.0, "value": 49.0},
-                 {"source": "google", "campaign": "black-friday", "clicks": 1, "conversions": 1.0, "value": 49.0}],
-               "total": {"clicks": 1, "conversions": 2.0, "value": 98.0}}),
+                 {"source": "(direct)", "campaign": null, "currency": null, "clicks": 0, "conversions": 1.0, "value": 49.0},
+                 {"source": "google", "campaign": "black-friday", "currency": null, "clicks": 1, "conversions": 1.0, "value": 49.0}],
+               "total": {"clicks": 1, "conversions": 2.0, "value": 98.0, "values": {"": 98.0}}}),
     );
 
     let second = replay(app.data_dir.path(), &[]);

@@ -860,13 +860,20 @@ async fn csv_report_cells_never_start_a_formula() {
         .collect();
     assert_eq!(
         header,
-        ["source", "campaign", "clicks", "conversions", "value"]
+        [
+            "source",
+            "campaign",
+            "currency",
+            "clicks",
+            "conversions",
+            "value"
+        ]
     );
     let mut got: Vec<(String, String, String)> = reader
         .records()
         .map(|r| {
             let r = r.unwrap();
-            (r[0].to_owned(), r[1].to_owned(), r[3].to_owned())
+            (r[0].to_owned(), r[1].to_owned(), r[4].to_owned())
         })
         .collect();
     got.sort();

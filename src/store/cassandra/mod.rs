@@ -427,6 +427,7 @@ impl Store for CassandraStore {
                     created,
                     created_ns,
                     goal.verified_only,
+                    &goal.currency,
                 ),
             )
             .await

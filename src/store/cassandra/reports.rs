@@ -62,7 +62,17 @@ pub(super) async fn credit_rows(
                 rows.into_iter()
                     .filter(|row| row.5.is_some_and(|credit| credit > 0.0))
                     .map(
-                        move |(goal, source, medium, campaign, ad, credit, value, channel)| {
+                        move |(
+                            goal,
+                            source,
+                            medium,
+                            campaign,
+                            ad,
+                            credit,
+                            value,
+                            channel,
+                            currency,
+                        )| {
                             let source = source.unwrap_or_default();
                             CreditRow {
                                 day,
@@ -74,6 +84,7 @@ pub(super) async fn credit_rows(
                                 ad,
                                 credit: credit.unwrap_or(0.0),
                                 value: value.unwrap_or(0.0),
+                                currency,
                             }
                         },
                     )

@@ -413,6 +413,7 @@ type RollupDbRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
     Option<i64>,
     Option<i64>,
 );
@@ -458,7 +459,9 @@ async fn rollup_rows(
                     .all_rows(&st.select_rollups, (site, day, model.as_str()))
                     .await?;
                 let mut sums: BTreeMap<Labels, (f64, f64)> = BTreeMap::new();
-                for (goal, source, medium, campaign, ad, channel, conversions, value) in rows {
+                for (goal, source, medium, campaign, ad, channel, currency, conversions, value) in
+                    rows
+                {
                     if !wanted.contains(&(goal, model)) {
                         continue;
                     }
@@ -470,7 +473,12 @@ async fn rollup_rows(
                         ad: label_of(ad),
                         channel: channel.unwrap_or_default(),
                     };
-                    let slot = sums.entry(label(query, day, goal, &key)).or_default();
+                    // Every row splits by currency ('' for none).
+                    let labels = Labels {
+                        currency: label_of(currency),
+                        ..label(query, day, goal, &key)
+                    };
+                    let slot = sums.entry(labels).or_default();
                     slot.0 += conversions.unwrap_or(0) as f64;
                     slot.1 += value.unwrap_or(0) as f64;
                 }
@@ -507,7 +515,7 @@ async fn total_rows(
     let wanted: BTreeSet<(Uuid, Model)> = goals.iter().copied().collect();
     let by_day = query.group_by.contains(&GroupKey::Day);
     let by_goal = query.group_by.contains(&GroupKey::Goal);
-    type Row = (NaiveDate, Uuid, Option<i64>, Option<i64>);
+    type Row = (NaiveDate, Uuid, Option<String>, Option<i64>, Option<i64>);
     let parts: Vec<Vec<RollupRow>> = stream::iter(models)
         .map(|model| {
             let wanted = &wanted;
@@ -519,13 +527,14 @@ async fn total_rows(
                     )
                     .await?;
                 let mut sums: BTreeMap<Labels, (f64, f64)> = BTreeMap::new();
-                for (day, goal, conversions, value) in rows {
+                for (day, goal, currency, conversions, value) in rows {
                     if !wanted.contains(&(goal, model)) {
                         continue;
                     }
                     let labels = Labels {
                         day: by_day.then_some(day),
                         goal: by_goal.then_some(goal),
+                        currency: label_of(currency),
                         ..Labels::default()
                     };
                     let slot = sums.entry(labels).or_default();
@@ -595,6 +604,7 @@ pub(super) async fn click_totals(
                     medium: has(GroupKey::Medium).then(|| label_of(medium)),
                     campaign: has(GroupKey::Campaign).then(|| label_of(campaign)),
                     ad: has(GroupKey::Ad).then(|| label_of(ad)),
+                    currency: None,
                 };
                 *sums.entry(labels).or_default() += u64::try_from(clicks.unwrap_or(0)).unwrap_or(0);
             }

@@ -26,6 +26,7 @@ pub(super) type GoalRow = (
     Option<DateTime<Utc>>,
     Option<i32>,
     Option<bool>,
+    Option<String>,
 );
 
 pub(super) type TouchpointRow = (
@@ -49,6 +50,7 @@ pub(super) type CreditDbRow = (
     Option<String>,
     Option<f64>,
     Option<f64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -171,7 +173,19 @@ impl Lwt {
 
 /// A goal from its row, checked and compiled as when it was created.
 pub(super) fn goal_from_row(site: &str, row: GoalRow) -> Result<Goal, StoreError> {
-    let (id, name, matcher, value, model, window, count, created, created_ns, verified_only) = row;
+    let (
+        id,
+        name,
+        matcher,
+        value,
+        model,
+        window,
+        count,
+        created,
+        created_ns,
+        verified_only,
+        currency,
+    ) = row;
     let matcher: GoalMatch =
         serde_json::from_str(matcher.as_deref().unwrap_or("{}")).map_err(|e| corrupt("goal", e))?;
     let model = match model.as_deref() {
@@ -199,6 +213,7 @@ pub(super) fn goal_from_row(site: &str, row: GoalRow) -> Result<Goal, StoreError
         "window_days": window_days,
         "count": count,
         "verified_only": verified_only.unwrap_or(false),
+        "currency": currency,
         "created_at": created_at,
     }))
     .map_err(|e| corrupt("goal", e))?;

@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -227,6 +227,14 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             // are never touchpoints.
             "ALTER TABLE {ks}.sites ADD currency text",
             "ALTER TABLE {ks}.sites ADD ignore_referrers list<text>",
+        ],
+    ),
+    (
+        10,
+        &[
+            // A goal's currency, for its hits that name none; goals
+            // written before have none (null) and fall back to the site's.
+            "ALTER TABLE {ks}.goals ADD currency text",
         ],
     ),
 ];

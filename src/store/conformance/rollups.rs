@@ -29,6 +29,8 @@ const SOURCES: [&str; 4] = ["google", "facebook", "bing", "newsletter"];
 /// Channels given independently of the labels: a store keeps the channel
 /// a touchpoint was made with, it never classifies again.
 const CHANNELS: [&str; 3] = ["Paid Search", "Organic Social", "Referral"];
+/// Conversions' currencies, none included: every report splits by them.
+const CURRENCIES: [Option<&str>; 3] = [None, Some("EUR"), Some("USD")];
 
 struct History {
     touchpoints: Vec<Touchpoint>,
@@ -90,7 +92,7 @@ fn history_of(
                 vid: vid.clone(),
                 at: at(rng),
                 value: f64::from(rng.random_range(0..20_000)) / 100.0,
-                currency: None,
+                currency: CURRENCIES[rng.random_range(0..CURRENCIES.len())].map(Into::into),
                 order_id: rng
                     .random_bool(0.3)
                     .then(|| format!("o{}", rng.random_range(0..orders))),
@@ -140,6 +142,7 @@ async fn recomputed(
                     channel: cr.channel,
                     credit: cr.credit,
                     value: c.value,
+                    currency: c.currency.clone(),
                 });
             }
         }
@@ -265,6 +268,7 @@ async fn recomputed_data_driven(
                 campaign: step.campaign,
                 ad: step.ad,
                 channel: step.channel,
+                currency: c.currency.clone(),
                 credit: 1.0,
                 value: c.value,
             });
@@ -304,9 +308,20 @@ pub fn assert_same(got: &Report, want: &Report, what: &str) {
         "{what}: {got:?} vs {want:?}"
     );
     assert_eq!(got.total.clicks, want.total.clicks, "{what}");
+    let same_values = got.total.values.len() == want.total.values.len()
+        && got
+            .total
+            .values
+            .iter()
+            .zip(want.total.values.iter())
+            .all(|((gc, gv), (wc, wv))| gc == wc && close(gv, wv));
     assert!(
         close(got.total.conversions, want.total.conversions)
-            && close(got.total.value, want.total.value),
+            && same_values
+            && match (got.total.value, want.total.value) {
+                (Some(g), Some(w)) => close(g, w),
+                (g, w) => g == w,
+            },
         "{what}: totals {:?} vs {:?}",
         got.total,
         want.total
@@ -334,6 +349,9 @@ const GROUPINGS: &[&str] = &[
     "source,campaign",
     "goal,source,medium,campaign,ad",
     "day,ad",
+    "currency",
+    "day,goal,currency",
+    "source,currency",
 ];
 
 /// Every report of a grid of queries over the history's ten days, under

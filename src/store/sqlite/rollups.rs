@@ -397,6 +397,7 @@ fn labels_from(r: &rusqlite::Row<'_>, cols: &[&str], first: usize) -> rusqlite::
             "source" => l.source = Some(text),
             "medium" => l.medium = Some(label_of(text)),
             "campaign" => l.campaign = Some(label_of(text)),
+            "currency" => l.currency = label_of(text),
             _ => l.ad = Some(label_of(text)),
         }
     }
@@ -416,14 +417,16 @@ fn grouped_sql(select: &str, table: &str, filter: &str, cols: &[&str]) -> String
 }
 
 /// Report rows: one grouped read per (goal, model), each a range of the
-/// primary key (site, goal, model, day).
+/// primary key (site, goal, model, day). Always split by currency too:
+/// values of two currencies never add up.
 pub(super) fn report_rows(
     conn: &Connection,
     site: &str,
     query: &ReportQuery,
     goals: &[(Uuid, Model)],
 ) -> Result<Vec<RollupRow>, StoreError> {
-    let cols = group_columns(&query.group_by);
+    let mut cols = group_columns(&query.group_by);
+    cols.push("currency");
     let sql = grouped_sql(
         "TOTAL(conversions), TOTAL(value)",
         "credit_rollups",
