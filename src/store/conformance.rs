@@ -30,8 +30,8 @@ use crate::domain::{
 mod rollups;
 pub use rollups::{
     a_day_that_loses_its_last_conversion_leaves_the_reports,
-    a_long_single_visitor_history_equals_a_recomputation, assert_same,
-    reports_equal_a_recomputation_on_random_histories,
+    a_long_single_visitor_history_equals_a_recomputation, adjustments_apply_whatever_the_order,
+    assert_same, reports_equal_a_recomputation_on_random_histories,
 };
 
 /// Keeps whatever backs a store (a temporary directory...) alive.
@@ -82,6 +82,7 @@ macro_rules! store_conformance_tests {
         $crate::store::conformance::store_conformance_tests!(@cases $factory;
             reports_equal_a_recomputation_on_random_histories,
             a_day_that_loses_its_last_conversion_leaves_the_reports,
+            adjustments_apply_whatever_the_order,
         );
     };
     // One visitor with a long history, written in shuffled batches.
