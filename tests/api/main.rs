@@ -1,6 +1,7 @@
 //! Black-box tests: each spawns tally on port 0 with its own data
 //! directory and drives it over HTTP, as a user would.
 
+mod adjustments;
 mod browser;
 mod channels;
 mod collect;
