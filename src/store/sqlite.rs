@@ -330,10 +330,9 @@ UPDATE click_rollups
     WHERE channel = '';
 "#,
     // 10: data-driven attribution's path tables (`sqlite/paths.rs`): the
-    // count of each path per site, day and goal ('' for paths that did
-    // not convert), and each visitor's current tail. Filled, with the
-    // `data_driven` rollup rows, by `paths::backfill` after the last
-    // migration.
+    // count of each path per site, day and goal ('' for the visitors'
+    // tails, paths that did not convert). Filled, with the `data_driven`
+    // rollup rows, by `paths::backfill` after the last migration.
     r#"
 CREATE TABLE path_rollups (
     site    TEXT NOT NULL,
@@ -342,13 +341,6 @@ CREATE TABLE path_rollups (
     path    TEXT NOT NULL,
     count   INTEGER NOT NULL,
     PRIMARY KEY (site, day, goal_id, path)
-) WITHOUT ROWID;
-CREATE TABLE visitor_tails (
-    site TEXT NOT NULL,
-    vid  TEXT NOT NULL,
-    day  TEXT NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (site, vid)
 ) WITHOUT ROWID;
 "#,
     // 11: adjustments (refunds and corrections) by order id, kept forever
@@ -936,17 +928,15 @@ impl Store for SqliteStore {
             // One transaction, so a batch of clicks costs one fsync.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             rollups::deferred(&tx, || {
-                let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
-                let mut visitors = std::collections::BTreeSet::new();
+                let mut tails = paths::Tails::default();
                 for tp in &tps {
-                    if batch::insert_touchpoint(&tx, &mut insert, tp)? > 0 {
-                        visitors.insert((tp.site.as_str(), tp.vid.as_str()));
-                    }
+                    tails.note(&tx, &tp.site, &tp.vid)?;
                 }
-                for (site, vid) in visitors {
-                    paths::refresh_tail(&tx, site, vid)?;
+                let mut insert = tx.prepare_cached(batch::INSERT_TOUCHPOINT)?;
+                for tp in &tps {
+                    batch::insert_touchpoint(&tx, &mut insert, tp)?;
                 }
-                Ok(())
+                tails.settle(&tx)
             })?;
             tx.commit()?;
             Ok(())
@@ -1397,7 +1387,7 @@ mod tests {
             // Back to schema 9, as that build left it.
             let conn = open_connection(&path).unwrap();
             conn.execute_batch(
-                "DROP TABLE path_rollups; DROP TABLE visitor_tails; DROP TABLE adjustments;
+                "DROP TABLE path_rollups; DROP TABLE adjustments;
                  DELETE FROM credit_rollups WHERE model = 'data_driven';
                  PRAGMA user_version = 9;",
             )

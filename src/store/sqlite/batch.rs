@@ -130,6 +130,8 @@ type OrderKey = (String, String, String);
 /// One `record_batch_in` call: its transaction and what it has read.
 struct Batch<'t, 'c> {
     tx: &'t Transaction<'c>,
+    /// Tails as they were before this batch changed their visitors.
+    tails: super::paths::Tails,
     /// The hit that holds each order id looked at so far (see
     /// [`Batch::order_holder`]).
     holders: HashMap<OrderKey, Option<String>>,
@@ -379,6 +381,9 @@ fn settle(
         let Some(&verdict) = decided.get(&c.hit_id) else {
             continue;
         };
+        if verdict.is_none() != counted {
+            b.tails.note(tx, site, vid)?;
+        }
         verdicts.insert(
             (hit.clone(), goal.clone()),
             verdict.map_or(Recorded::Inserted, Recorded::Duplicate),
@@ -560,8 +565,15 @@ pub(super) fn record_batch_in(
     let mut out = BatchRecorded::default();
     let mut b = Batch {
         tx,
+        tails: super::paths::Tails::default(),
         holders: HashMap::new(),
     };
+    // 0. The tails of the visitors whose touchpoints this batch adds, as
+    //    they were (a visitor's conversions change only in `settle`,
+    //    which notes it first).
+    for tp in touchpoints {
+        b.tails.note(tx, &tp.site, &tp.vid)?;
+    }
     // 1. Touchpoints; remember those new to the store, by visitor.
     let mut fresh: BTreeMap<(String, String), Vec<Touchpoint>> = BTreeMap::new();
     {
@@ -646,19 +658,8 @@ pub(super) fn record_batch_in(
         settle(&mut b, group, touched, &mut verdicts, &mut out)?;
     }
     // 4. Tails of every visitor whose touchpoints or counted conversions
-    //    may have changed (data-driven's non-converting paths).
-    let visitors: BTreeSet<(&str, &str)> = fresh
-        .keys()
-        .map(|(site, vid)| (site.as_str(), vid.as_str()))
-        .chain(
-            dirty
-                .keys()
-                .map(|(site, _, vid)| (site.as_str(), vid.as_str())),
-        )
-        .collect();
-    for (site, vid) in visitors {
-        super::paths::refresh_tail(tx, site, vid)?;
-    }
+    //    changed (data-driven's non-converting paths).
+    std::mem::take(&mut b.tails).settle(tx)?;
     out.recorded = candidates
         .iter()
         .enumerate()

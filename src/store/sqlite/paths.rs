@@ -5,12 +5,12 @@
 //! converting paths (a goal id) or of non-converting ones (goal `''`).
 //! A counted conversion's path is added and taken out with its other
 //! rollups ([`super::rollups::apply`]). A visitor's *tail* (the
-//! touchpoints after its latest counted conversion) is kept in
-//! `visitor_tails`, one row per visitor, and counted once in
-//! `path_rollups`; [`refresh_tail`] recomputes it whenever a batch gives
-//! the visitor a touchpoint or changes which of its conversions count,
-//! and moves the count when it changed. Both happen in the attributor's
-//! transaction, so the tables are always a function of what is stored.
+//! touchpoints after its latest counted conversion) is counted once in
+//! `path_rollups`: a write that gives the visitor a touchpoint or changes
+//! which of its conversions count reads the tail before its first change
+//! and after its last, and moves the count when it changed ([`Tails`]).
+//! Both happen in the attributor's transaction, so the tables are always
+//! a function of what is stored.
 //!
 //! A refresh reads a bounded number of rows whatever the visitor's
 //! history: the latest conversion per window length (a handful), and the
@@ -19,6 +19,8 @@
 //!
 //! This module must never commit or roll back: the caller owns the
 //! transaction.
+
+use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -76,10 +78,9 @@ fn latest_conversion(
     }
 }
 
-/// Brings a visitor's tail in line with its stored touchpoints and
-/// counted conversions: the stored tail row and its count in
-/// `path_rollups` move when it changed.
-pub(super) fn refresh_tail(tx: &Transaction<'_>, site: &str, vid: &str) -> Result<(), StoreError> {
+/// A visitor's tail as the store holds it now: (day, path), `None` if no
+/// touchpoint follows its latest counted conversion.
+fn tail_of(tx: &Connection, site: &str, vid: &str) -> Result<Option<(String, String)>, StoreError> {
     let (at, hit) = latest_conversion(tx, site, vid)?.unwrap_or((i64::MIN, String::new()));
     let mut tps: Vec<Touchpoint> = tx
         .prepare_cached(FIRST_AFTER)?
@@ -98,39 +99,61 @@ pub(super) fn refresh_tail(tx: &Transaction<'_>, site: &str, vid: &str) -> Resul
         }
     }
     // Only touchpoints after the conversion were read.
-    let new = markov::tail(None, &tps).map(|(day, path)| (day_text(day), path));
-    let old: Option<(String, String)> = tx
-        .prepare_cached("SELECT day, path FROM visitor_tails WHERE site = ?1 AND vid = ?2")?
-        .query_row(params![site, vid], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if old == new {
-        return Ok(());
-    }
-    let mut delta = Delta::default();
-    if let Some((day, path)) = &old {
-        *delta
-            .paths
-            .entry((site.to_owned(), day.clone(), String::new(), path.clone()))
-            .or_default() -= 1;
-    }
-    match &new {
-        Some((day, path)) => {
-            *delta
-                .paths
-                .entry((site.to_owned(), day.clone(), String::new(), path.clone()))
-                .or_default() += 1;
-            tx.prepare_cached(
-                "INSERT INTO visitor_tails (site, vid, day, path) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (site, vid) DO UPDATE SET day = excluded.day, path = excluded.path",
-            )?
-            .execute(params![site, vid, day, path])?;
+    Ok(markov::tail(None, &tps).map(|(day, path)| (day_text(day), path)))
+}
+
+/// The tails a write may move: each visitor's tail as it was before the
+/// write first changed the visitor ([`Tails::note`], called before its
+/// touchpoints or counted conversions change), then, at the end
+/// ([`Tails::settle`]), the count moved from the old tail to the new one.
+/// No table of tails is kept: the old tail is read back from the rows
+/// themselves before they change, which costs a few index reads on pages
+/// the write touches anyway, where a per-visitor row would be one more
+/// write at a random place of a table as large as the visitors.
+#[derive(Default)]
+pub(super) struct Tails {
+    before: HashMap<(String, String), Option<(String, String)>>,
+}
+
+impl Tails {
+    /// Records the visitor's tail unless this write has already.
+    pub(super) fn note(
+        &mut self,
+        tx: &Connection,
+        site: &str,
+        vid: &str,
+    ) -> Result<(), StoreError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            self.before.entry((site.to_owned(), vid.to_owned()))
+        {
+            slot.insert(tail_of(tx, site, vid)?);
         }
-        None => {
-            tx.prepare_cached("DELETE FROM visitor_tails WHERE site = ?1 AND vid = ?2")?
-                .execute(params![site, vid])?;
-        }
+        Ok(())
     }
-    merge_or_flush(tx, delta)
+
+    /// Moves each noted visitor's count from its old tail to its tail now.
+    pub(super) fn settle(self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let mut delta = Delta::default();
+        for ((site, vid), old) in self.before {
+            let new = tail_of(tx, &site, &vid)?;
+            if old == new {
+                continue;
+            }
+            if let Some((day, path)) = old {
+                *delta
+                    .paths
+                    .entry((site.clone(), day, String::new(), path))
+                    .or_default() -= 1;
+            }
+            if let Some((day, path)) = new {
+                *delta
+                    .paths
+                    .entry((site, day, String::new(), path))
+                    .or_default() += 1;
+            }
+        }
+        merge_or_flush(tx, delta)
+    }
 }
 
 /// The path table rows of `site` on UTC days `from..=to`.
@@ -221,9 +244,16 @@ pub(super) fn backfill(
             break;
         };
         after = last.clone();
+        let mut delta = Delta::default();
         for (site, vid) in &page {
-            refresh_tail(tx, site, vid)?;
+            if let Some((day, path)) = tail_of(tx, site, vid)? {
+                *delta
+                    .paths
+                    .entry((site.clone(), day, String::new(), path))
+                    .or_default() += 1;
+            }
         }
+        merge_or_flush(tx, delta)?;
         done += page.len() as u64;
         progress(total, done);
     }
