@@ -427,6 +427,7 @@
 
   // ---- explain -----------------------------------------------------------
   function loadExplain() {
+    loadAdjustments();
     api('GET', '/api/v1/conversions/recent?limit=30').then(function (r) {
       var list = $('explain-list'); list.textContent = '';
       if (!r.conversions.length) list.appendChild(el('p', { 'class': 'hint', text: 'No conversions in the last 30 days yet.' }));
@@ -434,14 +435,47 @@
         var rows = c.touchpoints.map(function (t) {
           return el('tr', {}, [el('th', { scope: 'row', text: t.at ? new Date(t.at).toLocaleString() : '–' }), el('td', { text: t.channel || '(not set)' }), el('td', { text: t.source }), el('td', { text: label(t.medium) }), el('td', { text: label(t.campaign) }), el('td', { text: label(t.ad) }), el('td', { text: pct(t.credit) }), el('td', { text: moneyOf(t.credit * c.value, c.currency) })]);
         });
-        list.appendChild(el('details', { 'class': 'conv' }, [
-          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + moneyOf(c.value, c.currency) + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
+        var adjusted = (c.adjustments || []).length
+          ? (c.adjusted_value === null ? ' · retracted' : ' · restated to ' + moneyOf(c.adjusted_value, c.currency))
+          : '';
+        var parts = [
+          el('summary', { text: (c.goal_name || 'Goal') + ' · ' + moneyOf(c.value, c.currency) + adjusted + ' · ' + new Date(c.at).toLocaleString() + ' · ' + c.model.replace('_', ' ') + ' · ' + c.touchpoints.map(function (t) { return t.source; }).join(' → ') }),
           el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left' }, [
             el('thead', {}, [el('tr', {}, ['Clicked', 'Channel', 'Source', 'Medium', 'Campaign', 'Ad', 'Credit', 'Value'].map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
             el('tbody', {}, rows)
           ])])
-        ]));
+        ];
+        if ((c.adjustments || []).length) parts.push(adjustmentsTable(c.adjustments, c.currency, false));
+        list.appendChild(el('details', { 'class': 'conv' }, parts));
       });
+    }).catch(function () {});
+  }
+
+  // A table of adjustments: when, type, value before and after, reason
+  // (and the order id when listing several orders).
+  function adjustmentsTable(items, currency, withOrder) {
+    var head = ['When', 'Type', 'Before', 'After', 'Reason'];
+    if (withOrder) head.splice(1, 0, 'Order');
+    var value = function (v) { return v === null || v === undefined ? 'not counted' : moneyOf(v, currency); };
+    return el('div', { 'class': 'table-wrap' }, [el('table', { 'class': 'data left adjustments' }, [
+      el('thead', {}, [el('tr', {}, head.map(function (h) { return el('th', { scope: 'col', text: h }); }))]),
+      el('tbody', {}, items.map(function (a) {
+        var cells = [el('th', { scope: 'row', text: new Date(a.at).toLocaleString() })];
+        if (withOrder) cells.push(el('td', { text: a.order_id }));
+        cells.push(el('td', { text: a.type }), el('td', { text: value(a.old_value) }), el('td', { text: value(a.new_value) }), el('td', { text: a.reason || '' }));
+        return el('tr', {}, cells);
+      }))
+    ])]);
+  }
+  function loadAdjustments() {
+    api('GET', '/api/v1/adjustments?' + rangeQuery()).then(function (r) {
+      var table = $('adjustments-table'); table.textContent = '';
+      if (!r.adjustments.length) {
+        table.appendChild(el('tbody', {}, [el('tr', {}, [el('td', { text: 'No refunds or corrections in this range.' })])]));
+        return;
+      }
+      var inner = adjustmentsTable(r.adjustments, null, true).firstChild;
+      while (inner.firstChild) table.appendChild(inner.firstChild);
     }).catch(function () {});
   }
 
