@@ -256,9 +256,10 @@
 
   // ---- channels ------------------------------------------------------------
   function loadChannels() {
-    var goal = $('channels-goal').value;
+    var goal = $('channels-goal').value, model = $('channels-model').value;
+    $('channels-data-driven').hidden = model !== 'data_driven';
     Promise.all([
-      api('GET', '/api/v1/conversions?' + rangeQuery() + (goal ? '&goal=' + encodeURIComponent(goal) : '') + '&group_by=channel'),
+      api('GET', '/api/v1/conversions?' + rangeQuery() + (goal ? '&goal=' + encodeURIComponent(goal) : '') + (model ? '&model=' + model : '') + '&group_by=channel'),
       api('GET', '/api/v1/goals')
     ]).then(function (r) {
       fillGoalFilter(r[1]);
@@ -280,6 +281,7 @@
       function (a) { return document.createTextNode(a.name); });
   }
   $('channels-goal').addEventListener('change', loadChannels);
+  $('channels-model').addEventListener('change', loadChannels);
 
   // ---- sources (drill-down table) --------------------------------------
   function loadSources() {
