@@ -599,3 +599,123 @@ async fn migrate_backfills_once_counted_so_an_earlier_candidate_still_displaces(
         vec![early]
     );
 }
+
+/// Every `tails_by_day` row of `vid` on days `from..=to`, as (day, path).
+async fn tail_rows(
+    cass: &CassandraStore,
+    site: &str,
+    vid: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Vec<(NaiveDate, String)> {
+    let st = cass.st().await.unwrap();
+    let bucket = super::paths::tail_bucket(vid);
+    let mut out = Vec::new();
+    for day in from.iter_days().take_while(|d| *d <= to) {
+        let rows: Vec<(Option<String>,)> = cass
+            .all_rows(&st.select_day_tails, (site, day, bucket))
+            .await
+            .unwrap();
+        out.extend(rows.into_iter().map(|(p,)| (day, p.unwrap_or_default())));
+    }
+    out
+}
+
+/// Two workers writing one visitor's touchpoints and conversions at once,
+/// each computing the visitor's tail after its writes, leave exactly one
+/// tail row, the one the stored hits make, and the day's path table
+/// counts it once. Then rows as a computation that lost a race leaves
+/// them (a listed row on another day and the same day, written at an
+/// older timestamp) are removed or overwritten by the next computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_workers_leave_one_tail_per_visitor() {
+    use crate::domain::markov;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let other: Arc<dyn Store> = Arc::new(guard.second_handle().await);
+    let cass = guard.second_handle().await;
+    let (site, vid, goal) = ("s_tails", "v1", Uuid::now_v7());
+    let start = Utc::now() - chrono::Duration::days(6);
+    let (first, last) = (start.date_naive(), Utc::now().date_naive());
+    let mut rng = StdRng::seed_from_u64(11);
+    let channels = ["Paid Search", "Email", "Referral"];
+    let mut touchpoints: Vec<Touchpoint> = Vec::new();
+    let mut candidates: Vec<Conversion> = Vec::new();
+    for round in 0..24 {
+        let mut tp = || Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: site.into(),
+            vid: vid.into(),
+            at: start + chrono::Duration::minutes(rng.random_range(0..6 * 24 * 60)),
+            source: "google".into(),
+            medium: Some("cpc".into()),
+            campaign: None,
+            ad: None,
+            channel: channels[rng.random_range(0..channels.len())].into(),
+            click_id: None,
+        };
+        let (a, b) = (tp(), tp());
+        let cands: Vec<Candidate> = if round % 6 == 5 {
+            let mut c = conversion(site, Uuid::now_v7(), goal, None, vid);
+            c.at = start + chrono::Duration::minutes(rng.random_range(0..6 * 24 * 60));
+            candidates.push(c.clone());
+            vec![Candidate {
+                conversion: c,
+                once_per_visitor: false,
+            }]
+        } else {
+            Vec::new()
+        };
+        let (ra, rb) = tokio::join!(
+            store.record_batch(std::slice::from_ref(&a), &cands),
+            other.record_batch(std::slice::from_ref(&b), &[]),
+        );
+        ra.unwrap();
+        rb.unwrap();
+        touchpoints.extend([a, b]);
+    }
+    let latest = candidates.iter().map(|c| (c.at, c.hit_id)).max();
+    let want = markov::tail(latest, &touchpoints).expect("touchpoints after the conversion");
+    let tails = |rows: Vec<markov::PathRow>| -> Vec<(NaiveDate, String, i64)> {
+        rows.into_iter()
+            .filter(|r| r.goal.is_none())
+            .map(|r| (r.day, r.path, r.count))
+            .collect()
+    };
+    assert_eq!(
+        tail_rows(&cass, site, vid, first, last).await,
+        vec![want.clone()]
+    );
+    let rows = store.path_rows(site, first, last).await.unwrap();
+    assert_eq!(tails(rows), vec![(want.0, want.1.clone(), 1)]);
+
+    // What a computation that lost a race may leave: its rows on another
+    // day and on the winner's day, older than the winner's.
+    let st = cass.st().await.unwrap();
+    let old = Utc::now().timestamp_micros() - 60_000_000;
+    let stale_day = if want.0 == first { last } else { first };
+    let bucket = super::paths::tail_bucket(vid);
+    for day in [stale_day, want.0] {
+        cass.exec(&st.insert_tail, (site, vid, day, day, "Stale", old, old))
+            .await
+            .unwrap();
+        cass.exec(&st.insert_day_tail, (site, day, bucket, vid, "Stale", old))
+            .await
+            .unwrap();
+    }
+    let mut stale = tail_rows(&cass, site, vid, first, last).await;
+    stale.sort();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+    let days = cass.refresh_tail(site, vid).await.unwrap();
+    assert!(days.contains(&stale_day), "{days:?}");
+    super::rollups::mark_days(&cass, site, &days).await.unwrap();
+    assert_eq!(
+        tail_rows(&cass, site, vid, first, last).await,
+        vec![want.clone()]
+    );
+    let rows = store.path_rows(site, first, last).await.unwrap();
+    assert_eq!(tails(rows), vec![(want.0, want.1, 1)]);
+}
