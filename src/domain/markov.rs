@@ -3,7 +3,7 @@
 //!
 //! # Paths
 //! A *path* is a visitor's touchpoint channels in time order (at most
-//! [`MAX_CREDITED`](super::attribution::MAX_CREDITED) steps, kept as
+//! [`MAX_CREDITED`] steps, kept as
 //! [`window_path`](super::attribution::window_path) keeps them) and how it
 //! ended:
 //! - a **converting path** is a counted conversion's path: the touchpoints
@@ -37,7 +37,7 @@
 //! step into it to *null*; its removal effect is `1 - P_removed / P`.
 //! Channel `c` gets `RE_c / sum(RE)` of the conversions whose path has at
 //! least one touchpoint, split in integer credit units
-//! ([`split_exact`](super::rollup::split_exact)) so the total is exact.
+//! ([`split_exact`]) so the total is exact.
 //! Conversions with the empty path go to `Direct` whole: no touchpoint
 //! preceded them, so no channel can be removed from them.
 //!

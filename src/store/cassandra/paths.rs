@@ -118,6 +118,9 @@ fn start_of_time() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(0, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Where a conversion stands among a visitor's hits: time, hit.
+type Position = (DateTime<Utc>, Uuid);
+
 /// A row of `select_tail`: listed day, static tail day, path, timestamp.
 type TailRow = (
     Option<NaiveDate>,
@@ -149,7 +152,8 @@ impl CassandraStore {
         };
         // Rows come newest millisecond first: the latest is in the first
         // millisecond holding a complete registration.
-        let mut best: Option<(DateTime<Utc>, (DateTime<Utc>, Uuid))> = None;
+        // (millisecond of the row, exact position).
+        let mut best: Option<(DateTime<Utc>, Position)> = None;
         for (ms, body, complete) in &rows {
             if best.is_some_and(|(at, _)| *ms < at) {
                 return Ok(best.map(|(_, p)| p));
@@ -326,9 +330,8 @@ pub(super) async fn path_rows(
     let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
     let parts: Vec<Vec<PathRow>> = stream::iter(days)
         .map(|day| async move {
-            let rows: Vec<(String, String, Option<i64>)> = store
-                .all_rows(&st.select_path_rollups, (site, day))
-                .await?;
+            let rows: Vec<(String, String, Option<i64>)> =
+                store.all_rows(&st.select_path_rollups, (site, day)).await?;
             rows.into_iter()
                 .filter(|(_, _, n)| n.unwrap_or(0) > 0)
                 .map(|(goal, path, n)| {
@@ -390,11 +393,7 @@ pub(super) async fn backfill_tails(
     progress(total, 0);
     let mut done = 0;
     let mut pages = scan().await?.try_chunks(BACKFILL_PAGE);
-    while let Some(page) = pages
-        .try_next()
-        .await
-        .map_err(|e| e.1)?
-    {
+    while let Some(page) = pages.try_next().await.map_err(|e| e.1)? {
         let mut by_site: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (site, vid) in &page {
             by_site.entry(site).or_default().push(vid);
