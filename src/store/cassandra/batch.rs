@@ -169,7 +169,7 @@ const SETTLE_ROUNDS: usize = 8;
 
 /// Touchpoints one path read asks for. A window holding fewer is read
 /// whole by one read; a longer one takes a second, oldest first.
-const PATH_READ: i32 = 64;
+pub(super) const PATH_READ: i32 = 64;
 
 /// A (goal, visitor) group of one site.
 type GroupKey = (Uuid, String);

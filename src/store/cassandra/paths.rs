@@ -24,10 +24,12 @@
 //! A computation takes a timestamp `T` first (microseconds, the write
 //! timestamp of everything it writes), then:
 //! 1. reads the latest registration in `conversions_by_visitor` (newest
-//!    first, `LIMIT`), then the touchpoints after it (the first, and the
+//!    first, `LIMIT`) and, at once, the visitor's newest touchpoints (a
+//!    `LIMIT` read that holds all of them for most visitors); when it
+//!    does not, the touchpoints after the conversion (the first, and the
 //!    latest [`MAX_CREDITED`](crate::domain::attribution::MAX_CREDITED)
-//!    − 1, two `LIMIT` reads at most): bounded
-//!    whatever the visitor's history;
+//!    − 1, two `LIMIT` reads at most): bounded whatever the visitor's
+//!    history;
 //! 2. writes the visitor's static columns (its tail, or none) and, with a
 //!    tail on day `N`, the listing row `N`, one single-partition write;
 //! 3. writes the `tails_by_day` row on `N` and reads the visitor's
@@ -37,8 +39,9 @@
 //!    `tails_by_day` row and listing row; if not, a later one has won:
 //!    it deletes its own row on `N` and listing row `N`. Deletes carry
 //!    `T`, so they remove only rows written at `T` or before (a delete
-//!    wins a tie), never a later computation's; the `tails_by_day` row
-//!    goes first, so a listing row never disappears before its row.
+//!    wins a tie), never a later computation's; one logged batch takes
+//!    a listing row and its `tails_by_day` row together, so a listing
+//!    row never disappears while its row stands.
 //!
 //! Every day whose `tails_by_day` rows it wrote or deleted is marked
 //! changed ([`super::rollups::mark_days`]) after the batch's writes, so
@@ -69,8 +72,10 @@
 //!
 //! This module must never use counters, `ALLOW FILTERING` or a
 //! lightweight transaction, nor read a visitor's touchpoints or
-//! registrations whole (but where more than a read's `LIMIT` share one
-//! millisecond).
+//! registrations whole: only where more than a read's `LIMIT` share one
+//! millisecond, or where every registration of a latest-conversion read
+//! is incomplete (which only a crash under a version before conversion
+//! units leaves), does a read go past its `LIMIT`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,8 +85,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 use uuid::Uuid;
 
+use super::batch::PATH_READ;
 use super::reports::CREDIT_BUCKETS;
-use super::rows::split_time;
+use super::rows::{split_time, touchpoint_from_row, TouchpointRow};
 use super::{corrupt, CassandraStore};
 use crate::domain::markov::{self, PathRow};
 use crate::domain::Conversion;
@@ -203,13 +209,30 @@ impl CassandraStore {
         let st = self.st().await?;
         // Before any read: a computation that read later writes later.
         let ts = Utc::now().timestamp_micros();
-        // 1.
-        let after = self.latest_conversion(site, vid).await?;
+        // 1. Both reads at once: a visitor with fewer than `PATH_READ`
+        //    touchpoints (most) is read whole by the newest-first one.
+        let newest = async {
+            let rows: Vec<TouchpointRow> = self
+                .timed(self.all_rows(
+                    &st.select_path_latest,
+                    (site, vid, start_of_time(), end_of_time(), PATH_READ),
+                ))
+                .await?;
+            Ok::<_, StoreError>(rows)
+        };
+        let (after, newest) = futures_util::try_join!(self.latest_conversion(site, vid), newest)?;
         let from = after.map_or(start_of_time(), |(at, _)| split_time(at).0);
         let keep = |t: &crate::domain::Touchpoint| after.is_none_or(|a| (t.at, t.hit_id) > a);
-        let tps = self
-            .edge_touchpoints(site, vid, from, end_of_time(), &keep)
-            .await?;
+        let tps = if newest.len() < PATH_READ as usize {
+            newest
+                .into_iter()
+                .map(|row| touchpoint_from_row(site, vid, row))
+                .filter(|t| keep(t))
+                .collect()
+        } else {
+            self.edge_touchpoints(site, vid, from, end_of_time(), &keep)
+                .await?
+        };
         let tail = markov::tail(None, &tps);
         // 2.
         match &tail {
@@ -255,25 +278,26 @@ impl CassandraStore {
             mine.into_iter().collect()
         };
         if !stale.is_empty() {
-            futures_util::future::try_join_all(
-                stale
-                    .iter()
-                    .map(|day| self.exec(&st.delete_day_tail, (ts, site, *day, bucket, vid))),
-            )
-            .await?;
-            let mut batch = Batch::new(BatchType::Unlogged);
+            // Logged: a listing row and its `tails_by_day` row go together
+            // (the batch log applies all of it), so a listing row never
+            // disappears while the row it lists stands.
+            let mut batch = Batch::new(BatchType::Logged);
             batch.set_is_idempotent(true);
             let mut values = Vec::new();
+            let text = |t: &str| Some(CqlValue::Text(t.to_owned()));
             for day in &stale {
-                batch.append_statement(st.delete_tail_day.clone());
+                let day = Some(CqlValue::Date((*day).into()));
+                batch.append_statement(st.delete_day_tail.clone());
                 values.push(vec![
                     Some(CqlValue::BigInt(ts)),
-                    Some(CqlValue::Text(site.to_owned())),
-                    Some(CqlValue::Text(vid.to_owned())),
-                    Some(CqlValue::Date((*day).into())),
+                    text(site),
+                    day.clone(),
+                    Some(CqlValue::Int(bucket)),
+                    text(vid),
                 ]);
+                batch.append_statement(st.delete_tail_day.clone());
+                values.push(vec![Some(CqlValue::BigInt(ts)), text(site), text(vid), day]);
             }
-            // One partition: applied whole.
             self.timed(self.session.batch(&batch, values))
                 .await
                 .map_err(|e| self.failed(e))?;
