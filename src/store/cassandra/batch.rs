@@ -58,7 +58,11 @@
 //!    then read the snapshot again, at least as wide as before (points
 //!    and walk extents only grow). Stop when a snapshot equals the one
 //!    acted on. A snapshot still changing after [`SETTLE_ROUNDS`] fails
-//!    the call as unavailable, so the batch is retried after a back-off.
+//!    the call as unavailable, so the batch is retried after a back-off;
+//! 5. the tail (data-driven's non-converting path) of the visitor and of
+//!    every visitor whose conversions the settle decided on is computed
+//!    again (`cassandra/paths.rs` says how racing computations leave
+//!    one).
 //!
 //! # Conversions are written and removed as units
 //!
@@ -165,7 +169,7 @@ const SETTLE_ROUNDS: usize = 8;
 
 /// Touchpoints one path read asks for. A window holding fewer is read
 /// whole by one read; a longer one takes a second, oldest first.
-const PATH_READ: i32 = 64;
+pub(super) const PATH_READ: i32 = 64;
 
 /// A (goal, visitor) group of one site.
 type GroupKey = (Uuid, String);
@@ -245,6 +249,11 @@ struct Settled {
     /// redelivery refreshes them again, which a crash before the refresh
     /// needs).
     days: BTreeSet<chrono::NaiveDate>,
+    /// Visitors whose conversions the settle decided on (wrote, removed
+    /// or found as wanted): their tails are computed again
+    /// (`cassandra/paths.rs`), by a redelivery too, which a crash before
+    /// the computation needs.
+    visitors: BTreeSet<String>,
 }
 
 fn cand_key(c: &Conversion) -> CandKey {
@@ -338,7 +347,7 @@ fn registered_from_row(
 impl CassandraStore {
     /// Runs one statement future, adding its time in flight to
     /// `busy_nanos`.
-    async fn timed<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+    pub(super) async fn timed<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         let start = Instant::now();
         let out = f.await;
         self.busy_nanos
@@ -481,10 +490,28 @@ impl CassandraStore {
     /// and the earliest [`PATH_READ`] (exact unless more than that share
     /// a millisecond at the edge of a read, when the window is read whole).
     async fn path_touchpoints(&self, c: &Conversion) -> Result<Vec<Touchpoint>, StoreError> {
+        let (from, to) = (split_time(c.window_start()).0, split_time(c.at).0);
+        self.edge_touchpoints(&c.site, &c.vid, from, to, &|t| c.is_credited_by(t))
+            .await
+    }
+
+    /// Of the visitor's touchpoints keyed in `from..=to` (milliseconds,
+    /// as the clustering key holds them) that `keep` accepts, the first
+    /// and the latest [`MAX_CREDITED`] − 1, or all of them: a path as
+    /// [`window_path`] and [`crate::domain::markov::tail`] keep it. One
+    /// read, newest first with a `LIMIT`, when fewer than [`PATH_READ`]
+    /// are keyed there; else a second, oldest first; every one from
+    /// `from` only when more than that share a millisecond at the edge
+    /// of a read.
+    pub(super) async fn edge_touchpoints(
+        &self,
+        site: &str,
+        vid: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        keep: &(dyn Fn(&Touchpoint) -> bool + Sync),
+    ) -> Result<Vec<Touchpoint>, StoreError> {
         let st = self.st().await?;
-        let (site, vid) = (c.site.as_str(), c.vid.as_str());
-        let start = c.window_start();
-        let (from, to) = (split_time(start).0, split_time(c.at).0);
         let read = |statement| async move {
             let rows: Vec<TouchpointRow> = self
                 .timed(self.all_rows(statement, (site, vid, from, to, PATH_READ)))
@@ -494,7 +521,7 @@ impl CassandraStore {
             let tps: Vec<Touchpoint> = rows
                 .into_iter()
                 .map(|row| touchpoint_from_row(site, vid, row))
-                .filter(|t| c.is_credited_by(t))
+                .filter(|t| keep(t))
                 .collect();
             Ok::<_, StoreError>((tps, full, edge))
         };
@@ -510,8 +537,8 @@ impl CassandraStore {
         earliest.sort_by_key(|t| (t.at, t.hit_id));
         let earliest_exact = !full || earliest.first().is_some_and(|t| Some(ms(t)) < edge);
         if !(latest_exact && earliest_exact) {
-            let mut all = self.timed(self.touchpoints(site, vid, start)).await?;
-            all.retain(|t| c.is_credited_by(t));
+            let mut all = self.timed(self.touchpoints(site, vid, from)).await?;
+            all.retain(|t| keep(t));
             return Ok(all);
         }
         latest.truncate(need);
@@ -877,6 +904,7 @@ impl CassandraStore {
             for s in group.values() {
                 out.days.insert(s.conversion.at.date_naive());
             }
+            out.visitors.insert(key.1.clone());
             for (hit, verdict) in verdicts {
                 let id = (*hit, key.0);
                 out.verdicts.insert(id, *verdict);
@@ -908,6 +936,7 @@ impl CassandraStore {
             .extend(removals.iter().map(|r| r.conversion.at.date_naive()));
         out.days
             .extend(writes.iter().map(|(c, _)| c.at.date_naive()));
+
         out.displaced += removals.len() as u64;
         try_join_all(
             removals
@@ -945,7 +974,7 @@ impl CassandraStore {
         Ok(out)
     }
 
-    /// One visitor's share of the batch: steps 1-4 of the module doc.
+    /// One visitor's share of the batch: steps 1-5 of the module doc.
     async fn visitor(
         &self,
         (site, vid): (String, String),
@@ -955,7 +984,7 @@ impl CassandraStore {
         try_join_all(
             v.touchpoints
                 .iter()
-                .map(|tp| self.timed(self.put_touchpoint(tp))),
+                .map(|tp| self.timed(self.write_touchpoint(tp))),
         )
         .await?;
         // 2.
@@ -980,7 +1009,14 @@ impl CassandraStore {
         // 3.
         try_join_all(v.candidates.iter().map(|(_, c)| self.store_candidate(c))).await?;
         if plan.points.is_empty() && v.candidates.is_empty() {
-            return Ok((Vec::new(), Settled::default()));
+            let days = self.refresh_tail(&site, &vid).await?;
+            return Ok((
+                Vec::new(),
+                Settled {
+                    days,
+                    ..Settled::default()
+                },
+            ));
         }
         // 4.
         for (_, cand) in &v.candidates {
@@ -995,7 +1031,13 @@ impl CassandraStore {
                 plan.seeds.insert((c.goal_id, order.clone()));
             }
         }
-        let settled = self.settle(&site, plan).await?;
+        let mut settled = self.settle(&site, plan).await?;
+        // 5. The tails this call's writes may have changed, once they are
+        //    all written.
+        let mut tails: BTreeSet<&str> = settled.visitors.iter().map(String::as_str).collect();
+        tails.insert(&vid);
+        let days = self.refresh_tails(&site, tails).await?;
+        settled.days.extend(days);
         let recorded = v
             .candidates
             .iter()

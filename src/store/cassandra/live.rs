@@ -599,3 +599,217 @@ async fn migrate_backfills_once_counted_so_an_earlier_candidate_still_displaces(
         vec![early]
     );
 }
+
+/// Every `tails_by_day` row of `vid` on days `from..=to`, as (day, path).
+async fn tail_rows(
+    cass: &CassandraStore,
+    site: &str,
+    vid: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Vec<(NaiveDate, String)> {
+    let st = cass.st().await.unwrap();
+    let bucket = super::paths::tail_bucket(vid);
+    let mut out = Vec::new();
+    for day in from.iter_days().take_while(|d| *d <= to) {
+        let rows: Vec<(Option<String>,)> = cass
+            .all_rows(&st.select_day_tails, (site, day, bucket))
+            .await
+            .unwrap();
+        out.extend(rows.into_iter().map(|(p,)| (day, p.unwrap_or_default())));
+    }
+    out
+}
+
+/// Two workers writing one visitor's touchpoints and conversions at once,
+/// each computing the visitor's tail after its writes, leave exactly one
+/// tail row, the one the stored hits make, and the day's path table
+/// counts it once. Then rows as a computation that lost a race leaves
+/// them (a listed row on another day and the same day, written at an
+/// older timestamp) are removed or overwritten by the next computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_workers_leave_one_tail_per_visitor() {
+    use crate::domain::markov;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let other: Arc<dyn Store> = Arc::new(guard.second_handle().await);
+    let cass = guard.second_handle().await;
+    let (site, vid, goal) = ("s_tails", "v1", Uuid::now_v7());
+    let start = Utc::now() - chrono::Duration::days(6);
+    let (first, last) = (start.date_naive(), Utc::now().date_naive());
+    let mut rng = StdRng::seed_from_u64(11);
+    let channels = ["Paid Search", "Email", "Referral"];
+    let mut touchpoints: Vec<Touchpoint> = Vec::new();
+    let mut candidates: Vec<Conversion> = Vec::new();
+    for round in 0..24 {
+        let mut tp = || Touchpoint {
+            hit_id: Uuid::now_v7(),
+            site: site.into(),
+            vid: vid.into(),
+            at: start + chrono::Duration::minutes(rng.random_range(0..6 * 24 * 60)),
+            source: "google".into(),
+            medium: Some("cpc".into()),
+            campaign: None,
+            ad: None,
+            channel: channels[rng.random_range(0..channels.len())].into(),
+            click_id: None,
+        };
+        let (a, b) = (tp(), tp());
+        let cands: Vec<Candidate> = if round % 6 == 5 {
+            let mut c = conversion(site, Uuid::now_v7(), goal, None, vid);
+            c.at = start + chrono::Duration::minutes(rng.random_range(0..6 * 24 * 60));
+            candidates.push(c.clone());
+            vec![Candidate {
+                conversion: c,
+                once_per_visitor: false,
+            }]
+        } else {
+            Vec::new()
+        };
+        let (ra, rb) = tokio::join!(
+            store.record_batch(std::slice::from_ref(&a), &cands),
+            other.record_batch(std::slice::from_ref(&b), &[]),
+        );
+        ra.unwrap();
+        rb.unwrap();
+        touchpoints.extend([a, b]);
+    }
+    let latest = candidates.iter().map(|c| (c.at, c.hit_id)).max();
+    let want = markov::tail(latest, &touchpoints).expect("touchpoints after the conversion");
+    let tails = |rows: Vec<markov::PathRow>| -> Vec<(NaiveDate, String, i64)> {
+        rows.into_iter()
+            .filter(|r| r.goal.is_none())
+            .map(|r| (r.day, r.path, r.count))
+            .collect()
+    };
+    assert_eq!(
+        tail_rows(&cass, site, vid, first, last).await,
+        vec![want.clone()]
+    );
+    let rows = store.path_rows(site, first, last).await.unwrap();
+    assert_eq!(tails(rows), vec![(want.0, want.1.clone(), 1)]);
+
+    // What a computation that lost a race may leave: its rows on another
+    // day and on the winner's day, older than the winner's.
+    let st = cass.st().await.unwrap();
+    let old = Utc::now().timestamp_micros() - 60_000_000;
+    let stale_day = if want.0 == first { last } else { first };
+    let bucket = super::paths::tail_bucket(vid);
+    for day in [stale_day, want.0] {
+        cass.exec(&st.insert_tail, (site, vid, day, day, "Stale", old, old))
+            .await
+            .unwrap();
+        cass.exec(&st.insert_day_tail, (site, day, bucket, vid, "Stale", old))
+            .await
+            .unwrap();
+    }
+    let mut stale = tail_rows(&cass, site, vid, first, last).await;
+    stale.sort();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+    let days = cass.refresh_tail(site, vid).await.unwrap();
+    assert!(days.contains(&stale_day), "{days:?}");
+    super::rollups::mark_days(&cass, site, &days).await.unwrap();
+    assert_eq!(
+        tail_rows(&cass, site, vid, first, last).await,
+        vec![want.clone()]
+    );
+    let rows = store.path_rows(site, first, last).await.unwrap();
+    assert_eq!(tails(rows), vec![(want.0, want.1, 1)]);
+}
+
+/// A keyspace at schema 10 (here: the path tables dropped, the version
+/// and the rollups backfill set back, the tails backfill mark taken
+/// away) gets its `data_driven` rollups, path tables and visitors' tails
+/// from `migrate`: a data-driven report and the path rows read after it
+/// equal what the same hits gave when written at schema 11.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_from_schema_10_fills_the_path_tables_and_tails() {
+    use crate::domain::report::ReportQuery;
+    use crate::domain::GroupKey;
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = guard.second_handle().await;
+    let site = "s_paths";
+    let draft: crate::domain::GoalDraft = serde_json::from_value(serde_json::json!({
+        "name": "Signup", "match": {"event": "signup"}, "value": 10.0, "model": "linear"
+    }))
+    .unwrap();
+    let goal = Goal::from_draft(draft, Uuid::now_v7(), site, Utc::now()).unwrap();
+    store.put_goal(&goal).await.unwrap();
+    let tp = |vid: &str, source: &str, channel: &str, ago: i64| Touchpoint {
+        hit_id: Uuid::now_v7(),
+        site: site.into(),
+        vid: vid.into(),
+        at: Utc::now() - chrono::Duration::minutes(ago),
+        source: source.into(),
+        medium: Some("cpc".into()),
+        campaign: None,
+        ad: None,
+        channel: channel.into(),
+        click_id: None,
+    };
+    let tps = [
+        tp("v1", "google", "Paid Search", 3),
+        tp("v1", "news", "Email", 2),
+        tp("v2", "news", "Email", 2),
+        tp("v3", "google", "Paid Search", 2),
+    ];
+    let c = conversion(site, Uuid::now_v7(), goal.id, None, "v1");
+    store
+        .record_batch(
+            &tps,
+            &[Candidate {
+                conversion: c.clone(),
+                once_per_visitor: false,
+            }],
+        )
+        .await
+        .unwrap();
+    let day = c.at.date_naive();
+    let query = ReportQuery {
+        from: day,
+        to: day,
+        goal: None,
+        group_by: vec![GroupKey::Channel],
+        model: Some(Model::DataDriven),
+    };
+    let report = || async {
+        let mut paths = store.path_rows(site, day, day).await.unwrap();
+        paths.sort_by(|a, b| (a.goal, &a.path).cmp(&(b.goal, &b.path)));
+        (
+            paths,
+            crate::store::report(store.as_ref(), site, &query)
+                .await
+                .unwrap(),
+        )
+    };
+    let before = report().await;
+    assert_eq!(before.0.len(), 3, "{:?}", before.0);
+    assert!(before.1.total.conversions > 0.99, "{:?}", before.1);
+    let ks = cass.keyspace().to_owned();
+    // Schema 10: none of the tables, no data_driven rows, no marks.
+    for cql in [
+        format!("DROP TABLE {ks}.path_rollups"),
+        format!("DROP TABLE {ks}.visitor_tails"),
+        format!("DROP TABLE {ks}.tails_by_day"),
+        format!("DELETE FROM {ks}.rollups_by_day WHERE site = '{site}' AND day = '{day}' AND model = 'data_driven'"),
+        format!("DELETE FROM {ks}.rollup_totals WHERE site = '{site}' AND model = 'data_driven'"),
+        format!("UPDATE {ks}.schema_version SET version = 10 WHERE component = 'tally'"),
+        format!(
+            "UPDATE {ks}.schema_version SET version = 3 WHERE component = '{}'",
+            super::rollups::BACKFILL_COMPONENT
+        ),
+        format!(
+            "DELETE FROM {ks}.schema_version WHERE component = '{}'",
+            super::paths::TAILS_BACKFILL_COMPONENT
+        ),
+    ] {
+        cass.ddl(cql).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(report().await, before, "upgraded from schema 10");
+}

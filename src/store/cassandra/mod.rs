@@ -33,8 +33,10 @@
 //!   and their mapping to domain types.
 //! - `errors.rs`: driver errors mapped to [`StoreError`].
 //! - `reports.rs`: the partitioned reads behind reports.
-//! - `rollups.rs`: the per-day rollups and totals reports read, and their
-//!   rewrite when a day changed.
+//! - `rollups.rs`: the per-day rollups, totals and path tables reports
+//!   read, and their rewrite when a day changed.
+//! - `paths.rs`: data-driven attribution's visitor tails (non-converting
+//!   paths), kept without transactions, and the path tables' reads.
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
@@ -68,6 +70,7 @@ mod consistency;
 mod errors;
 #[cfg(test)]
 pub(crate) mod live;
+mod paths;
 mod reports;
 mod rollups;
 mod rows;
@@ -193,6 +196,57 @@ impl CassandraStore {
             max_in_flight: settings.max_in_flight.max(1),
             busy_nanos: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Writes a touchpoint's row and its click row, nothing else: the
+    /// attributor's batch (`batch.rs`) computes tails and marks days once
+    /// for all of its writes.
+    pub(super) async fn write_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+        let st = self.st().await?;
+        let (at, at_ns) = split_time(tp.at);
+        let (param, value) = match &tp.click_id {
+            Some((p, v)) => (Some(p.as_str()), Some(v.as_str())),
+            None => (None, None),
+        };
+        self.session
+            .execute_unpaged(
+                &st.insert_touchpoint,
+                (
+                    &tp.site,
+                    &tp.vid,
+                    at,
+                    tp.hit_id,
+                    at_ns,
+                    &tp.source,
+                    &tp.medium,
+                    &tp.campaign,
+                    &tp.ad,
+                    param,
+                    value,
+                    &tp.channel,
+                ),
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        // The click count of its day; keyed by hit, so a retry is a no-op.
+        self.session
+            .execute_unpaged(
+                &st.insert_click,
+                (
+                    &tp.site,
+                    tp.at.date_naive(),
+                    credit_bucket(tp.hit_id),
+                    tp.hit_id,
+                    &tp.source,
+                    &tp.medium,
+                    &tp.campaign,
+                    &tp.ad,
+                    &tp.channel,
+                ),
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
     }
 
     /// The shared session (the conformance tests drop their keyspace).
@@ -441,62 +495,36 @@ impl Store for CassandraStore {
     }
 
     async fn put_touchpoint(&self, tp: &Touchpoint) -> Result<(), StoreError> {
-        let st = self.st().await?;
-        let (at, at_ns) = split_time(tp.at);
-        let (param, value) = match &tp.click_id {
-            Some((p, v)) => (Some(p.as_str()), Some(v.as_str())),
-            None => (None, None),
-        };
-        self.session
-            .execute_unpaged(
-                &st.insert_touchpoint,
-                (
-                    &tp.site,
-                    &tp.vid,
-                    at,
-                    tp.hit_id,
-                    at_ns,
-                    &tp.source,
-                    &tp.medium,
-                    &tp.campaign,
-                    &tp.ad,
-                    param,
-                    value,
-                    &tp.channel,
-                ),
-            )
-            .await
-            .map_err(|e| self.failed(e))?;
-        // The click count of its day; keyed by hit, so a retry is a no-op.
-        self.session
-            .execute_unpaged(
-                &st.insert_click,
-                (
-                    &tp.site,
-                    tp.at.date_naive(),
-                    credit_bucket(tp.hit_id),
-                    tp.hit_id,
-                    &tp.source,
-                    &tp.medium,
-                    &tp.campaign,
-                    &tp.ad,
-                    &tp.channel,
-                ),
-            )
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(())
+        self.put_touchpoints(std::slice::from_ref(tp)).await
     }
 
     async fn put_touchpoints(&self, tps: &[Touchpoint]) -> Result<(), StoreError> {
         // Touchpoints of a batch belong to many partitions, so a CQL BATCH
         // would only load one coordinator; concurrent single-partition
         // writes, bounded, are the idiomatic way.
-        let writes: Vec<_> = tps.iter().map(|tp| self.put_touchpoint(tp)).collect();
+        let writes: Vec<_> = tps.iter().map(|tp| self.write_touchpoint(tp)).collect();
         stream::iter(writes)
             .buffer_unordered(TOUCHPOINT_WRITES_IN_FLIGHT)
             .try_collect::<()>()
-            .await
+            .await?;
+        // Then, as the attributor's batch does, each visitor's tail and the
+        // days whose clicks or tails changed.
+        let mut visitors: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+            Default::default();
+        let mut days: std::collections::BTreeMap<&str, std::collections::BTreeSet<NaiveDate>> =
+            Default::default();
+        for tp in tps {
+            visitors.entry(&tp.site).or_default().insert(&tp.vid);
+            days.entry(&tp.site).or_default().insert(tp.at.date_naive());
+        }
+        for (site, vids) in visitors {
+            let changed = self.refresh_tails(site, vids).await?;
+            days.entry(site).or_default().extend(changed);
+        }
+        for (site, days) in &days {
+            rollups::mark_days(self, site, days).await?;
+        }
+        Ok(())
     }
 
     async fn touchpoints(
@@ -620,13 +648,11 @@ impl Store for CassandraStore {
 
     async fn path_rows(
         &self,
-        _site: &str,
-        _from: NaiveDate,
-        _to: NaiveDate,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
     ) -> Result<Vec<crate::domain::markov::PathRow>, StoreError> {
-        Err(StoreError::Rejected(
-            "data-driven attribution is not kept on Cassandra yet".into(),
-        ))
+        paths::path_rows(self, site, from, to).await
     }
 
     async fn click_totals(

@@ -12,9 +12,11 @@
 //! day's credit partitions (each conversion's path), sums every model's
 //! contributions ([`crate::domain::rollup::contributions`], the rule the
 //! SQLite store applies too), rewrites the day's `rollups_by_day`
-//! partitions (one per model) and its `click_rollups_by_day` partition,
-//! and the day's rows of the totals, then records the mark it started
-//! from as done. Repeating a refresh changes nothing; a batch pays one
+//! partitions (one per model of [`ROLLUP_MODELS`], `data_driven`
+//! included), its `click_rollups_by_day` partition, its `path_rollups`
+//! partition (each conversion's path, and the tails that end on the day,
+//! `cassandra/paths.rs`) and the day's rows of the totals, then records
+//! the mark it started from as done. Repeating a refresh changes nothing; a batch pays one
 //! write per day it touched, and a day's rewrite is paid once per report
 //! that finds it changed, not once per batch.
 //!
@@ -59,9 +61,10 @@ use uuid::Uuid;
 use super::reports::CREDIT_BUCKETS;
 use super::rows::stored_channel;
 use super::CassandraStore;
-use crate::domain::attribution::{ALL_MODELS, DIRECT};
+use crate::domain::attribution::DIRECT;
+use crate::domain::markov;
 use crate::domain::report::{groups_by_labels, label, ClickTotal, Labels, RollupRow};
-use crate::domain::rollup::{contributions, RollupKey};
+use crate::domain::rollup::{contributions, RollupKey, ROLLUP_MODELS};
 use crate::domain::{Credit, GroupKey, Model, ReportQuery};
 use crate::store::StoreError;
 
@@ -214,12 +217,31 @@ pub(super) async fn refresh(
     // The write timestamp of everything this refresh writes: taken before
     // it reads, so a refresh that read later wins.
     let ts = Utc::now().timestamp_micros();
-    let (paths, clicks) =
-        futures_util::try_join!(paths(store, site, day), click_rows(store, site, day))?;
+    let (paths, clicks, tails) = futures_util::try_join!(
+        paths(store, site, day),
+        click_rows(store, site, day),
+        super::paths::day_tails(store, site, day)
+    )?;
     type Sums = BTreeMap<(Uuid, RollupKey, String), (i64, i64)>;
     let mut sums: Sums = BTreeMap::new();
+    // The day's path table: (goal, '' for the tails; path) -> count.
+    let mut path_table: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (path, n) in tails {
+        path_table.insert((String::new(), path), n);
+    }
     for ((goal, _), p) in paths {
         let steps: Vec<Credit> = p.steps.into_values().collect();
+        // The steps are in path order (by index: `window_path` orders
+        // them by time, then id); their stored times keep milliseconds
+        // only, so ordering by them could swap two steps of one
+        // millisecond.
+        let path = markov::join(
+            steps
+                .iter()
+                .filter(|s| s.touchpoint.is_some())
+                .map(|s| s.channel.as_str()),
+        );
+        *path_table.entry((goal.to_string(), path)).or_default() += 1;
         for part in contributions(p.at, p.value, &steps) {
             let slot = sums
                 .entry((goal, part.key, p.currency.clone().unwrap_or_default()))
@@ -241,7 +263,7 @@ pub(super) async fn refresh(
     let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
     let date = || Some(CqlValue::Date(day.into()));
     let mut rewrites = Vec::new();
-    for model in ALL_MODELS {
+    for model in ROLLUP_MODELS {
         let mut rollups = Rewrite::new(
             &st.delete_rollups,
             ts,
@@ -320,6 +342,20 @@ pub(super) async fn refresh(
         );
     }
     rewrites.push(click_total);
+    let mut path_rollups = Rewrite::new(&st.delete_path_rollups, ts, vec![text(site), date()]);
+    for ((goal, path), n) in &path_table {
+        path_rollups.row(
+            &st.insert_path_rollup,
+            vec![
+                text(site),
+                date(),
+                text(goal),
+                text(path),
+                Some(CqlValue::BigInt(*n)),
+            ],
+        );
+    }
+    rewrites.push(path_rollups);
     futures_util::future::try_join_all(rewrites.into_iter().map(|r| r.send(store))).await?;
     Ok(())
 }
@@ -625,10 +661,11 @@ pub(super) async fn click_totals(
 pub(super) const BACKFILL_COMPONENT: &str = "tally_rollups_backfill";
 
 /// What a backfill builds: 1, the rollups; 2, the totals beside them; 3,
-/// rollups by channel (rows written before schema 9 had none). A
-/// keyspace whose recorded backfill is older has every day rewritten by
-/// `tally migrate`, since [`refresh`] writes both.
-pub(super) const BACKFILL_VERSION: i32 = 3;
+/// rollups by channel (rows written before schema 9 had none); 4, the
+/// `data_driven` rollup rows and the path tables (schema 11). A keyspace
+/// whose recorded backfill is older has every day rewritten by `tally
+/// migrate`, since [`refresh`] writes all of them.
+pub(super) const BACKFILL_VERSION: i32 = 4;
 
 /// Builds the rollups and totals of every (site, day) that has credit or
 /// click rows: a full scan of both tables' partition keys (`SELECT

@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -237,6 +237,36 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             "ALTER TABLE {ks}.goals ADD currency text",
         ],
     ),
+    (
+        11,
+        &[
+            // By (site, day): data-driven attribution's path table of the
+            // day, a row per goal ('' for the paths that did not convert)
+            // and distinct path with its count. Rewritten whole with the
+            // day's rollups (`cassandra/rollups.rs`).
+            "CREATE TABLE IF NOT EXISTS {ks}.path_rollups (\
+           site text, day date, goal text, path text, total bigint, \
+           PRIMARY KEY ((site, day), goal, path))",
+            // By (site, visitor): the visitor's current tail (static:
+            // its day and path, and the microsecond timestamp of the
+            // computation that wrote it, latest write wins) and a row
+            // per day where a `tails_by_day` row of the visitor may
+            // still stand, so a later computation finds and removes it
+            // (`cassandra/paths.rs`). Lives as long as touchpoints do.
+            "CREATE TABLE IF NOT EXISTS {ks}.visitor_tails (\
+           site text, vid text, day date, \
+           tail_day date static, path text static, ts bigint static, \
+           PRIMARY KEY ((site, vid), day)) \
+         WITH default_time_to_live = {ttl}",
+            // By (site, day, bucket): the tails ending on the day, a row
+            // per visitor, what a day's rewrite counts as its
+            // non-converting paths. Buckets as in credits_by_day.
+            "CREATE TABLE IF NOT EXISTS {ks}.tails_by_day (\
+           site text, day date, bucket int, vid text, path text, \
+           PRIMARY KEY ((site, day, bucket), vid)) \
+         WITH default_time_to_live = {ttl}",
+        ],
+    ),
 ];
 
 /// Which row in `schema_version` this application owns.
@@ -380,11 +410,19 @@ type Backfill = for<'a> fn(
 ) -> futures_util::future::BoxFuture<'a, Result<(), StoreError>>;
 
 /// The data migrations `migrate` runs after the schema's, each when the
-/// version recorded for its component is below its own: the rollups and
-/// totals of the days written before the keyspace had them (version 2:
-/// totals), and the `once_counted` rows of the conversions registered
-/// before it existed.
+/// version recorded for its component is below its own: the tails of the
+/// visitors stored before schema 11 (first, so that the rollups backfill
+/// after it counts them in the days' path tables), the rollups, totals
+/// and path tables of the days written before the keyspace had them
+/// (version 2: totals; 4: `data_driven` rows and path tables), and the
+/// `once_counted` rows of the conversions registered before it existed.
 const BACKFILLS: &[(&str, i32, &str, Backfill)] = &[
+    (
+        super::paths::TAILS_BACKFILL_COMPONENT,
+        1,
+        "visitor tails",
+        |store, progress| Box::pin(super::paths::backfill_tails(store, progress)),
+    ),
     (
         super::rollups::BACKFILL_COMPONENT,
         super::rollups::BACKFILL_VERSION,

@@ -80,6 +80,17 @@ pub struct Statements {
     pub(super) mark_dirty: PreparedStatement,
     pub(super) mark_done: PreparedStatement,
     pub(super) select_dirty: PreparedStatement,
+    pub(super) insert_path_rollup: PreparedStatement,
+    pub(super) delete_path_rollups: PreparedStatement,
+    pub(super) select_path_rollups: PreparedStatement,
+    pub(super) insert_tail: PreparedStatement,
+    pub(super) insert_no_tail: PreparedStatement,
+    pub(super) select_tail: PreparedStatement,
+    pub(super) delete_tail_day: PreparedStatement,
+    pub(super) insert_day_tail: PreparedStatement,
+    pub(super) delete_day_tail: PreparedStatement,
+    pub(super) select_day_tails: PreparedStatement,
+    pub(super) select_latest_registrations: PreparedStatement,
 }
 
 /// The CQL of every prepared statement, by name, with `{ks}` unfilled.
@@ -157,6 +168,23 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("insert_click", "INSERT INTO {ks}.clicks_by_day (site, day, bucket, hit, source, medium, campaign, ad, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("select_clicks", "SELECT source, medium, campaign, ad, channel FROM {ks}.clicks_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     ("select_credit_hits", "SELECT hit FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    // A day's path table, rewritten whole with its rollups (schema 11).
+    ("insert_path_rollup", "INSERT INTO {ks}.path_rollups (site, day, goal, path, total) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("delete_path_rollups", "DELETE FROM {ks}.path_rollups USING TIMESTAMP ? WHERE site = ? AND day = ?"),
+    ("select_path_rollups", "SELECT goal, path, total FROM {ks}.path_rollups WHERE site = ? AND day = ?"),
+    // A visitor's tail (`cassandra/paths.rs`): every write carries the
+    // timestamp of the computation that made it, so the latest
+    // computation wins and a delete removes only what is as old as it.
+    ("insert_tail", "INSERT INTO {ks}.visitor_tails (site, vid, day, tail_day, path, ts) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    // No tail: the static columns alone, no day row.
+    ("insert_no_tail", "INSERT INTO {ks}.visitor_tails (site, vid, tail_day, path, ts) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("select_tail", "SELECT day, tail_day, path, ts FROM {ks}.visitor_tails WHERE site = ? AND vid = ?"),
+    ("delete_tail_day", "DELETE FROM {ks}.visitor_tails USING TIMESTAMP ? WHERE site = ? AND vid = ? AND day = ?"),
+    ("insert_day_tail", "INSERT INTO {ks}.tails_by_day (site, day, bucket, vid, path) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("delete_day_tail", "DELETE FROM {ks}.tails_by_day USING TIMESTAMP ? WHERE site = ? AND day = ? AND bucket = ? AND vid = ?"),
+    ("select_day_tails", "SELECT path FROM {ks}.tails_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    // A visitor's latest registrations, newest first, a few at a time.
+    ("select_latest_registrations", "SELECT at, body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? ORDER BY at DESC LIMIT ?"),
 ];
 
 impl Statements {
@@ -241,6 +269,17 @@ impl Statements {
             mark_dirty: take("mark_dirty")?,
             mark_done: take("mark_done")?,
             select_dirty: take("select_dirty")?,
+            insert_path_rollup: take("insert_path_rollup")?,
+            delete_path_rollups: take("delete_path_rollups")?,
+            select_path_rollups: take("select_path_rollups")?,
+            insert_tail: take("insert_tail")?,
+            insert_no_tail: take("insert_no_tail")?,
+            select_tail: take("select_tail")?,
+            delete_tail_day: take("delete_tail_day")?,
+            insert_day_tail: take("insert_day_tail")?,
+            delete_day_tail: take("delete_day_tail")?,
+            select_day_tails: take("select_day_tails")?,
+            select_latest_registrations: take("select_latest_registrations")?,
         })
     }
 }
