@@ -87,15 +87,7 @@ pub async fn create(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let draft: AdjustmentDraft = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            ApiError::BadRequest(format!("invalid adjustment: {}", e.inner()))
-        } else {
-            ApiError::BadRequest(format!("invalid adjustment: field `{path}`: {}", e.inner()))
-        }
-    })?;
+    let draft: AdjustmentDraft = super::api::json_body(&body, "adjustment")?;
     let adjustment =
         Adjustment::from_draft(draft, &auth.site, Utc::now(), || Uuid::now_v7().to_string())
             .map_err(|e| ApiError::BadRequest(format!("invalid adjustment: {e}")))?;

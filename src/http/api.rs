@@ -56,16 +56,22 @@ fn goal_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no goal `{raw}`")))
 }
 
-fn draft(body: &[u8]) -> Result<GoalDraft, ApiError> {
+/// A JSON request body as `T`; a refusal says `invalid {what}` and names
+/// the field that failed.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
-            ApiError::BadRequest(format!("invalid goal: {}", e.inner()))
+            ApiError::BadRequest(format!("invalid {what}: {}", e.inner()))
         } else {
-            ApiError::BadRequest(format!("invalid goal: field `{path}`: {}", e.inner()))
+            ApiError::BadRequest(format!("invalid {what}: field `{path}`: {}", e.inner()))
         }
     })
+}
+
+fn draft(body: &[u8]) -> Result<GoalDraft, ApiError> {
+    json_body(body, "goal")
 }
 
 pub async fn list_goals(
@@ -169,15 +175,7 @@ pub async fn put_site(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let auth = auth.site(&state).await?;
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let change: SiteChange = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            ApiError::BadRequest(format!("invalid site: {}", e.inner()))
-        } else {
-            ApiError::BadRequest(format!("invalid site: field `{path}`: {}", e.inner()))
-        }
-    })?;
+    let change: SiteChange = json_body(&body, "site")?;
     let old = state
         .store
         .site(&auth.site)

@@ -1259,6 +1259,33 @@ impl Store for SqliteStore {
     }
 }
 
+/// Asserts that `sql` (its parameters bound to small integers) finds its
+/// rows through `index` (an `EXPLAIN QUERY PLAN` detail) and never scans
+/// a table or sorts every match in a temporary B-tree: the batch and tail
+/// reads' guard against a cost that grows with the store.
+#[cfg(test)]
+fn assert_index_walk(conn: &Connection, sql: &str, index: &str) {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let n = stmt.parameter_count();
+    let values: Vec<i64> = (0..n as i64).collect();
+    let plan: Vec<String> = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
+        "{sql}: {plan:?}"
+    );
+    assert!(
+        plan.iter().any(|step| step.contains(index)),
+        "{sql}: {plan:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -729,25 +729,7 @@ mod tests {
             ),
         ];
         for (sql, index) in expected {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let n = stmt.parameter_count();
-            let values: Vec<i64> = (0..n as i64).collect();
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(values), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            assert!(
-                plan.iter()
-                    .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
-                "{sql}: {plan:?}"
-            );
-            assert!(
-                plan.iter().any(|step| step.contains(index)),
-                "{sql}: {plan:?}"
-            );
+            super::super::assert_index_walk(&conn, sql, index);
         }
         // Every read but a key lookup or a range bounded by the changed
         // rows stops at a LIMIT no larger than a path or a page.
