@@ -29,7 +29,7 @@ use crate::store::StoreError;
 use crate::worker::{backoff, Attributor};
 
 /// Hits handed to the attributor at once.
-const BATCH_HITS: usize = 1_000;
+const BATCH_HITS: usize = 5_000;
 /// Tries per archive read or attributor call before replay gives up.
 const ATTEMPTS: u32 = 5;
 

@@ -127,13 +127,23 @@ pub async fn models(
     let mut total = ByModel::default();
     let mut values: BTreeMap<Option<String>, BTreeMap<&'static str, f64>> = BTreeMap::new();
     let mut one_currency = true;
-    for model in ROLLUP_MODELS {
-        query.model = Some(model);
-        let report = assemble(
-            &query,
-            crate::store::credited_rows(state.store.as_ref(), site, &query, &goals).await?,
-            std::iter::empty(),
-        );
+    // The models are read at once: on Cassandra each is a round of
+    // partition reads, and one after another they add up.
+    let queries: Vec<_> = ROLLUP_MODELS
+        .into_iter()
+        .map(|model| {
+            query.model = Some(model);
+            query.clone()
+        })
+        .collect();
+    let credited = futures_util::future::try_join_all(
+        queries
+            .iter()
+            .map(|q| crate::store::credited_rows(state.store.as_ref(), site, q, &goals)),
+    )
+    .await?;
+    for ((model, query), rows) in ROLLUP_MODELS.into_iter().zip(&queries).zip(credited) {
+        let report = assemble(query, rows, std::iter::empty());
         for row in report.rows {
             let labels = Labels {
                 channel: row.channel,

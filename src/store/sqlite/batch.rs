@@ -216,29 +216,31 @@ pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Co
 
 /// `c`'s path as the store holds the visitor's touchpoints now: the first
 /// touchpoint of its window and the latest [`LATEST`] up to it are all
-/// [`window_path`] keeps of the window.
+/// [`window_path`] keeps of the window. The latest `MAX_CREDITED` are
+/// read first: when fewer come back they are the whole window, first
+/// included, so only longer paths pay a second read.
 fn path(tx: &Transaction<'_>, c: &Conversion) -> Result<Vec<Credit>, StoreError> {
     let since = nanos(c.window_start()).unwrap_or(i64::MIN);
     let mut tps: Vec<Touchpoint> = tx
-        .prepare_cached(FIRST_TOUCHPOINT)?
-        .query_row(params![c.site, c.vid, since], touchpoint_from_row)
-        .optional()?
-        .into_iter()
-        .collect();
-    let mut latest = tx.prepare_cached(LATEST_TOUCHPOINTS)?;
-    let rows = latest.query_map(
-        params![
-            c.site,
-            c.vid,
-            since,
-            nanos(c.at)?,
-            c.hit_id.to_string(),
-            LATEST as i64
-        ],
-        touchpoint_from_row,
-    )?;
-    for tp in rows {
-        tps.push(tp?);
+        .prepare_cached(LATEST_TOUCHPOINTS)?
+        .query_map(
+            params![
+                c.site,
+                c.vid,
+                since,
+                nanos(c.at)?,
+                c.hit_id.to_string(),
+                MAX_CREDITED as i64
+            ],
+            touchpoint_from_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    if tps.len() == MAX_CREDITED {
+        tps.extend(
+            tx.prepare_cached(FIRST_TOUCHPOINT)?
+                .query_row(params![c.site, c.vid, since], touchpoint_from_row)
+                .optional()?,
+        );
     }
     Ok(window_path(c, &tps))
 }
@@ -382,7 +384,7 @@ fn settle(
             continue;
         };
         if verdict.is_none() != counted {
-            b.tails.note(tx, site, vid)?;
+            b.tails.conversions_change(tx, site, vid)?;
         }
         verdicts.insert(
             (hit.clone(), goal.clone()),
@@ -581,6 +583,7 @@ pub(super) fn record_batch_in(
         for tp in touchpoints {
             let n = insert_touchpoint(tx, &mut insert, tp)?;
             if n > 0 {
+                b.tails.added(tp)?;
                 fresh
                     .entry((tp.site.clone(), tp.vid.clone()))
                     .or_default()
@@ -590,7 +593,12 @@ pub(super) fn record_batch_in(
     }
     // 2. Re-credit what was recorded before these touchpoints arrived.
     //    Before step 3, so conversions counted below are not done twice.
-    for new in fresh.values() {
+    //    A visitor that had no counted conversion when its tail was
+    //    noted (a first landing, mostly) has none to re-credit.
+    for ((site, vid), new) in &fresh {
+        if b.tails.had_conversions(site, vid) == Some(false) {
+            continue;
+        }
         out.recredited += recredit_visitor(tx, new)?;
     }
     // 3. Candidates: store each once, then settle every group they touch.

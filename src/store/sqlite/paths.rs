@@ -78,28 +78,77 @@ fn latest_conversion(
     }
 }
 
+/// A tail as counted: (UTC day text, path), `None` for no tail.
+type Tail = Option<(String, String)>;
+
+/// What a tail is made of as the store holds it now: the position of
+/// the visitor's latest counted conversion and the touchpoints after it
+/// that a tail keeps (the first and the latest [`MAX_CREDITED`] − 1, or
+/// all of them when there are no more).
+struct TailRows {
+    after: Option<(i64, String)>,
+    touchpoints: Vec<Touchpoint>,
+}
+
+impl TailRows {
+    /// The tail: (day, path), `None` if no touchpoint follows the latest
+    /// counted conversion.
+    fn tail(&self) -> Tail {
+        // Only touchpoints after the conversion are held.
+        markov::tail(None, &self.touchpoints).map(|(day, path)| (day_text(day), path))
+    }
+}
+
+/// Reads a visitor's [`TailRows`]. The latest `MAX_CREDITED` touchpoints
+/// are read first: when fewer come back they are all there are, first
+/// included, so the second read is paid only by longer tails.
+fn tail_rows(tx: &Connection, site: &str, vid: &str) -> Result<TailRows, StoreError> {
+    let after = latest_conversion(tx, site, vid)?;
+    let (at, hit) = after.clone().unwrap_or((i64::MIN, String::new()));
+    let mut touchpoints: Vec<Touchpoint> = tx
+        .prepare_cached(LATEST_AFTER)?
+        .query_map(
+            params![site, vid, at, hit, MAX_CREDITED as i64],
+            touchpoint_from_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    if touchpoints.len() == MAX_CREDITED {
+        touchpoints.extend(
+            tx.prepare_cached(FIRST_AFTER)?
+                .query_row(params![site, vid, at, hit], touchpoint_from_row)
+                .optional()?,
+        );
+    }
+    Ok(TailRows { after, touchpoints })
+}
+
 /// A visitor's tail as the store holds it now: (day, path), `None` if no
 /// touchpoint follows its latest counted conversion.
-fn tail_of(tx: &Connection, site: &str, vid: &str) -> Result<Option<(String, String)>, StoreError> {
-    let (at, hit) = latest_conversion(tx, site, vid)?.unwrap_or((i64::MIN, String::new()));
-    let mut tps: Vec<Touchpoint> = tx
-        .prepare_cached(FIRST_AFTER)?
-        .query_row(params![site, vid, at, hit], touchpoint_from_row)
-        .optional()?
-        .into_iter()
-        .collect();
-    {
-        let mut latest = tx.prepare_cached(LATEST_AFTER)?;
-        let rows = latest.query_map(
-            params![site, vid, at, hit, (MAX_CREDITED - 1) as i64],
-            touchpoint_from_row,
-        )?;
-        for tp in rows {
-            tps.push(tp?);
-        }
+fn tail_of(tx: &Connection, site: &str, vid: &str) -> Result<Tail, StoreError> {
+    Ok(tail_rows(tx, site, vid)?.tail())
+}
+
+/// A visitor noted by [`Tails`]: its tail's rows before the write, and
+/// whether the write changed which of its conversions count.
+struct Noted {
+    before: TailRows,
+    /// Touchpoints the write stored after `before.after`.
+    added: Vec<Touchpoint>,
+    conversions_changed: bool,
+}
+
+impl Noted {
+    /// The tail before the write and now.
+    fn tails(mut self, tx: &Connection, site: &str, vid: &str) -> Result<(Tail, Tail), StoreError> {
+        let old = self.before.tail();
+        let new = if self.conversions_changed {
+            tail_of(tx, site, vid)?
+        } else {
+            self.before.touchpoints.append(&mut self.added);
+            self.before.tail()
+        };
+        Ok((old, new))
     }
-    // Only touchpoints after the conversion were read.
-    Ok(markov::tail(None, &tps).map(|(day, path)| (day_text(day), path)))
 }
 
 /// The tails a write may move: each visitor's tail as it was before the
@@ -110,9 +159,17 @@ fn tail_of(tx: &Connection, site: &str, vid: &str) -> Result<Option<(String, Str
 /// themselves before they change, which costs a few index reads on pages
 /// the write touches anyway, where a per-visitor row would be one more
 /// write at a random place of a table as large as the visitors.
+///
+/// A visitor whose counted conversions the write left alone (most: a
+/// landing) is not read again: its latest conversion is the same, so its
+/// tail's touchpoints are the ones read before plus the new ones
+/// ([`Tails::added`]) after that conversion. Of that union, the first and
+/// the latest `MAX_CREDITED − 1` are the whole tail's, because a
+/// touchpoint that was neither the first nor among the latest before
+/// cannot become either by others being added.
 #[derive(Default)]
 pub(super) struct Tails {
-    before: HashMap<(String, String), Option<(String, String)>>,
+    noted: HashMap<(String, String), Noted>,
 }
 
 impl Tails {
@@ -123,10 +180,54 @@ impl Tails {
         site: &str,
         vid: &str,
     ) -> Result<(), StoreError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) =
-            self.before.entry((site.to_owned(), vid.to_owned()))
-        {
-            slot.insert(tail_of(tx, site, vid)?);
+        self.slot(tx, site, vid).map(|_| ())
+    }
+
+    fn slot(&mut self, tx: &Connection, site: &str, vid: &str) -> Result<&mut Noted, StoreError> {
+        Ok(match self.noted.entry((site.to_owned(), vid.to_owned())) {
+            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(Noted {
+                before: tail_rows(tx, site, vid)?,
+                added: Vec::new(),
+                conversions_changed: false,
+            }),
+        })
+    }
+
+    /// Whether the visitor had a counted conversion when it was noted
+    /// (`None` if it was not).
+    pub(super) fn had_conversions(&self, site: &str, vid: &str) -> Option<bool> {
+        self.noted
+            .get(&(site.to_owned(), vid.to_owned()))
+            .map(|n| n.before.after.is_some())
+    }
+
+    /// Records (after [`Tails::note`]) that which of the visitor's
+    /// conversions count is about to change: its tail is read again.
+    pub(super) fn conversions_change(
+        &mut self,
+        tx: &Connection,
+        site: &str,
+        vid: &str,
+    ) -> Result<(), StoreError> {
+        self.slot(tx, site, vid)?.conversions_changed = true;
+        Ok(())
+    }
+
+    /// Records a touchpoint the write stored (new to the store) for a
+    /// visitor noted before it was stored.
+    pub(super) fn added(&mut self, tp: &Touchpoint) -> Result<(), StoreError> {
+        let Some(noted) = self.noted.get_mut(&(tp.site.clone(), tp.vid.clone())) else {
+            // Its tail before is unknown now that the touchpoint is stored.
+            return Err(StoreError::Rejected(format!(
+                "touchpoint {} was stored before its visitor's tail was noted",
+                tp.hit_id
+            )));
+        };
+        let after = noted.before.after.as_ref();
+        let pos = (super::nanos(tp.at)?, tp.hit_id.to_string());
+        if after.is_none_or(|a| pos > *a) {
+            noted.added.push(tp.clone());
         }
         Ok(())
     }
@@ -134,8 +235,8 @@ impl Tails {
     /// Moves each noted visitor's count from its old tail to its tail now.
     pub(super) fn settle(self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         let mut delta = Delta::default();
-        for ((site, vid), old) in self.before {
-            let new = tail_of(tx, &site, &vid)?;
+        for ((site, vid), noted) in self.noted {
+            let (old, new) = noted.tails(tx, &site, &vid)?;
             if old == new {
                 continue;
             }
@@ -155,7 +256,6 @@ impl Tails {
         merge_or_flush(tx, delta)
     }
 }
-
 /// The path table rows of `site` on UTC days `from..=to`.
 pub(super) fn path_rows(
     conn: &Connection,
