@@ -38,6 +38,8 @@
 //! - `paths.rs`: data-driven attribution's visitor tails (non-converting
 //!   paths), kept without transactions, and the path tables' reads.
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
+//! - `adjustments.rs`: refunds and corrections by order id (schema 12),
+//!   their idempotency key, and their effect on a day's rewrite.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
 //!

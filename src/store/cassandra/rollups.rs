@@ -11,7 +11,9 @@
 //! day whose latest mark it has not seen done ([`refresh`]): it reads the
 //! day's credit partitions (each conversion's path), sums every model's
 //! contributions ([`crate::domain::rollup::contributions`], the rule the
-//! SQLite store applies too), rewrites the day's `rollups_by_day`
+//! SQLite store applies too) at each conversion's adjusted value (its
+//! order's adjustments, `cassandra/adjustments.rs`: a retracted one adds
+//! nothing, not even its path), rewrites the day's `rollups_by_day`
 //! partitions (one per model of [`ROLLUP_MODELS`], `data_driven`
 //! included), its `click_rollups_by_day` partition, its `path_rollups`
 //! partition (each conversion's path, and the tails that end on the day,
