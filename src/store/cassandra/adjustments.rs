@@ -83,6 +83,12 @@ pub const ORDER_BUCKETS: u64 = 1024;
 /// Reads one call sends at once (orders, conversions, days).
 const READS_IN_FLIGHT: usize = 32;
 
+/// A conversion's (goal, hit).
+type ConversionKey = (Uuid, Uuid);
+
+/// A row of `select_order_candidates`: at, at_ns, hit, vid.
+type OrderCandidateRow = (DateTime<Utc>, Option<i32>, Uuid, Option<String>);
+
 /// The CQL of the adjustment statements, by name, with `{ks}` unfilled.
 pub const STATEMENTS: &[(&str, &str)] = &[
     ("claim_adjustment", "INSERT INTO {ks}.adjustment_ids (site, id, body) VALUES (?, ?, ?) IF NOT EXISTS"),
@@ -209,7 +215,7 @@ impl CassandraStore {
         let parts: Vec<Vec<(Uuid, DateTime<Utc>, Uuid)>> = stream::iter(goals)
             .map(|goal| async move {
                 let goal = goal.id;
-                let rows: Vec<(DateTime<Utc>, Option<i32>, Uuid, Option<String>)> = self
+                let rows: Vec<OrderCandidateRow> = self
                     .all_rows(&st.select_order_candidates, (site, goal, order))
                     .await?;
                 Ok::<_, StoreError>(
@@ -315,7 +321,7 @@ pub(super) async fn order_conversions(
         .try_collect()
         .await?;
     let mut out: Vec<Conversion> = found.into_iter().flatten().collect();
-    out.sort_by(|a, b| (a.at, a.hit_id, a.goal_id).cmp(&(b.at, b.hit_id, b.goal_id)));
+    out.sort_by_key(|c| (c.at, c.hit_id, c.goal_id));
     Ok(out)
 }
 
@@ -391,7 +397,7 @@ pub(super) async fn effects(
             by_order.entry(order).or_default().push(key);
         }
     }
-    let found: Vec<(Vec<(Uuid, Uuid)>, Option<Effect>)> = stream::iter(by_order)
+    let found: Vec<(Vec<ConversionKey>, Option<Effect>)> = stream::iter(by_order)
         .map(|(order, keys)| async move {
             let adjustments = store.adjustments_of(site, &order).await?;
             Ok::<_, StoreError>((keys, effect_of(&adjustments)))
