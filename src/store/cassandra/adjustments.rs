@@ -80,8 +80,9 @@ use crate::store::{Store, StoreError};
 /// most this many rows to know which do.
 pub const ORDER_BUCKETS: u64 = 1024;
 
-/// Reads one call sends at once (orders, conversions, days).
-const READS_IN_FLIGHT: usize = 32;
+/// Reads one call sends at once (orders, conversions, days). A report
+/// rewrites several days at once, each sending up to this many.
+const READS_IN_FLIGHT: usize = 16;
 
 /// A conversion's (goal, hit).
 type ConversionKey = (Uuid, Uuid);
@@ -369,10 +370,13 @@ pub(super) async fn effects(
     site: &str,
     conversions: Vec<((Uuid, Uuid), OrderCell)>,
 ) -> Result<BTreeMap<(Uuid, Uuid), Effect>, StoreError> {
+    if conversions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let st = store.adjustment_statements().await?;
     let buckets: Vec<(i32,)> = store.all_rows(&st.select_buckets, (site,)).await?;
     let buckets: BTreeSet<i32> = buckets.into_iter().map(|(b,)| b).collect();
-    if buckets.is_empty() || conversions.is_empty() {
+    if buckets.is_empty() {
         return Ok(BTreeMap::new());
     }
     // Rows written before schema 12: the order from the conversion itself.
