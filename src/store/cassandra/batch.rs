@@ -702,7 +702,11 @@ impl CassandraStore {
         let key = credit_key(c);
         let text = |t: &Option<String>| t.clone().map(CqlValue::Text);
         for (idx, credit) in c.credits.iter().enumerate() {
-            batch.append_statement(st.insert_credit.clone());
+            batch.append_statement(if idx == 0 {
+                st.insert_credit_head.clone()
+            } else {
+                st.insert_credit.clone()
+            });
             let mut row = key.clone();
             let millis = |t: DateTime<Utc>| CqlValue::Timestamp(CqlTimestamp(t.timestamp_millis()));
             row.extend([
@@ -719,6 +723,11 @@ impl CassandraStore {
                 text(&c.currency),
                 Some(CqlValue::Text(credit.channel.clone())),
             ]);
+            if idx == 0 {
+                // '' for none: null is how rows written before schema 12
+                // read (`cassandra/adjustments.rs`).
+                row.push(Some(CqlValue::Text(c.order_id.clone().unwrap_or_default())));
+            }
             values.push(row);
         }
         batch.append_statement(st.delete_credits_from.clone());

@@ -813,3 +813,153 @@ async fn migrate_from_schema_10_fills_the_path_tables_and_tails() {
     store.migrate().await.unwrap();
     assert_eq!(report().await, before, "upgraded from schema 10");
 }
+
+/// The total a report over `day` counts for `site`'s goals.
+async fn day_total(store: &Arc<dyn Store>, site: &str, day: NaiveDate) -> crate::domain::Report {
+    let query = ReportQuery {
+        from: day,
+        to: day,
+        goal: None,
+        group_by: Vec::new(),
+        model: None,
+    };
+    crate::store::report(store.as_ref(), site, &query)
+        .await
+        .unwrap()
+}
+
+fn adjustment(
+    site: &str,
+    id: &str,
+    order: &str,
+    value: Option<f64>,
+    at: DateTime<Utc>,
+) -> crate::domain::adjustment::Adjustment {
+    use crate::domain::adjustment::{Adjustment, AdjustmentKind};
+    Adjustment {
+        id: id.into(),
+        site: site.into(),
+        order_id: order.into(),
+        kind: if value.is_some() {
+            AdjustmentKind::Restate
+        } else {
+            AdjustmentKind::Retract
+        },
+        value,
+        reason: None,
+        at,
+    }
+}
+
+/// Two web processes receiving the same idempotency key at once (a
+/// client retrying while its first call is still running) record one
+/// adjustment, the first claim's, and both answer it: the order's
+/// partition and the day's listing hold it once, and reports count the
+/// order at what the claimed adjustments say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_processes_racing_one_adjustment_id_record_it_once() {
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let other: Arc<dyn Store> = Arc::new(guard.second_handle().await);
+    let site = "s_adj";
+    let g = crate::store::conformance::goal(site, "purchase", Model::Linear);
+    store.put_goal(&g).await.unwrap();
+    let c = conversion(site, Uuid::now_v7(), g.id, Some("o-1"), "v1");
+    assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
+    let day = c.at.date_naive();
+    for round in 0..6 {
+        let id = format!("refund-{round}");
+        let attempts: Vec<_> = (0..6)
+            .map(|i| {
+                let at = c.at + chrono::Duration::milliseconds(i64::from(i) * 7 - 20);
+                adjustment(site, &id, "o-1", Some(f64::from(round * 10 + i)), at)
+            })
+            .collect();
+        let results = futures_util::future::join_all(attempts.iter().enumerate().map(|(i, a)| {
+            let s = if i % 2 == 0 { &store } else { &other };
+            async move { s.put_adjustment(a).await.unwrap() }
+        }))
+        .await;
+        let won: Vec<_> = results.iter().filter(|(_, new)| *new).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        let winner = &won[0].0;
+        assert!(attempts.contains(winner), "round {round}");
+        assert!(results.iter().all(|(a, _)| a == winner), "round {round}");
+    }
+    let kept = other.order_adjustments(site, "o-1").await.unwrap();
+    let ids: Vec<&str> = kept.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        6
+    );
+    let listed = store.adjustments(site, day, day).await.unwrap();
+    assert_eq!(listed.len(), 6);
+    let want = crate::domain::adjustment::adjusted_value(
+        c.value,
+        crate::domain::adjustment::effect(&kept),
+    );
+    let got = day_total(&other, site, day).await.total;
+    assert_eq!((got.conversions, got.value), (1.0, want));
+}
+
+/// A conversion written before schema 12 has no order id on its credit
+/// rows: an adjustment of its order still applies, the day's rewrite
+/// finding the order in the conversion itself.
+#[tokio::test]
+async fn an_adjustment_applies_to_a_conversion_written_before_schema_12() {
+    let Some((store, guard)) = cassandra_store().await else {
+        return;
+    };
+    let cass = guard.second_handle().await;
+    let site = "s_old";
+    let g = crate::store::conformance::goal(site, "purchase", Model::Linear);
+    store.put_goal(&g).await.unwrap();
+    let c = conversion(site, Uuid::now_v7(), g.id, Some("o-9"), "v1");
+    let plain = conversion(site, Uuid::now_v7(), g.id, None, "v2");
+    assert_eq!(rec(&store, &c, false).await, Recorded::Inserted);
+    assert_eq!(rec(&store, &plain, false).await, Recorded::Inserted);
+    let day = c.at.date_naive();
+    // As a build before schema 12 wrote it: no order id on the row.
+    for x in [&c, &plain] {
+        cass.session()
+            .query_unpaged(
+                format!(
+                    "DELETE order_id FROM {}.credits_by_day WHERE site = ? AND day = ? AND bucket = ? AND goal = ? AND hit = ? AND idx = 0",
+                    cass.keyspace()
+                ),
+                (site, day, credit_bucket(x.hit_id), g.id, x.hit_id),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(day_total(&store, site, day).await.total.value, Some(20.0));
+    let retract = adjustment(site, "r-1", "o-9", None, c.at);
+    assert!(store.put_adjustment(&retract).await.unwrap().1);
+    let total = day_total(&store, site, day).await.total;
+    assert_eq!((total.conversions, total.value), (1.0, Some(10.0)));
+    let restate = adjustment(
+        site,
+        "r-2",
+        "o-9",
+        Some(4.5),
+        c.at + chrono::Duration::seconds(1),
+    );
+    assert!(store.put_adjustment(&restate).await.unwrap().1);
+    let total = day_total(&store, site, day).await.total;
+    assert_eq!((total.conversions, total.value), (2.0, Some(14.5)));
+    // The same id again changes nothing and answers the stored one.
+    let again = adjustment(
+        site,
+        "r-2",
+        "o-9",
+        None,
+        c.at + chrono::Duration::seconds(9),
+    );
+    assert_eq!(
+        store.put_adjustment(&again).await.unwrap(),
+        (restate, false)
+    );
+    assert_eq!(day_total(&store, site, day).await.total.value, Some(14.5));
+}

@@ -38,6 +38,8 @@
 //! - `paths.rs`: data-driven attribution's visitor tails (non-converting
 //!   paths), kept without transactions, and the path tables' reads.
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
+//! - `adjustments.rs`: refunds and corrections by order id (schema 12),
+//!   their idempotency key, and their effect on a day's rewrite.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
 //!
@@ -65,6 +67,7 @@ use uuid::Uuid;
 
 use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
 
+mod adjustments;
 mod batch;
 mod consistency;
 mod errors;
@@ -116,6 +119,7 @@ pub struct CassandraStore {
     local_dc: Option<String>,
     statements: OnceCell<Statements>,
     session_statements: OnceCell<sessions::Statements>,
+    adjustment_statements: OnceCell<adjustments::Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
     /// Visitors of one batch written at once.
@@ -191,6 +195,7 @@ impl CassandraStore {
             local_dc: settings.local_dc.clone(),
             statements: OnceCell::new(),
             session_statements: OnceCell::new(),
+            adjustment_statements: OnceCell::new(),
             check_statement,
             metrics,
             max_in_flight: settings.max_in_flight.max(1),
@@ -610,40 +615,34 @@ impl Store for CassandraStore {
 
     async fn put_adjustment(
         &self,
-        _a: &crate::domain::adjustment::Adjustment,
+        a: &crate::domain::adjustment::Adjustment,
     ) -> Result<(crate::domain::adjustment::Adjustment, bool), StoreError> {
-        Err(StoreError::Unsupported(
-            "adjustments are not kept on Cassandra yet; this site's store does not record them"
-                .into(),
-        ))
+        adjustments::put_adjustment(self, a).await
     }
 
     async fn order_conversions(
         &self,
-        _site: &str,
-        _order: &str,
+        site: &str,
+        order: &str,
     ) -> Result<Vec<Conversion>, StoreError> {
-        Err(StoreError::Unsupported(
-            "adjustments are not kept on Cassandra yet".into(),
-        ))
+        adjustments::order_conversions(self, site, order).await
     }
 
     async fn order_adjustments(
         &self,
-        _site: &str,
-        _order: &str,
+        site: &str,
+        order: &str,
     ) -> Result<Vec<crate::domain::adjustment::Adjustment>, StoreError> {
-        // None can have been recorded.
-        Ok(Vec::new())
+        adjustments::order_adjustments(self, site, order).await
     }
 
     async fn adjustments(
         &self,
-        _site: &str,
-        _from: NaiveDate,
-        _to: NaiveDate,
+        site: &str,
+        from: NaiveDate,
+        to: NaiveDate,
     ) -> Result<Vec<crate::domain::adjustment::Adjustment>, StoreError> {
-        Ok(Vec::new())
+        adjustments::in_range(self, site, from, to).await
     }
 
     async fn path_rows(

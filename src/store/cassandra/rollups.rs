@@ -11,7 +11,9 @@
 //! day whose latest mark it has not seen done ([`refresh`]): it reads the
 //! day's credit partitions (each conversion's path), sums every model's
 //! contributions ([`crate::domain::rollup::contributions`], the rule the
-//! SQLite store applies too), rewrites the day's `rollups_by_day`
+//! SQLite store applies too) at each conversion's adjusted value (its
+//! order's adjustments, `cassandra/adjustments.rs`: a retracted one adds
+//! nothing, not even its path), rewrites the day's `rollups_by_day`
 //! partitions (one per model of [`ROLLUP_MODELS`], `data_driven`
 //! included), its `click_rollups_by_day` partition, its `path_rollups`
 //! partition (each conversion's path, and the tails that end on the day,
@@ -58,9 +60,11 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use uuid::Uuid;
 
+use super::adjustments::OrderCell;
 use super::reports::CREDIT_BUCKETS;
 use super::rows::stored_channel;
 use super::CassandraStore;
+use crate::domain::adjustment::adjusted_value;
 use crate::domain::attribution::DIRECT;
 use crate::domain::markov;
 use crate::domain::report::{groups_by_labels, label, ClickTotal, Labels, RollupRow};
@@ -87,6 +91,7 @@ type PathRow = (
     Option<DateTime<Utc>>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 /// One conversion as its credit rows hold it.
@@ -94,6 +99,8 @@ struct StoredPath {
     at: DateTime<Utc>,
     value: f64,
     currency: Option<String>,
+    /// From its first row: what adjustments may apply to it.
+    order: OrderCell,
     steps: BTreeMap<i32, Credit>,
 }
 
@@ -135,6 +142,7 @@ async fn paths(
             conv_at,
             cur,
             channel,
+            order,
         ) = row;
         let source = source.unwrap_or_default();
         let channel = stored_channel(channel, &source, &medium, &campaign);
@@ -146,8 +154,12 @@ async fn paths(
             at: conv_at.unwrap_or(midnight),
             value: value.unwrap_or(0.0),
             currency: cur.clone(),
+            order: OrderCell::None,
             steps: BTreeMap::new(),
         });
+        if idx == 0 {
+            entry.order = OrderCell::from_column(order);
+        }
         entry.steps.insert(
             idx,
             Credit {
@@ -229,7 +241,24 @@ pub(super) async fn refresh(
     for (path, n) in tails {
         path_table.insert((String::new(), path), n);
     }
-    for ((goal, _), p) in paths {
+    // Read after the conversions: an adjustment written since is marked
+    // after it was (`cassandra/adjustments.rs`), so a later rewrite sees it.
+    let effects = super::adjustments::effects(
+        store,
+        site,
+        paths
+            .iter()
+            .map(|(key, p)| (*key, p.order.clone()))
+            .collect(),
+    )
+    .await?;
+    for ((goal, hit), p) in paths {
+        // A retracted conversion adds neither rollups nor a path (its
+        // touchpoints neither converted nor not); a restated one counts
+        // at its new value, as on SQLite.
+        let Some(value) = adjusted_value(p.value, effects.get(&(goal, hit)).copied()) else {
+            continue;
+        };
         let steps: Vec<Credit> = p.steps.into_values().collect();
         // The steps are in path order (by index: `window_path` orders
         // them by time, then id); their stored times keep milliseconds
@@ -242,7 +271,7 @@ pub(super) async fn refresh(
                 .map(|s| s.channel.as_str()),
         );
         *path_table.entry((goal.to_string(), path)).or_default() += 1;
-        for part in contributions(p.at, p.value, &steps) {
+        for part in contributions(p.at, value, &steps) {
             let slot = sums
                 .entry((goal, part.key, p.currency.clone().unwrap_or_default()))
                 .or_default();

@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -265,6 +265,40 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
            site text, day date, bucket int, vid text, path text, \
            PRIMARY KEY ((site, day, bucket), vid)) \
          WITH default_time_to_live = {ttl}",
+        ],
+    ),
+    (
+        12,
+        &[
+            // Adjustments (`cassandra/adjustments.rs`), kept forever: no
+            // TTL on any of these tables. `body` is the adjustment as
+            // JSON (its time to the nanosecond).
+            //
+            // By (site, id): the first writer of an adjustment id claims
+            // it (the one lightweight transaction of an adjustment); the
+            // rows below are only ever written with the claimed body.
+            "CREATE TABLE IF NOT EXISTS {ks}.adjustment_ids (\
+           site text, id text, body text, \
+           PRIMARY KEY ((site, id)))",
+            // By (site, order id): an order's adjustments, what its effect
+            // on every conversion of the order is computed from.
+            "CREATE TABLE IF NOT EXISTS {ks}.adjustments_by_order (\
+           site text, order_id text, at timestamp, id text, body text, \
+           PRIMARY KEY ((site, order_id), at, id))",
+            // By (site, UTC day recorded): the listing of a range.
+            "CREATE TABLE IF NOT EXISTS {ks}.adjustments_by_day (\
+           site text, day date, at timestamp, id text, body text, \
+           PRIMARY KEY ((site, day), at, id))",
+            // By (site): the buckets of order ids (a hash of the id) that
+            // have adjustments, so a day's rewrite reads the adjustments
+            // of those orders only, and none on a site without any.
+            "CREATE TABLE IF NOT EXISTS {ks}.adjusted_order_buckets (\
+           site text, bucket int, \
+           PRIMARY KEY ((site), bucket))",
+            // A conversion's order id on its first credit row ('' for
+            // none; null on rows written before this version), so a day's
+            // rewrite knows which conversions adjustments may change.
+            "ALTER TABLE {ks}.credits_by_day ADD order_id text",
         ],
     ),
 ];

@@ -42,6 +42,7 @@ pub struct Statements {
     pub(super) delete_conversion: PreparedStatement,
     pub(super) select_conversions: PreparedStatement,
     pub(super) insert_credit: PreparedStatement,
+    pub(super) insert_credit_head: PreparedStatement,
     pub(super) select_credits: PreparedStatement,
     pub(super) select_credits_for_goal: PreparedStatement,
     pub(super) claim_salt: PreparedStatement,
@@ -115,7 +116,11 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("delete_conversion", "DELETE FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ? AND goal = ?"),
     ("select_conversions", "SELECT goal, body, complete FROM {ks}.conversions_by_hit WHERE site = ? AND hit = ?"),
     ("insert_credit", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("select_paths", "SELECT goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
+    // A conversion's first credit row also keeps its order id ('' for
+    // none, schema 12); the other rows leave the column unwritten rather
+    // than write a null (a tombstone) into it.
+    ("insert_credit_head", "INSERT INTO {ks}.credits_by_day (site, day, bucket, goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel, order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("select_paths", "SELECT goal, hit, idx, source, medium, campaign, ad, credit, conv_value, tp, tp_at, conv_at, conv_currency, channel, order_id FROM {ks}.credits_by_day WHERE site = ? AND day = ? AND bucket = ?"),
     // Rollups are rewritten whole: a partition tombstone just below the
     // rows' timestamp drops whatever an earlier rewrite left.
     ("insert_rollup", "INSERT INTO {ks}.rollups_by_day (site, day, model, goal, source, medium, campaign, ad, channel, currency, conversions, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
@@ -231,6 +236,7 @@ impl Statements {
             delete_conversion: take("delete_conversion")?,
             select_conversions: take("select_conversions")?,
             insert_credit: take("insert_credit")?,
+            insert_credit_head: take("insert_credit_head")?,
             select_credits: take("select_credits")?,
             select_credits_for_goal: take("select_credits_for_goal")?,
             claim_salt: take("claim_salt")?,

@@ -95,6 +95,11 @@ const FORBIDDEN: &[&str] = &[
     "like ",
 ];
 
+/// The statements of the store and of its adjustments, by name.
+fn all_statements() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    STATEMENTS.iter().chain(super::adjustments::STATEMENTS)
+}
+
 fn idents(s: &str) -> Vec<String> {
     s.split(',')
         .map(|c| c.trim().to_owned())
@@ -195,7 +200,7 @@ fn tables() -> BTreeMap<String, Table> {
 #[test]
 fn schema_is_plain_cql_that_cassandra_4_accepts() {
     let tables = tables();
-    assert_eq!(tables.len(), 24);
+    assert_eq!(tables.len(), 28);
     for (name, t) in &tables {
         for c in &t.columns {
             assert!(
@@ -278,15 +283,41 @@ fn schema_is_plain_cql_that_cassandra_4_accepts() {
     let by_day = &tables["tails_by_day"];
     assert_eq!(by_day.partition, ["site", "day", "bucket"]);
     assert_eq!(by_day.clustering, ["vid"]);
+    // Adjustments are kept forever: no TTL on their tables.
+    for name in [
+        "adjustment_ids",
+        "adjustments_by_order",
+        "adjustments_by_day",
+        "adjusted_order_buckets",
+    ] {
+        assert!(tables.contains_key(name), "{name}");
+        assert!(!all
+            .iter()
+            .any(|c| c.contains(&format!("ks.{name} ")) && c.contains("time_to_live")));
+    }
+    assert_eq!(
+        tables["adjustments_by_order"].partition,
+        ["site", "order_id"]
+    );
+    assert_eq!(tables["adjustments_by_day"].partition, ["site", "day"]);
+    assert!(tables["credits_by_day"].columns.contains("order_id"));
     // Earliest-wins needs no Paxos: only the goal delete, the site update
-    // (an operator's change, which must not create a site) and the daily
-    // salt are conditional.
-    let conditional: Vec<&str> = STATEMENTS
-        .iter()
+    // (an operator's change, which must not create a site), the daily
+    // salt and an adjustment's idempotency key (an API call, never the
+    // attributor) are conditional.
+    let conditional: Vec<&str> = all_statements()
         .filter(|(_, cql)| cql.contains(" IF "))
         .map(|(name, _)| *name)
         .collect();
-    assert_eq!(conditional, ["update_site", "delete_goal", "claim_salt"]);
+    assert_eq!(
+        conditional,
+        [
+            "update_site",
+            "delete_goal",
+            "claim_salt",
+            "claim_adjustment"
+        ]
+    );
     assert_eq!(MIGRATIONS.last().map(|(v, _)| *v), Some(SCHEMA_VERSION));
 }
 
@@ -305,7 +336,7 @@ fn every_statement_targets_declared_columns_and_whole_partitions() {
             .trim_start_matches("ks.")
             .to_owned()
     };
-    for (name, raw) in STATEMENTS {
+    for (name, raw) in all_statements() {
         let cql = render(raw, "ks");
         let lower = cql.to_ascii_lowercase();
         for bad in FORBIDDEN {

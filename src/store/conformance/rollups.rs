@@ -647,12 +647,6 @@ pub async fn adjustments_apply_whatever_the_order(store: Arc<dyn Store>) {
                 at: t0() + Duration::minutes(rng.random_range(0..600)),
             });
         }
-        if let Err(crate::store::StoreError::Unsupported(why)) =
-            store.put_adjustment(&h.adjustments[0]).await
-        {
-            eprintln!("skipped: {why}");
-            return;
-        }
         let what = format!("adjustments, seed {seed}");
         write_shuffled(&mut rng, &store, &h, 5).await;
         assert_counted(&store, &site.key, &h, &what).await;
