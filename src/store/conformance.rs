@@ -168,6 +168,8 @@ pub(crate) fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -
             at: None,
             credit: 1.0,
         }],
+        user_agent: None,
+        page_url: None,
     }
 }
 

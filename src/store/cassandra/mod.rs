@@ -38,6 +38,8 @@
 //! - `paths.rs`: data-driven attribution's visitor tails (non-converting
 //!   paths), kept without transactions, and the path tables' reads.
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
+//! - `exports.rs`: the converting hits' context and the paged read
+//!   behind exports to ad networks.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
 //!
@@ -63,11 +65,14 @@ use tokio::sync::OnceCell;
 use tracing::info;
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
+use super::{
+    BatchRecorded, Candidate, DashboardSession, ExportCursor, ExportPage, Store, StoreError,
+};
 
 mod batch;
 mod consistency;
 mod errors;
+mod exports;
 #[cfg(test)]
 pub(crate) mod live;
 mod paths;
@@ -116,6 +121,7 @@ pub struct CassandraStore {
     local_dc: Option<String>,
     statements: OnceCell<Statements>,
     session_statements: OnceCell<sessions::Statements>,
+    export_statements: OnceCell<exports::Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
     /// Visitors of one batch written at once.
@@ -191,6 +197,7 @@ impl CassandraStore {
             local_dc: settings.local_dc.clone(),
             statements: OnceCell::new(),
             session_statements: OnceCell::new(),
+            export_statements: OnceCell::new(),
             check_statement,
             metrics,
             max_in_flight: settings.max_in_flight.max(1),
@@ -551,6 +558,9 @@ impl Store for CassandraStore {
         touchpoints: &[Touchpoint],
         candidates: &[Candidate],
     ) -> Result<BatchRecorded, StoreError> {
+        // Before the batch: the context is keyed by hit, so a batch
+        // retried after a failure writes the same rows again.
+        self.keep_context(candidates).await?;
         batch::record_batch(self, touchpoints, candidates).await
     }
 
@@ -673,6 +683,19 @@ impl Store for CassandraStore {
         limit: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         reports::converted_hits(self, site, from, to, limit).await
+    }
+
+    async fn export_page(
+        &self,
+        site: &str,
+        goal: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&ExportCursor>,
+        limit: usize,
+    ) -> Result<ExportPage, StoreError> {
+        self.export_page_in(site, goal, from, to, after, limit)
+            .await
     }
 
     async fn conversions_for_hit(
