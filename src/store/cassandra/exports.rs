@@ -183,11 +183,8 @@ impl CassandraStore {
                 hits.push(*h);
             }
         }
-        // A full slice may end inside the last hit's path rows: that hit
-        // is read again, whole, by the next page.
-        if full && hits.len() > 1 {
-            hits.pop();
-        }
+        // A full slice may end inside the last hit's path rows: the hit is
+        // read whole by key below, and the next page starts after it.
         let next = match hits.last() {
             Some(last) if full => Some(ExportCursor {
                 key: partition_key(day, bucket),
