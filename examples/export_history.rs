@@ -28,7 +28,12 @@ const CHUNK: usize = 10_000;
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
                   Chrome/131.0 Safari/537.36";
 /// (click id parameter, share in percent).
-const CLICKS: [(&str, u32); 4] = [("gclid", 40), ("gbraid", 10), ("msclkid", 25), ("fbclid", 25)];
+const CLICKS: [(&str, u32); 4] = [
+    ("gclid", 40),
+    ("gbraid", 10),
+    ("msclkid", 25),
+    ("fbclid", 25),
+];
 
 struct Event {
     at_ms: i64,
@@ -74,7 +79,12 @@ fn hit(site: &str, e: &Event) -> anyhow::Result<Hit> {
         received_at: chrono::DateTime::from_timestamp_millis(e.at_ms)
             .ok_or_else(|| anyhow::anyhow!("time out of range"))?,
         user_agent: Some(UA.into()),
-        ip: Some(std::net::IpAddr::from([203, 0, 113, (e.visitor % 250) as u8])),
+        ip: Some(std::net::IpAddr::from([
+            203,
+            0,
+            113,
+            (e.visitor % 250) as u8,
+        ])),
         request_id: None,
         keep_full_ip: false,
     };

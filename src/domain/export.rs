@@ -380,7 +380,7 @@ pub fn meta_event(name: &str, row: &ExportRow, adjustments: &[Adjustment]) -> Op
 
 /// The orders among `rows` going to `format`'s network whose adjustments
 /// an export must read (each once).
-pub fn orders_to_read<'a>(format: Format, rows: &'a [ExportRow]) -> Vec<&'a str> {
+pub fn orders_to_read(format: Format, rows: &[ExportRow]) -> Vec<&str> {
     let mut seen: HashSet<&str> = HashSet::new();
     rows.iter()
         .filter(|r| r.network() == Some(format.network()))

@@ -35,6 +35,10 @@ pub(super) const LAST_CLICK: &str =
      WHERE cc.hit_id = ?1 AND cc.goal_id = ?2 AND cc.touchpoint IS NOT NULL
      ORDER BY cc.ord DESC LIMIT 1";
 
+/// A conversion as the page's walk reads it: hit, goal, time, recorded
+/// value, currency, order id.
+type Scanned = (Uuid, Uuid, i64, f64, Option<String>, Option<String>);
+
 const CONTEXT: &str = "SELECT user_agent, page_url FROM hit_context WHERE hit_id = ?1";
 
 /// Keeps the user agent and page URL of each candidate's hit (once per
@@ -73,7 +77,7 @@ pub(super) fn page(
         None => (start, String::new(), String::new()),
     };
     let limit = limit.max(1);
-    let scanned: Vec<(Uuid, Uuid, i64, f64, Option<String>, Option<String>)> = tx
+    let scanned: Vec<Scanned> = tx
         .prepare_cached(NEXT_CONVERSIONS)?
         .query_map(params![site, at, hit, goal_after, end, limit as i64], |r| {
             Ok((
