@@ -7,7 +7,7 @@
 //! dashboard session), or with HTTP Basic carrying an API key as the
 //! password (any user name): what the networks' scheduled HTTPS imports
 //! can send. The file is streamed: the store is read a page at a time
-//! ([`Store::export_page`](crate::store::Store::export_page)) and each
+//! ([`Store::export_page`]) and each
 //! page is written out before the next is read, so an export never holds
 //! more than a page of conversions, whatever the range holds.
 //!
