@@ -1448,7 +1448,7 @@ mod tests {
             // Back to schema 9, as that build left it.
             let conn = open_connection(&path).unwrap();
             conn.execute_batch(
-                "DROP TABLE path_rollups; DROP TABLE adjustments;
+                "DROP TABLE path_rollups; DROP TABLE adjustments; DROP TABLE hit_context;
                  DELETE FROM credit_rollups WHERE model = 'data_driven';
                  PRAGMA user_version = 9;",
             )
