@@ -188,6 +188,15 @@ pub struct Conversion {
     pub model: Model,
     pub window_days: u16,
     pub credits: Vec<Credit>,
+    /// The converting hit's user agent and page URL, which an export to
+    /// Meta's Conversions API sends (`client_user_agent`,
+    /// `event_source_url`). Stores keep them beside the conversion, keyed
+    /// by hit; never in a JSON body, so explain does not show them and
+    /// they do not weigh on a stored conversion's size.
+    #[serde(skip)]
+    pub user_agent: Option<String>,
+    #[serde(skip)]
+    pub page_url: Option<String>,
 }
 
 /// Weights (summing to 1) for `n` touchpoints ordered oldest first, whose
@@ -248,6 +257,8 @@ pub fn attribute(goal: &Goal, hit: &Hit, candidates: &[Touchpoint]) -> Conversio
         model: goal.model,
         window_days: goal.window_days,
         credits: Vec::new(),
+        user_agent: hit.user_agent.clone(),
+        page_url: hit.url.clone(),
     };
     conversion.credits = credit_split(&conversion, candidates);
     conversion

@@ -116,6 +116,8 @@ mod tests {
             model: Model::LastClick,
             window_days: 30,
             credits: Vec::new(),
+            user_agent: None,
+            page_url: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod attribution;
 pub mod channel;
 pub mod currency;
 pub mod dedup;
+pub mod export;
 pub mod goal;
 pub mod hit;
 pub mod hit_lines;

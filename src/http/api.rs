@@ -202,7 +202,7 @@ pub struct ReportParams {
 
 /// A report day: `YYYY-MM-DD` in years 1970 to 9999. chrono parses years
 /// far outside that (`-262143-01-15`), where date arithmetic overflows.
-fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
+pub(crate) fn day(name: &str, raw: &str) -> Result<NaiveDate, ApiError> {
     use chrono::Datelike;
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .ok()

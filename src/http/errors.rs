@@ -22,6 +22,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key: send `Authorization: Bearer <api key>` (or sign in on the dashboard)")]
     Unauthorized,
+    /// Credentials that were sent but do not hold (or none, where the
+    /// endpoint also takes HTTP Basic); the reason says which.
+    #[error("{0}")]
+    BadCredentials(String),
     /// Signed in, but the request came from another origin (CSRF).
     #[error("{0}")]
     Forbidden(String),
@@ -55,7 +59,7 @@ impl ApiError {
     pub fn reason_label(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::BadCredentials(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
@@ -73,7 +77,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,6 +100,14 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            // Basic too, so a scheduled fetch (or a browser) knows it may
+            // send the API key as a password.
+            ApiError::BadCredentials(_) => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tally\", charset=\"UTF-8\""),
+                ));
             }
             ApiError::TooManyRequests(wait) => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(retry_secs(wait))));

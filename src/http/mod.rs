@@ -27,6 +27,7 @@ pub mod dashboard;
 pub mod dashboard_api;
 pub mod edge;
 pub mod errors;
+pub mod exports;
 pub mod health;
 pub mod live_cap;
 pub mod session;
@@ -116,6 +117,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .put(api::replace_goal)
                     .delete(api::delete_goal),
             )
+            .service(web::resource("/exports/{format}").get(exports::export))
             .service(web::resource("/conversions").get(api::conversions))
             .service(web::resource("/conversions.csv").get(api::conversions_csv))
             .service(web::resource("/conversions/recent").get(dashboard_api::recent))

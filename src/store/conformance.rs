@@ -65,6 +65,7 @@ macro_rules! store_conformance_tests {
             a_long_path_of_long_labels_is_counted_in_full,
             dashboard_session_is_read_back_until_it_expires,
             ended_dashboard_session_is_gone_and_others_stay,
+            export_pages_hold_each_counted_conversion_once,
         );
     };
     // Earliest-wins dedup (a later-processed, earlier hit takes the order
@@ -168,6 +169,8 @@ pub(crate) fn conversion(site: &str, goal: Uuid, vid: &str, at: DateTime<Utc>) -
             at: None,
             credit: 1.0,
         }],
+        user_agent: None,
+        page_url: None,
     }
 }
 
@@ -1134,4 +1137,176 @@ pub async fn ended_dashboard_session_is_gone_and_others_stay(store: Arc<dyn Stor
         .await
         .unwrap();
     store.end_dashboard_session("no-such-hash").await.unwrap();
+}
+
+/// An export's pages: every counted conversion of the goal in the range
+/// once, none of another goal, another day or a lost order claim, each
+/// with its last touchpoint's click (whatever the goal's model), the
+/// converting hit's user agent and page URL, and its recorded value (an
+/// export applies the order's adjustments, which the store returns).
+pub async fn export_pages_hold_each_counted_conversion_once(store: Arc<dyn Store>) {
+    use crate::domain::export::{self, Cell, Format, LastClick};
+    let site = new_site(&store).await;
+    let g = goal(&site.key, "buy", Model::Linear);
+    let other = goal(&site.key, "signup", Model::LastClick);
+    store.put_goal(&g).await.unwrap();
+    store.put_goal(&other).await.unwrap();
+    let tp = |vid: &str, at: DateTime<Utc>, click: Option<(&str, &str)>| Touchpoint {
+        click_id: click.map(|(p, v)| (p.to_owned(), v.to_owned())),
+        ..touchpoint(&site.key, vid, at, "ads")
+    };
+    let cand = |c: Conversion| Candidate {
+        conversion: Conversion {
+            credits: Vec::new(),
+            model: Model::Linear,
+            ..c
+        },
+        once_per_visitor: false,
+    };
+    let conv = |goal: Uuid, vid: &str, at: DateTime<Utc>| {
+        let mut c = conversion(&site.key, goal, vid, at);
+        c.user_agent = Some(format!("UA {vid}"));
+        c.page_url = Some(format!("https://shop.example/{vid}"));
+        c
+    };
+    let mut tps = vec![
+        // v1: a Google click, then a Meta click: Meta's is the last.
+        tp("v1", t0() - Duration::hours(3), Some(("gclid", "g-1"))),
+        tp("v1", t0() - Duration::hours(2), Some(("fbclid", "f-1"))),
+        // v2: a click, then a tagged visit with no click id: no last click.
+        tp("v2", t0() - Duration::hours(2), Some(("gclid", "g-2"))),
+        tp("v2", t0() - Duration::minutes(30), None),
+        tp("v4", t0() - Duration::hours(1), Some(("msclkid", "m-4"))),
+    ];
+    let v1 = conv(g.id, "v1", t0());
+    let v2 = conv(g.id, "v2", t0() + Duration::minutes(1));
+    let mut v3 = conv(g.id, "v3", t0() + Duration::minutes(2));
+    (v3.user_agent, v3.page_url) = (None, None);
+    let v4 = conv(g.id, "v4", t0() + Duration::minutes(3));
+    // The same hit completes the other goal too: not in this export.
+    let v4_other = Conversion {
+        goal_id: other.id,
+        ..v4.clone()
+    };
+    // Two hits with one order: the later one is a duplicate.
+    let first = with_order(conv(g.id, "v5", t0() + Duration::minutes(4)), "o-1");
+    let dup = with_order(conv(g.id, "v6", t0() + Duration::minutes(5)), "o-1");
+    let late = conv(g.id, "v7", t0() + Duration::days(2));
+    let mut cands = vec![
+        cand(v1.clone()),
+        cand(v2.clone()),
+        cand(v3.clone()),
+        cand(v4.clone()),
+        cand(v4_other),
+        cand(first.clone()),
+        cand(dup),
+        cand(late),
+    ];
+    let mut want: BTreeSet<Uuid> = [v1.hit_id, v2.hit_id, v3.hit_id, v4.hit_id, first.hit_id]
+        .into_iter()
+        .collect();
+    // Enough more, over two days, for several pages.
+    for i in 0..24 {
+        let vid = format!("w{i}");
+        let at = t0() + Duration::minutes(10 + 97 * i);
+        tps.push(tp(
+            &vid,
+            at - Duration::minutes(5),
+            Some(("gclid", &format!("g-w{i}"))),
+        ));
+        let c = conv(g.id, &vid, at);
+        want.insert(c.hit_id);
+        cands.push(cand(c));
+    }
+    store.record_batch(&tps, &cands).await.unwrap();
+
+    let (from, to) = (t0().date_naive(), t0().date_naive() + Duration::days(1));
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .export_page(&site.key, g.id, from, to, cursor.as_ref(), 3)
+            .await
+            .unwrap();
+        assert!(page.rows.len() <= 3, "{}", page.rows.len());
+        rows.extend(page.rows);
+        pages += 1;
+        assert!(pages < 1_000, "the pages never end");
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let got: Vec<Uuid> = rows.iter().map(|r| r.hit_id).collect();
+    let unique: BTreeSet<Uuid> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "a conversion twice: {got:?}");
+    assert_eq!(unique, want);
+    assert!(rows.iter().all(|r| r.goal_id == g.id));
+    let row = |hit: Uuid| rows.iter().find(|r| r.hit_id == hit).unwrap();
+    let r1 = row(v1.hit_id);
+    assert_eq!(
+        r1.last_click,
+        Some(LastClick {
+            param: "fbclid".into(),
+            value: "f-1".into(),
+            at: t0() - Duration::hours(2),
+        })
+    );
+    assert_eq!((r1.at, r1.value), (t0(), 49.5));
+    assert_eq!(r1.user_agent.as_deref(), Some("UA v1"));
+    assert_eq!(r1.page_url.as_deref(), Some("https://shop.example/v1"));
+    assert_eq!(row(v2.hit_id).last_click, None);
+    let r3 = row(v3.hit_id);
+    assert_eq!(
+        (&r3.last_click, &r3.user_agent, &r3.page_url),
+        (&None, &None, &None)
+    );
+    assert_eq!(
+        row(v4.hit_id).last_click.as_ref().map(|c| c.param.as_str()),
+        Some("msclkid")
+    );
+    assert_eq!(row(first.hit_id).order_id.as_deref(), Some("o-1"));
+
+    // Adjustments: the store keeps the recorded value; the export applies
+    // the order's adjustments.
+    let restate = crate::domain::adjustment::Adjustment {
+        id: "r-1".into(),
+        site: site.key.clone(),
+        order_id: "o-1".into(),
+        kind: crate::domain::adjustment::AdjustmentKind::Restate,
+        value: Some(20.0),
+        reason: None,
+        at: t0() + Duration::hours(1),
+    };
+    store.put_adjustment(&restate).await.unwrap();
+    let adjustments = store.order_adjustments(&site.key, "o-1").await.unwrap();
+    let mut r5 = row(first.hit_id).clone();
+    r5.last_click = Some(LastClick {
+        param: "gclid".into(),
+        value: "x".into(),
+        at: t0(),
+    });
+    let cells = export::csv_record(Format::GoogleAds, "n", &r5, &adjustments).unwrap();
+    assert_eq!(cells[3], Cell::Number(20.0));
+    // Every page: the partition (day, bucket) holding `first` depends on
+    // its random hit id.
+    let mut stored = None;
+    let mut cursor = None;
+    loop {
+        let page = store
+            .export_page(&site.key, g.id, from, to, cursor.as_ref(), 1_000)
+            .await
+            .unwrap();
+        stored = stored.or(page
+            .rows
+            .iter()
+            .find(|r| r.hit_id == first.hit_id)
+            .map(|r| r.value));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(stored, Some(49.5));
 }

@@ -18,6 +18,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::domain::adjustment::Adjustment;
+use crate::domain::export::ExportRow;
 use crate::domain::markov::PathRow;
 use crate::domain::report::{ClickTotal, RollupRow};
 /// The dedup rule decides; the port reports its reasons.
@@ -308,6 +309,24 @@ pub trait Store: Send + Sync + 'static {
         to: NaiveDate,
         limit: usize,
     ) -> Result<Vec<Uuid>, StoreError>;
+    /// A page of an export's read ([`crate::domain::export`]): the
+    /// counted conversions of `goal` made on UTC days `from..=to`, in the
+    /// adapter's order, resuming `after` the cursor of the previous page
+    /// (`None`: from the start), with their recorded values (adjustments
+    /// not applied), credited last clicks and converting hits' user agent
+    /// and page URL. A page reads a bounded slice of the store (about
+    /// `limit` conversions' rows, through an index or one partition), so
+    /// it may hold fewer than `limit` rows, even none, and still have a
+    /// `next`; `next` is `None` once the range is read.
+    async fn export_page(
+        &self,
+        site: &str,
+        goal: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&ExportCursor>,
+        limit: usize,
+    ) -> Result<ExportPage, StoreError>;
     /// The conversions a hit produced (one per goal it completed).
     async fn conversions_for_hit(
         &self,
@@ -332,6 +351,24 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a session at once, for every process; ending an unknown or
     /// expired one is not an error.
     async fn end_dashboard_session(&self, token_hash: &str) -> Result<(), StoreError>;
+}
+
+/// Where an export read resumes: just after the last conversion a page
+/// read, in the adapter's own order (SQLite: time, hit, goal; Cassandra:
+/// day and bucket partition, then hit). Opaque to callers, who hand it
+/// back as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor {
+    pub(crate) key: i64,
+    pub(crate) hit: Uuid,
+    pub(crate) goal: Uuid,
+}
+
+/// One page of [`Store::export_page`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportPage {
+    pub rows: Vec<ExportRow>,
+    pub next: Option<ExportCursor>,
 }
 
 /// A dashboard session as stored: never the token, only its hash.

@@ -74,6 +74,8 @@
 //! Version 6 adds `dashboard_sessions(token_hash PK, site, key_hash,
 //! expires_ns)`, index (expires_ns): expired rows go lazily
 //! (`sqlite/sessions.rs`).
+//! Version 12 adds `hit_context(hit_id PK, user_agent, page_url)`: what
+//! exports send of a converting hit (`sqlite/exports.rs`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -89,10 +91,13 @@ use rusqlite::{
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
+use super::{
+    BatchRecorded, Candidate, DashboardSession, ExportCursor, ExportPage, Store, StoreError,
+};
 
 mod adjustments;
 mod batch;
+mod exports;
 mod paths;
 mod rollups;
 mod sessions;
@@ -362,6 +367,17 @@ CREATE TABLE adjustments (
 ) WITHOUT ROWID;
 CREATE INDEX adjustments_order ON adjustments (site, order_id, at_ns, id);
 CREATE INDEX adjustments_time ON adjustments (site, at_ns);
+"#,
+    // 12: what exports to ad networks send of a converting hit besides
+    // its conversion (Meta's `client_user_agent` and `event_source_url`),
+    // one row per hit that matched a goal (`sqlite/exports.rs`). Hits
+    // converted before have none and export without them.
+    r#"
+CREATE TABLE hit_context (
+    hit_id     TEXT PRIMARY KEY,
+    user_agent TEXT,
+    page_url   TEXT
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -990,6 +1006,7 @@ impl Store for SqliteStore {
             // other writer can change a group in between; one commit (one
             // fsync) for the whole batch.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            exports::keep_context(&tx, &cands)?;
             let out = rollups::deferred(&tx, || batch::record_batch_in(&tx, &tps, &cands))?;
             tx.commit()?;
             Ok(out)
@@ -1209,6 +1226,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export_page(
+        &self,
+        site: &str,
+        goal: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&ExportCursor>,
+        limit: usize,
+    ) -> Result<ExportPage, StoreError> {
+        let (site, after) = (site.to_owned(), after.cloned());
+        self.read("export_page", move |conn| {
+            let tx = conn.transaction()?;
+            exports::page(&tx, &site, goal, from, to, after.as_ref(), limit)
+        })
+        .await
+    }
+
     async fn conversions_for_hit(
         &self,
         site: &str,
@@ -1424,7 +1458,7 @@ mod tests {
             // Back to schema 9, as that build left it.
             let conn = open_connection(&path).unwrap();
             conn.execute_batch(
-                "DROP TABLE path_rollups; DROP TABLE adjustments;
+                "DROP TABLE path_rollups; DROP TABLE adjustments; DROP TABLE hit_context;
                  DELETE FROM credit_rollups WHERE model = 'data_driven';
                  PRAGMA user_version = 9;",
             )
@@ -1657,6 +1691,8 @@ mod tests {
             model: Model::Linear,
             window_days: 30,
             credits: vec![],
+            user_agent: None,
+            page_url: None,
         };
         let cand = crate::store::Candidate {
             conversion: c.clone(),

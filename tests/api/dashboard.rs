@@ -672,6 +672,8 @@ async fn record_past_conversion(app: &TestApp, goal: uuid::Uuid, days_ago: i64, 
             at: Some(at),
             credit: 1.0,
         }],
+        user_agent: None,
+        page_url: None,
     };
     let candidate = tally::store::Candidate {
         conversion,

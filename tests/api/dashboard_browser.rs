@@ -224,6 +224,8 @@ async fn history(app: &TestApp, signup: Uuid, purchase: Uuid) -> Seeded {
                     at: Some(t.at),
                     credit: 1.0,
                 }],
+                user_agent: None,
+                page_url: None,
             };
             // The store credits it from the touchpoints it holds.
             let candidate = tally::store::Candidate {

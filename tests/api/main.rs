@@ -10,6 +10,7 @@ mod currency;
 mod dashboard;
 mod dashboard_browser;
 mod data_driven;
+mod exports;
 mod flow;
 mod goals;
 mod helpers;

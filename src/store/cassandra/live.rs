@@ -107,6 +107,8 @@ fn conversion(site: &str, hit: Uuid, goal: Uuid, order: Option<&str>, vid: &str)
             at: None,
             credit: 1.0,
         }],
+        user_agent: None,
+        page_url: None,
     }
 }
 

@@ -40,6 +40,8 @@
 //! - `batch.rs`: the attributor's batch write and earliest-wins settle.
 //! - `adjustments.rs`: refunds and corrections by order id (schema 12),
 //!   their idempotency key, and their effect on a day's rewrite.
+//! - `exports.rs`: the converting hits' context and the paged read
+//!   behind exports to ad networks.
 //! - `tests.rs`: the schema and statements checked offline; `live.rs`:
 //!   tests against a real cluster.
 //!
@@ -65,12 +67,15 @@ use tokio::sync::OnceCell;
 use tracing::info;
 use uuid::Uuid;
 
-use super::{BatchRecorded, Candidate, DashboardSession, Store, StoreError};
+use super::{
+    BatchRecorded, Candidate, DashboardSession, ExportCursor, ExportPage, Store, StoreError,
+};
 
 mod adjustments;
 mod batch;
 mod consistency;
 mod errors;
+mod exports;
 #[cfg(test)]
 pub(crate) mod live;
 mod paths;
@@ -120,6 +125,7 @@ pub struct CassandraStore {
     statements: OnceCell<Statements>,
     session_statements: OnceCell<sessions::Statements>,
     adjustment_statements: OnceCell<adjustments::Statements>,
+    export_statements: OnceCell<exports::Statements>,
     check_statement: PreparedStatement,
     metrics: Arc<Metrics>,
     /// Visitors of one batch written at once.
@@ -196,6 +202,7 @@ impl CassandraStore {
             statements: OnceCell::new(),
             session_statements: OnceCell::new(),
             adjustment_statements: OnceCell::new(),
+            export_statements: OnceCell::new(),
             check_statement,
             metrics,
             max_in_flight: settings.max_in_flight.max(1),
@@ -556,6 +563,9 @@ impl Store for CassandraStore {
         touchpoints: &[Touchpoint],
         candidates: &[Candidate],
     ) -> Result<BatchRecorded, StoreError> {
+        // Before the batch: the context is keyed by hit, so a batch
+        // retried after a failure writes the same rows again.
+        self.keep_context(candidates).await?;
         batch::record_batch(self, touchpoints, candidates).await
     }
 
@@ -672,6 +682,19 @@ impl Store for CassandraStore {
         limit: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         reports::converted_hits(self, site, from, to, limit).await
+    }
+
+    async fn export_page(
+        &self,
+        site: &str,
+        goal: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&ExportCursor>,
+        limit: usize,
+    ) -> Result<ExportPage, StoreError> {
+        self.export_page_in(site, goal, from, to, after, limit)
+            .await
     }
 
     async fn conversions_for_hit(

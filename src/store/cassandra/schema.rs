@@ -17,7 +17,7 @@ use crate::domain::goal::MAX_WINDOW_DAYS;
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 /// Touchpoints live as long as the longest lookback window.
 pub const TOUCHPOINT_TTL_SECONDS: u32 = MAX_WINDOW_DAYS as u32 * 86_400;
@@ -299,6 +299,19 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             // none; null on rows written before this version), so a day's
             // rewrite knows which conversions adjustments may change.
             "ALTER TABLE {ks}.credits_by_day ADD order_id text",
+        ],
+    ),
+    (
+        13,
+        &[
+            // By (site, hit): what exports to ad networks send of a
+            // converting hit besides its conversion (Meta's user agent and
+            // page URL), one row per hit that matched a goal, read by key
+            // for each exported conversion (`cassandra/exports.rs`). Kept
+            // as long as the conversion; hits converted before have none.
+            "CREATE TABLE IF NOT EXISTS {ks}.hit_context (\
+           site text, hit uuid, user_agent text, page_url text, \
+           PRIMARY KEY ((site, hit)))",
         ],
     ),
 ];

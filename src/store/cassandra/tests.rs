@@ -200,7 +200,7 @@ fn tables() -> BTreeMap<String, Table> {
 #[test]
 fn schema_is_plain_cql_that_cassandra_4_accepts() {
     let tables = tables();
-    assert_eq!(tables.len(), 28);
+    assert_eq!(tables.len(), 29);
     for (name, t) in &tables {
         for c in &t.columns {
             assert!(

@@ -114,6 +114,8 @@ fn history_of(
                 model,
                 window_days: 7,
                 credits: Vec::new(),
+                user_agent: None,
+                page_url: None,
             };
             h.candidates.push(Candidate {
                 conversion,
@@ -551,6 +553,8 @@ pub async fn a_day_that_loses_its_last_conversion_leaves_the_reports(store: Arc<
             model,
             window_days: 7,
             credits: Vec::new(),
+            user_agent: None,
+            page_url: None,
         },
         once_per_visitor: once,
     };

@@ -209,6 +209,8 @@ pub(super) fn conversion_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Co
             model: Model::LastClick,
             window_days: r.get(9)?,
             credits: Vec::new(),
+            user_agent: None,
+            page_url: None,
         },
         r.get(8)?,
     ))
