@@ -187,21 +187,10 @@ fn parse(body: Option<String>) -> Result<Adjustment, StoreError> {
 
 impl CassandraStore {
     async fn adjustment_statements(&self) -> Result<&Statements, StoreError> {
-        // The schema check comes first: preparing against a keyspace
-        // without the tables would fail less clearly.
-        self.st().await?;
-        self.adjustment_statements
-            .get_or_try_init(|| async {
-                Statements::prepare(&self.session, &self.keyspace)
-                    .await
-                    .inspect_err(|_| {
-                        self.metrics
-                            .adapter_errors
-                            .with_label_values(&["cassandra"])
-                            .inc();
-                    })
-            })
-            .await
+        self.module_statements(&self.adjustment_statements, || {
+            Statements::prepare(&self.session, &self.keyspace)
+        })
+        .await
     }
 
     /// The (at, hit) of every candidate carrying `order` under each of

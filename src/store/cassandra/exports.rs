@@ -93,20 +93,10 @@ fn partition_of(key: i64) -> Option<(NaiveDate, i32)> {
 
 impl CassandraStore {
     async fn export_statements(&self) -> Result<&Statements, StoreError> {
-        // The schema check comes first (the table is schema 13's).
-        self.st().await?;
-        self.export_statements
-            .get_or_try_init(|| async {
-                Statements::prepare(&self.session, &self.keyspace)
-                    .await
-                    .inspect_err(|_| {
-                        self.metrics
-                            .adapter_errors
-                            .with_label_values(&["cassandra"])
-                            .inc();
-                    })
-            })
-            .await
+        self.module_statements(&self.export_statements, || {
+            Statements::prepare(&self.session, &self.keyspace)
+        })
+        .await
     }
 
     /// Keeps the user agent and page URL of each candidate's hit.

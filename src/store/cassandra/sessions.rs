@@ -68,21 +68,10 @@ pub fn ttl_seconds(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<i32>
 
 impl CassandraStore {
     async fn session_statements(&self) -> Result<&Statements, StoreError> {
-        // The schema check and the main statements come first: preparing
-        // against a keyspace without the table would fail less clearly.
-        self.st().await?;
-        self.session_statements
-            .get_or_try_init(|| async {
-                Statements::prepare(&self.session, &self.keyspace)
-                    .await
-                    .inspect_err(|_| {
-                        self.metrics
-                            .adapter_errors
-                            .with_label_values(&["cassandra"])
-                            .inc();
-                    })
-            })
-            .await
+        self.module_statements(&self.session_statements, || {
+            Statements::prepare(&self.session, &self.keyspace)
+        })
+        .await
     }
 
     pub(super) async fn put_dashboard_session(

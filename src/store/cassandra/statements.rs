@@ -6,6 +6,7 @@
 //! keyspace name is): values are bound, so requests route by token.
 
 use std::collections::HashMap;
+use tokio::sync::OnceCell;
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -316,5 +317,29 @@ impl CassandraStore {
                 statements
             })
             .await
+    }
+
+    /// A module's own statements (sessions, adjustments, exports),
+    /// prepared once, after the schema check of [`CassandraStore::st`]:
+    /// preparing against a keyspace without their tables would fail less
+    /// clearly. A failure counts as an adapter error.
+    pub(super) async fn module_statements<'a, T, Fut>(
+        &'a self,
+        cell: &'a OnceCell<T>,
+        prepare: impl FnOnce() -> Fut,
+    ) -> Result<&'a T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        self.st().await?;
+        cell.get_or_try_init(|| async {
+            prepare().await.inspect_err(|_| {
+                self.metrics
+                    .adapter_errors
+                    .with_label_values(&["cassandra"])
+                    .inc();
+            })
+        })
+        .await
     }
 }
