@@ -3,6 +3,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the attributor's many short-lived
+/// strings made glibc's free-chunk consolidation a visible share of a
+/// replay (Cargo.toml says more).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();

@@ -12,6 +12,9 @@
 //! history of quiet hours costs a store transaction per batch, not per
 //! hour.
 //!
+//! Reading runs one batch ahead of counting, so decompressing and
+//! parsing the archive overlaps the store's writes.
+//!
 //! Replay never writes to the archive and never counts anything itself:
 //! the store's dedup rules make processing a hit again a no-op, which is
 //! what makes replaying twice change no count.
@@ -147,52 +150,85 @@ pub async fn replay(
     on_progress(progress);
     info!(%from, %to, site = ?site, goal = ?goal, objects = progress.objects_total, "Replay started.");
 
-    let mut summary = ReplaySummary::default();
-    // Hits wait here until a whole batch is ready, across hours: a quiet
-    // hour holds a few hits, and a batch is one store transaction.
-    let mut pending: Vec<Hit> = Vec::new();
-    for (hour, keys) in hours {
-        let mut seen: HashSet<Uuid> = HashSet::new();
-        let mut hits: Vec<Hit> = Vec::new();
-        for key in keys {
-            let body =
-                with_retries("get", archive_transient, async || archive.get(&key).await).await?;
-            summary.objects += 1;
-            match format::decode(&body) {
-                Ok(decoded) => {
-                    for hit in decoded {
-                        if site.as_ref().is_some_and(|s| *s != hit.site) {
-                            continue;
-                        }
-                        if seen.insert(hit.id) {
-                            hits.push(hit);
-                        } else {
-                            summary.duplicates += 1;
+    // Reading and counting overlap: the archive's objects are read,
+    // decompressed and parsed here while the store writes the batch
+    // before (on its own blocking thread), one batch ahead at most.
+    let (batches, mut ready) = tokio::sync::mpsc::channel::<Vec<Hit>>(1);
+    let read = async {
+        let mut read = ReplaySummary::default();
+        // Hits wait here until a whole batch is ready, across hours: a
+        // quiet hour holds a few hits, and a batch is one store
+        // transaction.
+        let mut pending: Vec<Hit> = Vec::new();
+        for (hour, keys) in hours {
+            let mut seen: HashSet<Uuid> = HashSet::new();
+            let mut hits: Vec<Hit> = Vec::new();
+            for key in keys {
+                let body = with_retries("get", archive_transient, async || archive.get(&key).await)
+                    .await?;
+                read.objects += 1;
+                match format::decode(&body) {
+                    Ok(decoded) => {
+                        for hit in decoded {
+                            if site.as_ref().is_some_and(|s| *s != hit.site) {
+                                continue;
+                            }
+                            if seen.insert(hit.id) {
+                                hits.push(hit);
+                            } else {
+                                read.duplicates += 1;
+                            }
                         }
                     }
+                    Err(error) => {
+                        warn!(%error, key, "Archive object is unreadable; skipping it.");
+                        read.unreadable_objects += 1;
+                    }
                 }
-                Err(error) => {
-                    warn!(%error, key, "Archive object is unreadable; skipping it.");
-                    summary.unreadable_objects += 1;
+                progress.objects_done += 1;
+                progress.hits = read.hits + hits.len() as u64;
+                on_progress(progress);
+            }
+            // Hours come in order and a hit's id starts with its time, so
+            // batches stay in time order across hours.
+            hits.sort_by_key(|h| h.id);
+            read.hits += hits.len() as u64;
+            info!(hour, hits = hits.len(), "Read an hour.");
+            pending.extend(hits);
+            while pending.len() >= BATCH_HITS {
+                let rest = pending.split_off(BATCH_HITS);
+                if batches
+                    .send(std::mem::replace(&mut pending, rest))
+                    .await
+                    .is_err()
+                {
+                    // Counting stopped on an error, which it returns.
+                    return Ok(read);
                 }
             }
-            progress.objects_done += 1;
-            progress.hits = summary.hits + hits.len() as u64;
-            on_progress(progress);
         }
-        // Hours come in order and a hit's id starts with its time, so
-        // batches stay in time order across hours.
-        hits.sort_by_key(|h| h.id);
-        summary.hits += hits.len() as u64;
-        info!(hour, hits = hits.len(), "Read an hour.");
-        pending.extend(hits);
-        while pending.len() >= BATCH_HITS {
-            let rest = pending.split_off(BATCH_HITS);
-            attribute(attributor, &pending, *goal, &mut summary).await?;
-            pending = rest;
+        if !pending.is_empty() {
+            // An error here means counting stopped on an error of its own.
+            let _ = batches.send(pending).await;
         }
-    }
-    attribute(attributor, &pending, *goal, &mut summary).await?;
+        drop(batches);
+        Ok::<_, ReplayError>(read)
+    };
+    let count = async {
+        let mut counted = ReplaySummary::default();
+        while let Some(batch) = ready.recv().await {
+            attribute(attributor, &batch, *goal, &mut counted).await?;
+        }
+        Ok::<_, ReplayError>(counted)
+    };
+    let (read, counted) = tokio::try_join!(read, count)?;
+    let summary = ReplaySummary {
+        objects: read.objects,
+        hits: read.hits,
+        duplicates: read.duplicates,
+        unreadable_objects: read.unreadable_objects,
+        ..counted
+    };
     info!(?summary, "Replay finished.");
     Ok(summary)
 }

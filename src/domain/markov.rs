@@ -88,29 +88,50 @@ pub fn path_of(steps: &[Credit]) -> String {
     join(steps.iter().map(|s| s.channel.as_str()))
 }
 
+/// What a tail needs of a touchpoint: its place in time order and its
+/// channel. Stores that read tails often implement it on a row of these
+/// three columns instead of reading whole touchpoints.
+pub trait TailStep {
+    fn at(&self) -> DateTime<Utc>;
+    fn hit_id(&self) -> Uuid;
+    fn channel(&self) -> &str;
+}
+
+impl TailStep for Touchpoint {
+    fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+    fn hit_id(&self) -> Uuid {
+        self.hit_id
+    }
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
 /// A visitor's tail (see the module docs): of `touchpoints` (the
 /// visitor's, any order, repeats allowed), those after `after` (the
 /// latest counted conversion's time and hit id; `None` if there is none),
 /// the first and the latest kept like a conversion's path. Returns the
 /// UTC day of its last touchpoint and its path key; `None` if no
 /// touchpoint follows.
-pub fn tail(
+pub fn tail<T: TailStep>(
     after: Option<(DateTime<Utc>, Uuid)>,
-    touchpoints: &[Touchpoint],
+    touchpoints: &[T],
 ) -> Option<(NaiveDate, String)> {
-    let mut steps: Vec<&Touchpoint> = touchpoints
+    let mut steps: Vec<&T> = touchpoints
         .iter()
-        .filter(|t| after.is_none_or(|a| (t.at, t.hit_id) > a))
+        .filter(|t| after.is_none_or(|a| (t.at(), t.hit_id()) > a))
         .collect();
-    steps.sort_by_key(|t| (t.at, t.hit_id));
-    steps.dedup_by_key(|t| t.hit_id);
+    steps.sort_by_key(|t| (t.at(), t.hit_id()));
+    steps.dedup_by_key(|t| t.hit_id());
     if steps.len() > MAX_CREDITED {
         steps.drain(1..steps.len() - (MAX_CREDITED - 1));
     }
     let last = steps.last()?;
     Some((
-        last.at.date_naive(),
-        join(steps.iter().map(|t| t.channel.as_str())),
+        last.at().date_naive(),
+        join(steps.iter().map(|t| t.channel())),
     ))
 }
 

@@ -22,11 +22,12 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use uuid::Uuid;
 
 use super::rollups::{merge_or_flush, Delta};
-use super::{day_text, touchpoint_from_row};
+use super::{day_text, instant, uuid_col};
 use crate::domain::attribution::MAX_CREDITED;
 use crate::domain::markov::{self, PathRow};
 use crate::domain::Touchpoint;
@@ -38,17 +39,61 @@ pub(super) const LATEST_CONVERSION: &str = "SELECT at_ns, hit_id FROM conversion
      WHERE site = ?1 AND vid = ?2 AND window_days = ?3
      ORDER BY at_ns DESC, hit_id DESC LIMIT 1";
 
-/// The visitor's first touchpoint after (`?3`, `?4`).
-pub(super) const FIRST_AFTER: &str =
-    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
-     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) > (?3, ?4)
-     ORDER BY at_ns, hit_id LIMIT 1";
+/// The columns of a [`Step`]. A touchpoint stored before channels were
+/// (migration 9 gave every row one) would get its labels' channel.
+macro_rules! step_select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT at_ns, hit_id, coalesce(channel, tally_channel(source, medium, campaign))
+             FROM touchpoints ",
+            $rest
+        )
+    };
+}
 
-/// The visitor's latest `?5` touchpoints after (`?3`, `?4`).
-pub(super) const LATEST_AFTER: &str =
-    "SELECT hit_id, site, vid, at_ns, source, medium, campaign, ad, click_param, click_value, channel
-     FROM touchpoints WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) > (?3, ?4)
-     ORDER BY at_ns DESC, hit_id DESC LIMIT ?5";
+/// The visitor's first touchpoint after (`?3`, `?4`), as a [`Step`].
+pub(super) const FIRST_AFTER: &str = step_select!(
+    "WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) > (?3, ?4)
+     ORDER BY at_ns, hit_id LIMIT 1"
+);
+
+/// The visitor's latest `?5` touchpoints after (`?3`, `?4`), as
+/// [`Step`]s.
+pub(super) const LATEST_AFTER: &str = step_select!(
+    "WHERE site = ?1 AND vid = ?2 AND (at_ns, hit_id) > (?3, ?4)
+     ORDER BY at_ns DESC, hit_id DESC LIMIT ?5"
+);
+
+/// What a tail needs of a touchpoint, read without the rest of its row
+/// (tails are read for every visitor a batch lands, and a touchpoint's
+/// labels are most of what reading one costs).
+struct Step {
+    at: DateTime<Utc>,
+    hit_id: Uuid,
+    channel: String,
+}
+
+impl Step {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Step> {
+        Ok(Step {
+            at: instant(r.get(0)?),
+            hit_id: uuid_col(r, 1)?,
+            channel: r.get(2)?,
+        })
+    }
+}
+
+impl markov::TailStep for Step {
+    fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+    fn hit_id(&self) -> Uuid {
+        self.hit_id
+    }
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+}
 
 /// The position (time in ns, hit id) of the visitor's latest counted
 /// conversion, of any goal.
@@ -87,7 +132,7 @@ type Tail = Option<(String, String)>;
 /// all of them when there are no more).
 struct TailRows {
     after: Option<(i64, String)>,
-    touchpoints: Vec<Touchpoint>,
+    touchpoints: Vec<Step>,
 }
 
 impl TailRows {
@@ -105,17 +150,17 @@ impl TailRows {
 fn tail_rows(tx: &Connection, site: &str, vid: &str) -> Result<TailRows, StoreError> {
     let after = latest_conversion(tx, site, vid)?;
     let (at, hit) = after.clone().unwrap_or((i64::MIN, String::new()));
-    let mut touchpoints: Vec<Touchpoint> = tx
+    let mut touchpoints: Vec<Step> = tx
         .prepare_cached(LATEST_AFTER)?
         .query_map(
             params![site, vid, at, hit, MAX_CREDITED as i64],
-            touchpoint_from_row,
+            Step::from_row,
         )?
         .collect::<Result<_, _>>()?;
     if touchpoints.len() == MAX_CREDITED {
         touchpoints.extend(
             tx.prepare_cached(FIRST_AFTER)?
-                .query_row(params![site, vid, at, hit], touchpoint_from_row)
+                .query_row(params![site, vid, at, hit], Step::from_row)
                 .optional()?,
         );
     }
@@ -133,7 +178,7 @@ fn tail_of(tx: &Connection, site: &str, vid: &str) -> Result<Tail, StoreError> {
 struct Noted {
     before: TailRows,
     /// Touchpoints the write stored after `before.after`.
-    added: Vec<Touchpoint>,
+    added: Vec<Step>,
     conversions_changed: bool,
 }
 
@@ -227,7 +272,11 @@ impl Tails {
         let after = noted.before.after.as_ref();
         let pos = (super::nanos(tp.at)?, tp.hit_id.to_string());
         if after.is_none_or(|a| pos > *a) {
-            noted.added.push(tp.clone());
+            noted.added.push(Step {
+                at: tp.at,
+                hit_id: tp.hit_id,
+                channel: tp.channel.clone(),
+            });
         }
         Ok(())
     }
