@@ -119,6 +119,17 @@ pub async fn replay(
     archive: &dyn Archive,
     attributor: &Attributor,
     request: &ReplayRequest,
+    on_progress: impl FnMut(Progress),
+) -> Result<ReplaySummary, ReplayError> {
+    replay_in_batches(archive, attributor, request, BATCH_HITS, on_progress).await
+}
+
+/// [`replay`] with `batch_hits` hits per attributor call.
+async fn replay_in_batches(
+    archive: &dyn Archive,
+    attributor: &Attributor,
+    request: &ReplayRequest,
+    batch_hits: usize,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ReplaySummary, ReplayError> {
     let ReplayRequest {
@@ -200,8 +211,8 @@ pub async fn replay(
             read.hits += hits.len() as u64;
             info!(hour, hits = hits.len(), "Read an hour.");
             pending.extend(hits);
-            while pending.len() >= BATCH_HITS {
-                let rest = pending.split_off(BATCH_HITS);
+            while pending.len() >= batch_hits {
+                let rest = pending.split_off(batch_hits);
                 if batches
                     .send(std::mem::replace(&mut pending, rest))
                     .await
@@ -266,6 +277,165 @@ async fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use chrono::{Duration, TimeZone, Utc};
+
+    use crate::archive::local::LocalArchive;
+    use crate::domain::{Goal, GoalDraft, GroupKey, RawHit, ReportQuery, Site, Stamp};
+    use crate::metrics::Metrics;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+
+    /// Hit `i` of a small history: visitors land from an ad, then some
+    /// sign up, minute by minute over three hours.
+    fn hit(site: &str, i: usize) -> Hit {
+        let visitor = i % 9;
+        let raw = if i % 4 == 3 {
+            RawHit {
+                site: Some(site.into()),
+                kind: Some("event".into()),
+                name: Some("signup".into()),
+                vid: Some(format!("v{visitor}")),
+                ..Default::default()
+            }
+        } else {
+            RawHit {
+                site: Some(site.into()),
+                url: Some(format!(
+                    "https://x.example/?gclid=c{i}&utm_campaign=k{}",
+                    i % 3
+                )),
+                vid: Some(format!("v{visitor}")),
+                ..Default::default()
+            }
+        };
+        let stamp = Stamp {
+            received_at: Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap()
+                + Duration::minutes(i as i64 * 3),
+            user_agent: None,
+            ip: None,
+            request_id: None,
+            keep_full_ip: false,
+        };
+        Hit::stamp(raw, &stamp).unwrap()
+    }
+
+    fn gzip_ndjson(hits: &[&Hit]) -> Bytes {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for h in hits {
+            writeln!(gz, "{}", serde_json::to_string(h).unwrap()).unwrap();
+        }
+        Bytes::from(gz.finish().unwrap())
+    }
+
+    async fn store_with_goal(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Attributor, String) {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("t.sqlite3"), metrics.clone()).unwrap());
+        let site = Site::new("t", vec![], Utc::now());
+        store.create_site(&site).await.unwrap();
+        let draft: GoalDraft = serde_json::from_value(serde_json::json!({
+            "match": {"event": "signup"}, "model": "linear"
+        }))
+        .unwrap();
+        let goal = Goal::from_draft(draft, Uuid::now_v7(), &site.key, Utc::now()).unwrap();
+        store.put_goal(&goal).await.unwrap();
+        (store.clone(), Attributor::new(store, metrics), site.key)
+    }
+
+    async fn by_campaign(store: &Arc<dyn Store>, site: &str) -> String {
+        let day = Utc
+            .with_ymd_and_hms(2026, 11, 20, 0, 0, 0)
+            .unwrap()
+            .date_naive();
+        let q = ReportQuery {
+            from: day,
+            to: day,
+            goal: None,
+            group_by: vec![GroupKey::Campaign],
+            model: None,
+        };
+        let goals = store.goals(site).await.unwrap();
+        let rows = crate::store::credited_rows(store.as_ref(), site, &q, &goals)
+            .await
+            .unwrap();
+        format!("{rows:?}")
+    }
+
+    /// Batches smaller than an object and than an hour, read ahead of the
+    /// store, count what one batch of everything counts; a repeated copy
+    /// of a hit in another object is dropped; replaying again counts
+    /// nothing new.
+    #[tokio::test]
+    async fn small_batches_read_ahead_count_what_one_batch_counts() {
+        let archive_dir = tempfile::tempdir().unwrap();
+        let request = |site: &str| ReplayRequest {
+            from: Utc
+                .with_ymd_and_hms(2026, 11, 20, 0, 0, 0)
+                .unwrap()
+                .date_naive(),
+            to: Utc
+                .with_ymd_and_hms(2026, 11, 20, 0, 0, 0)
+                .unwrap()
+                .date_naive(),
+            site: Some(site.to_owned()),
+            goal: None,
+        };
+        let mut results = Vec::new();
+        for batch in [1_000, 7] {
+            let store_dir = tempfile::tempdir().unwrap();
+            let (store, attributor, site) = store_with_goal(&store_dir).await;
+            let archive = LocalArchive::open(archive_dir.path().join(&site)).unwrap();
+            let hits: Vec<Hit> = (0..60).map(|i| hit(&site, i)).collect();
+            // Each hour in two objects, the second repeating a hit of the first.
+            let mut hours: BTreeMap<String, Vec<&Hit>> = BTreeMap::new();
+            for h in &hits {
+                hours.entry(format::partition(h)).or_default().push(h);
+            }
+            assert_eq!(hours.len(), 3);
+            for (part, in_hour) in &hours {
+                let (a, b) = in_hour.split_at(in_hour.len() / 2);
+                let mut b = b.to_vec();
+                b.push(a[0]);
+                archive
+                    .put(&format!("{part}{}-a.ndjson.gz", a[0].id), gzip_ndjson(a))
+                    .await
+                    .unwrap();
+                archive
+                    .put(&format!("{part}{}-b.ndjson.gz", b[0].id), gzip_ndjson(&b))
+                    .await
+                    .unwrap();
+            }
+            let mut seen = Vec::new();
+            let summary = replay_in_batches(&archive, &attributor, &request(&site), batch, |p| {
+                seen.push(p)
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                (summary.objects, summary.hits, summary.duplicates),
+                (6, 60, 3)
+            );
+            assert_eq!(
+                summary.conversions, 15,
+                "every signup counts (batch {batch})"
+            );
+            assert_eq!(
+                seen.last().map(|p| (p.objects_done, p.objects_total)),
+                Some((6, 6))
+            );
+            let again = replay_in_batches(&archive, &attributor, &request(&site), batch, |_| {})
+                .await
+                .unwrap();
+            assert_eq!((again.conversions, again.hits), (0, 60));
+            results.push((summary.touchpoints, by_campaign(&store, &site).await));
+        }
+        assert_eq!(results[0], results[1]);
+    }
 
     #[test]
     fn hour_of_a_key_is_its_folder() {
