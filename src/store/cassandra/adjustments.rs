@@ -70,7 +70,8 @@ use uuid::Uuid;
 
 use super::errors::corrupt;
 use super::rows::{fill_channels, split_time};
-use super::{render, CassandraStore, IntoStoreError};
+use super::statements::prepare_idempotent;
+use super::CassandraStore;
 use crate::domain::adjustment::{effect as effect_of, Adjustment, Effect};
 use crate::domain::Conversion;
 use crate::store::{Store, StoreError};
@@ -114,23 +115,15 @@ pub struct Statements {
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
+        // Whole rows keyed by id, or reads. The claim too: a retried claim
+        // that finds its own body stored answers that body.
         let prepare = |name: &str| {
             let cql = STATEMENTS
                 .iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, cql)| render(cql, ks))
+                .map(|(_, cql)| *cql)
                 .ok_or_else(|| StoreError::Rejected(format!("statement `{name}` is not defined")));
-            async move {
-                let mut p = session
-                    .prepare(cql?)
-                    .await
-                    .map_err(IntoStoreError::into_store)?;
-                // Whole rows keyed by id, or reads: running one twice has
-                // the effect of running it once. The claim too: a retried
-                // claim that finds its own body stored answers that body.
-                p.set_is_idempotent(true);
-                Ok::<_, StoreError>(p)
-            }
+            async move { prepare_idempotent(session, ks, cql?).await }
         };
         Ok(Statements {
             claim: prepare("claim_adjustment").await?,

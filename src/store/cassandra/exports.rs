@@ -22,10 +22,11 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-use super::errors::{corrupt, IntoStoreError};
+use super::errors::corrupt;
 use super::reports::CREDIT_BUCKETS;
 use super::rows::split_time;
-use super::{render, CassandraStore};
+use super::statements::prepare_idempotent;
+use super::CassandraStore;
 use crate::domain::export::{ExportRow, LastClick};
 use crate::domain::Conversion;
 use crate::store::{Candidate, ExportCursor, ExportPage, StoreError};
@@ -57,18 +58,8 @@ pub struct Statements {
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
-        let prepare = |cql: &str| {
-            let cql = render(cql, ks);
-            async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(IntoStoreError::into_store)?;
-                // Reads, and a write of fixed values keyed by hit.
-                p.set_is_idempotent(true);
-                Ok::<_, StoreError>(p)
-            }
-        };
+        // Reads, and a write of fixed values keyed by hit.
+        let prepare = |cql| prepare_idempotent(session, ks, cql);
         Ok(Statements {
             insert_context: prepare(STATEMENTS[0].1).await?,
             select_context: prepare(STATEMENTS[1].1).await?,

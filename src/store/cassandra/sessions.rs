@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{render, shape, CassandraStore, IntoStoreError};
+use super::statements::prepare_idempotent;
+use super::{shape, CassandraStore};
 use crate::store::{DashboardSession, StoreError};
 
 /// The longest TTL Cassandra accepts (20 years).
@@ -38,19 +39,8 @@ pub struct Statements {
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
-        let prepare = |cql: &str| {
-            let cql = render(cql, ks);
-            async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(IntoStoreError::into_store)?;
-                // Fixed values keyed by the token hash: running one twice
-                // has the effect of running it once.
-                p.set_is_idempotent(true);
-                Ok::<_, StoreError>(p)
-            }
-        };
+        // Fixed values keyed by the token hash, or reads.
+        let prepare = |cql| prepare_idempotent(session, ks, cql);
         Ok(Statements {
             insert: prepare(STATEMENTS[0].1).await?,
             select: prepare(STATEMENTS[1].1).await?,

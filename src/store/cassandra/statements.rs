@@ -193,6 +193,23 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     ("select_latest_registrations", "SELECT at, body, complete FROM {ks}.conversions_by_visitor WHERE site = ? AND vid = ? ORDER BY at DESC LIMIT ?"),
 ];
 
+/// Prepares one of a module's statements (`{ks}` filled in), marked
+/// idempotent: every module statement writes fixed values keyed by ids,
+/// or reads, so running it twice has the effect of running it once and
+/// the driver may retry it after a timeout.
+pub(super) async fn prepare_idempotent(
+    session: &Session,
+    ks: &str,
+    cql: &str,
+) -> Result<PreparedStatement, StoreError> {
+    let mut p = session
+        .prepare(render(cql, ks))
+        .await
+        .map_err(IntoStoreError::into_store)?;
+    p.set_is_idempotent(true);
+    Ok(p)
+}
+
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
         let mut prepared: HashMap<&str, PreparedStatement> = HashMap::new();
